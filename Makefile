@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- install into .venv and run `thinkscale demo` on the shipped tiny model
+#   make test   -- install into .venv (with test extras) and run the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch that these machines carry; anything else pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: install demo test test-slow bench
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/thinkscale demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest
+
+test-slow: $(VENV)/.installed
+	$(VENV)/bin/pytest -m slow
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/sampling.py

@@ -1,0 +1,103 @@
+"""Sampling throughput: thinkscale's engine against transformers' generate().
+
+    python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1]
+
+Both sample the same prompts from the same shipped checkpoint with the same
+thread count, in the same run. Throughput counts generated tokens up to and
+including each sample's end token. transformers gets several batchings of the
+same work (all prompts in one call, one prompt per call, a few per call) and
+the fastest is the baseline. Prints tokens/s for each, the engine's FLOP/s,
+and last, on a line of its own, `ratio: N.N` (engine / fastest transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def count_until_end(rows, eos_id: int) -> int:
+    """Tokens per row up to and including the first end token (all of them if none)."""
+    total = 0
+    for row in rows.tolist():
+        total += row.index(eos_id) + 1 if eos_id in row else len(row)
+    return total
+
+
+def run_transformers(model, prompts, samples, per_call, max_new_tokens, pad_id, eos_id) -> tuple[int, float]:
+    import torch
+
+    tokens, started = 0, time.perf_counter()
+    for i in range(0, len(prompts), per_call):
+        group = prompts[i:i + per_call]
+        width = max(map(len, group))
+        ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in group])  # left padding
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in group])[:, None]).long()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
+                                 top_k=0, num_return_sequences=samples, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad_id, eos_token_id=eos_id)
+        tokens += count_until_end(out[:, width:], eos_id)
+    return tokens, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", default="arithmetic")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-rows", type=int, default=512, help="engine rows per batch")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    import torch
+    import transformers
+
+    from thinkscale.tasks import get_task
+    from thinkscale.tiny import checkpoint
+    from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams
+
+    torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    transformers.logging.set_verbosity_error()
+    ck = checkpoint.load(args.checkpoint)
+    task = get_task(ck.summary.get("task", args.checkpoint))
+    prompts = [tuple(ck.tokenizer.encode(e.problem.prompt)) for e in task.examples("test", args.prompts)]
+    pad_id, eos_id = ck.tokenizer.pad_id, ck.tokenizer.eos_id
+    print(f"checkpoint {ck.path} ({ck.model.config.num_parameters():,} parameters); {args.prompts} prompts x "
+          f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}")
+
+    engine = Engine(ck.model.to(device), max_rows=args.max_rows, device=device)
+    requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
+                                                                       seed=i)) for i, p in enumerate(prompts)]
+    engine.generate(requests[:2])  # warm up
+    started = time.perf_counter()
+    results = engine.generate(requests)
+    engine_s = time.perf_counter() - started
+    engine_tokens = sum(len(c.token_ids) for r in results for c in r)
+    engine_rate = engine_tokens / engine_s
+    print(f"thinkscale engine (max_rows {args.max_rows}): {engine_tokens} tokens in {engine_s:.2f} s = "
+          f"{engine_rate:,.0f} tokens/s")
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(ck.path).to(device).eval()
+    best_name, best_rate = None, 0.0
+    for per_call in sorted({args.prompts, 1, 8} & set(range(1, args.prompts + 1)), reverse=True):
+        torch.manual_seed(0)
+        tokens, seconds = run_transformers(hf, prompts, args.samples, per_call, args.max_new_tokens, pad_id, eos_id)
+        rate = tokens / seconds
+        name = f"transformers generate, {per_call} prompt(s) x {args.samples} per call"
+        print(f"{name}: {tokens} tokens in {seconds:.2f} s = {rate:,.0f} tokens/s")
+        if rate > best_rate:
+            best_name, best_rate = name, rate
+    flops = engine.flops_per_token() * engine_rate
+    print(f"baseline: fastest transformers configuration ({best_name}) at {best_rate:,.0f} tokens/s")
+    print(f"engine achieved {flops / 1e9:.1f} GFLOP/s (2 x non-embedding parameters x tokens / s)")
+    print(f"ratio: {engine_rate / best_rate:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The coverage report: pass@k and majority@k by difficulty, and the coverage law.
+
+Reads graded Traces only; it never needs to know which strategy made them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from thinkscale.analysis.passk import majority_at_k, pass_at_k
+from thinkscale.analysis.scaling import fit_with_interval
+from thinkscale.trace import Trace
+
+
+def powers_of_two(n: int) -> list[int]:
+    """1, 2, 4, ... up to n (and n itself if it is not a power of two)."""
+    ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
+    return ks if ks[-1] == n else ks + [n]
+
+
+def _per_trace(trace: Trace, ks: list[int], votable: bool) -> tuple[list[float], list[float] | None]:
+    terminals = list(trace.terminals())
+    n, c = len(terminals), sum(bool(t.correct) for t in terminals)
+    coverage = [pass_at_k(n, c, k) for k in ks]
+    if not votable:
+        return coverage, None
+    answers = [t.answer if t.finished else None for t in terminals]
+    right = {t.answer for t in terminals if t.correct and t.answer is not None}
+    return coverage, [majority_at_k(answers, right.__contains__, k) for k in ks]
+
+
+def summarize(traces: Iterable[Trace], samples: int, votable: bool, extrapolate_to: int = 1024) -> dict:
+    """Mean pass@k / majority@k per difficulty and overall, with the coverage-law fit."""
+    ks = powers_of_two(samples)
+    by_difficulty: dict[str, list] = defaultdict(list)
+    for trace in traces:
+        row = _per_trace(trace, ks, votable)
+        by_difficulty[str(trace.difficulty)].append(row)
+        by_difficulty["all"].append(row)
+    groups = sorted((d for d in by_difficulty if d != "all"), key=lambda d: (len(d), d)) + ["all"]
+    summary: dict = {"ks": ks, "samples": samples, "groups": {}}
+    for d in groups:
+        rows = by_difficulty[d]
+        coverage = np.array([r[0] for r in rows])  # (problems, len(ks))
+        entry = {"problems": len(rows), "pass_at_k": coverage.mean(0).round(4).tolist()}
+        if votable:
+            entry["majority_at_k"] = np.array([r[1] for r in rows]).mean(0).round(4).tolist()
+        summary["groups"][d] = entry
+    overall = np.array([r[0] for r in by_difficulty["all"]])
+    fit, predicted, (low, high) = fit_with_interval(overall, ks, at_k=extrapolate_to)
+    summary["coverage_law"] = {"a": fit.a, "b": fit.b, "at_k": extrapolate_to, "predicted": predicted,
+                               "interval_90": [low, high]}
+    return summary
+
+
+def format_table(summary: dict, title: str) -> str:
+    ks = summary["ks"]
+    head = f"{'difficulty':>10} {'problems':>8} {'metric':>10} " + " ".join(f"{'k=' + str(k):>6}" for k in ks)
+    lines = [title, head, "-" * len(head)]
+    for d, entry in summary["groups"].items():
+        metrics = [("pass@k", entry["pass_at_k"])]
+        if "majority_at_k" in entry:
+            metrics.append(("majority@k", entry["majority_at_k"]))
+        for i, (name, values) in enumerate(metrics):
+            label = (d, str(entry["problems"])) if i == 0 else ("", "")
+            lines.append(f"{label[0]:>10} {label[1]:>8} {name:>10} " + " ".join(f"{v:6.3f}" for v in values))
+    law = summary["coverage_law"]
+    lines.append("")
+    lines.append(f"coverage law (all problems): coverage ~ exp({law['a']:.3f} * k^{law['b']:.3f}); "
+                 f"predicted coverage at k={law['at_k']}: {law['predicted']:.3f} "
+                 f"(90% bootstrap interval over problems {law['interval_90'][0]:.3f}-{law['interval_90'][1]:.3f})")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict, path: Path, title: str) -> Path:
+    from thinkscale.analysis.plot import plot_curves
+    from thinkscale.analysis.scaling import CoverageFit
+
+    curves = {}
+    for d, entry in summary["groups"].items():
+        name = "all" if d == "all" else f"difficulty {d}"
+        curves[f"pass@k {name}"] = entry["pass_at_k"]
+        if d == "all" and "majority_at_k" in entry:
+            curves["majority@k all"] = entry["majority_at_k"]
+    law = summary["coverage_law"]
+    fits = {"coverage law (all)": CoverageFit(law["a"], law["b"])}
+    return plot_curves(path, summary["ks"], curves, fits=fits, extrapolate_to=law["at_k"], title=title)

@@ -1,0 +1,22 @@
+"""Policies by name: one file per backend behind the async Policy contract."""
+
+from __future__ import annotations
+
+from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy
+from thinkscale.registry import Registry
+
+POLICIES: Registry[Policy] = Registry("policy")
+
+
+@POLICIES.register("tiny")
+def _tiny(**kwargs) -> Policy:
+    from thinkscale.policies.tiny import TinyPolicy
+
+    return TinyPolicy(**kwargs)
+
+
+def get_policy(name: str, **kwargs) -> Policy:
+    return POLICIES.get(name)(**kwargs)
+
+
+__all__ = ["Capabilities", "Generation", "GenerationRequest", "GenerationResult", "Policy", "POLICIES", "get_policy"]

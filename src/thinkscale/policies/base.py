@@ -1,0 +1,73 @@
+"""The Policy contract: one async interface in front of every backend.
+
+A request is a prompt, `n`, sampling settings, stop strings and a seed; a
+result holds n generations, each with its text, token count, finish reason and
+(where the backend gives them) log-probabilities. A policy states what it can
+do natively, and callers adapt instead of failing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    native_n: bool  # one call returns n samples of a prompt
+    prefix_caching: bool  # the prompt is computed once for all n samples
+    logprobs: bool  # generations carry log-probabilities
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()  # the stop string itself is not part of the text (as in OpenAI's API)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    num_tokens: int  # generated tokens, the end or stop token included
+    finish_reason: str  # "stop" (ended on its own) or "length" (cut off)
+    logprob: float | None = None  # sum over the generated tokens
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    generations: tuple[Generation, ...]
+    prompt_tokens: int  # tokens in the prompt (computed once if prefix_caching)
+    backend_calls: int = 1
+
+
+class Policy(ABC):
+    """A language model that samples completions."""
+
+    name: str = "policy"
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """One result per request, in order."""
+
+    def flops_per_token(self) -> float | None:
+        """Estimated FLOPs per token of a forward pass, where the model is known."""
+        return None
+
+    async def close(self) -> None:
+        return None

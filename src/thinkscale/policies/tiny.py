@@ -1,0 +1,101 @@
+"""The `tiny` policy: the built-in tiny core behind the Policy contract.
+
+Requests from many concurrent coroutines are gathered into one engine batch:
+while the engine works on one batch (in a worker thread), new requests queue
+up and go together into the next. Strategies never see this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import torch
+
+from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy
+from thinkscale.tiny import checkpoint
+from thinkscale.tiny.engine import FINISH_STOP, Engine, SampleRequest, SamplingParams
+
+
+@dataclass
+class _Pending:
+    requests: list[GenerationRequest]
+    future: asyncio.Future
+
+
+class TinyPolicy(Policy):
+    name = "tiny"
+    capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True)
+
+    def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 512, threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.checkpoint = checkpoint.load(checkpoint_name)
+        self.tokenizer = self.checkpoint.tokenizer
+        self.engine = Engine(self.checkpoint.model, max_rows=max_rows)
+        self._queue: list[_Pending] = []
+        self._worker: asyncio.Task | None = None
+        self.on_samples_done = None  # optional callback(count), e.g. a progress bar
+
+    def flops_per_token(self) -> float:
+        return self.engine.flops_per_token()
+
+    # -- translation to and from the engine ----------------------------------
+    def _stop_ids(self, stop: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """Single-character stop strings become stop tokens; longer ones are cut after."""
+        ids = tuple(self.tokenizer.ids[s] for s in stop if s in self.tokenizer.ids)
+        return ids, tuple(s for s in stop if s not in self.tokenizer.ids)
+
+    def _to_engine(self, r: GenerationRequest) -> SampleRequest:
+        stop_ids, _ = self._stop_ids(r.stop)
+        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+                                stop_ids=stop_ids, seed=r.seed)
+        return SampleRequest(prompt_ids=tuple(self.tokenizer.encode(r.prompt)), n=r.n, params=params)
+
+    def _from_engine(self, r: GenerationRequest, completions: list, prompt_tokens: int) -> GenerationResult:
+        stop_ids, long_stops = self._stop_ids(r.stop)
+        gens = []
+        for c in completions:
+            ids = list(c.token_ids)
+            if c.finish_reason == FINISH_STOP and ids and ids[-1] in stop_ids:
+                ids = ids[:-1]  # the stop string is not part of the text
+            text, reason = self.tokenizer.decode(ids), c.finish_reason
+            for s in long_stops:
+                if s in text:
+                    text, reason = text[: text.index(s)], FINISH_STOP
+            gens.append(Generation(text=text, num_tokens=len(c.token_ids), finish_reason=reason, logprob=c.logprob))
+        return GenerationResult(generations=tuple(gens), prompt_tokens=prompt_tokens)
+
+    # -- batching across callers ---------------------------------------------
+    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        if not requests:
+            return []
+        for r in requests:
+            self.tokenizer.encode(r.prompt)  # fail here, in the caller, on a bad character
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(list(requests), future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0)  # let every coroutine that is ready add its requests
+            batch, self._queue = self._queue, []
+            flat = [r for p in batch for r in p.requests]
+            try:
+                engine_requests = [self._to_engine(r) for r in flat]
+                completions = await asyncio.to_thread(self.engine.generate, engine_requests, self.on_samples_done)
+            except Exception as e:  # hand the error to every waiting caller
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            i = 0
+            for p in batch:
+                results = []
+                for r in p.requests:
+                    results.append(self._from_engine(r, completions[i], len(engine_requests[i].prompt_ids)))
+                    i += 1
+                if not p.future.done():
+                    p.future.set_result(results)

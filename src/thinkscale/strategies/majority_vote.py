@@ -1,0 +1,38 @@
+"""Majority vote: sample n completions and answer with the most common answer.
+
+Only finished samples with an extracted answer vote. Ties go to the answer
+that appeared first, so the choice is a pure function of the samples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from thinkscale.budget import Budget
+from thinkscale.policies.base import Policy
+from thinkscale.strategies.base import SamplingSettings
+from thinkscale.strategies.repeated_sampling import RepeatedSampling
+from thinkscale.tasks.base import Problem, Task
+from thinkscale.trace import Trace
+
+
+def vote(answers: list[str | None]) -> str | None:
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == best)
+
+
+class MajorityVote(RepeatedSampling):
+    name = "majority_vote"
+    Settings = SamplingSettings
+
+    async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: object,
+                    budget: Budget, seed: int) -> Trace:
+        if not task.votable:
+            raise ValueError(f"majority vote needs a task whose answers can be compared; {task.name} is graded "
+                             f"on its steps. Use repeated_sampling (coverage) or a reward-model strategy.")
+        trace = await super().solve(problem, task, policy, scorer, budget, seed)
+        trace.chosen_answer = vote(trace.answers())
+        return trace

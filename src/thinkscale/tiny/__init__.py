@@ -1,0 +1,1 @@
+"""The built-in tiny reasoning core: model, tokenizer, engine, training, checkpoints."""

@@ -1,0 +1,166 @@
+"""Tests for thinkscale.analysis: estimators against brute force, fits, plots."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import Counter
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from thinkscale.analysis import (
+    CoverageFit,
+    fit_coverage_law,
+    fit_with_interval,
+    majority_at_k,
+    mean_pass_at_k,
+    pass_at_k,
+    plot_curves,
+)
+
+
+def brute_pass_at_k(n: int, c: int, k: int) -> float:
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(samples, k))
+    return sum(any(s) for s in subsets) / len(subsets)
+
+
+def brute_majority_at_k(answers: list[str | None], correct: set[str], k: int) -> float:
+    total = 0.0
+    subsets = list(itertools.combinations(answers, k))
+    for subset in subsets:
+        votes = Counter(a for a in subset if a is not None)
+        if not votes:
+            continue  # only None answers: the vote is wrong
+        top = max(votes.values())
+        winners = [a for a, v in votes.items() if v == top]
+        total += sum(a in correct for a in winners) / len(winners)
+    return total / len(subsets)
+
+
+def test_pass_at_k_matches_brute_force():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_exact_at_k_equals_n():
+    assert pass_at_k(16, 0, 16) == 0.0
+    assert pass_at_k(16, 1, 16) == 1.0
+    assert pass_at_k(16, 16, 16) == 1.0
+
+
+def test_pass_at_k_rejects_k_above_n():
+    with pytest.raises(ValueError, match=r"n=16"):
+        pass_at_k(16, 3, 64)
+
+
+@pytest.mark.parametrize("n, c", [(4, -1), (4, 5)])
+def test_pass_at_k_rejects_bad_c(n, c):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, 1)
+
+
+def test_pass_at_k_stable_for_large_n():
+    exact = 1 - Fraction(math.comb(997, 500), math.comb(1000, 500))
+    assert pass_at_k(1000, 3, 500) == pytest.approx(float(exact), abs=1e-12)
+
+
+def test_mean_pass_at_k_averages_problems():
+    counts = [(8, 0), (8, 8), (8, 2)]
+    expected = (0.0 + 1.0 + pass_at_k(8, 2, 3)) / 3
+    assert mean_pass_at_k(counts, 3) == pytest.approx(expected)
+
+
+def test_majority_at_k_matches_brute_force():
+    rng = random.Random(0)
+    for trial in range(40):
+        n = rng.randint(1, 9)
+        pool = ["a", "b", "c", "d", None]
+        answers = [rng.choice(pool) for _ in range(n)]
+        # Sometimes two distinct strings are both correct (e.g. "0.5" and "1/2").
+        correct = {"a", "b"} if trial % 2 else {"a"}
+        for k in range(1, n + 1):
+            got = majority_at_k(answers, lambda s: s in correct, k)
+            assert got == pytest.approx(brute_majority_at_k(answers, correct, k), abs=1e-12), (
+                answers,
+                correct,
+                k,
+            )
+
+
+def test_majority_at_k_tie_counts_fraction():
+    # One correct and two wrong answers, one sample each: a three-way tie at k=3.
+    assert majority_at_k(["a", "b", "c"], lambda s: s == "a", 3) == pytest.approx(1 / 3)
+    assert majority_at_k([None, None], lambda s: True, 2) == 0.0
+
+
+def test_majority_at_k_at_one_is_fraction_correct():
+    answers = ["1", "2", "1", None, "3", "1", "2", None]
+    assert majority_at_k(answers, lambda s: s == "1", 1) == pytest.approx(3 / 8)
+
+
+def test_majority_at_k_rejects_k_above_n():
+    with pytest.raises(ValueError, match=r"n=3"):
+        majority_at_k(["a", "b", "c"], lambda s: True, 4)
+
+
+def test_majority_at_k_at_full_n_is_the_plain_vote_and_large_n_is_bounded():
+    rng = random.Random(1)
+    answers = [str(rng.randrange(30)) for _ in range(64)]
+    right = {"0", "1", "2"}
+    counts = Counter(answers)
+    top = max(counts.values())
+    leaders = [a for a, c in counts.items() if c == top]
+    expected = sum(a in right for a in leaders) / len(leaders)  # ties broken uniformly
+    assert majority_at_k(answers, right.__contains__, 64) == pytest.approx(expected, abs=1e-12)
+    # Large n: C(256, 128) ~ 6e75 must not overflow anything.
+    big = [str(rng.randrange(40)) if rng.random() < 0.9 else None for _ in range(256)]
+    assert 0.0 <= majority_at_k(big, lambda s: s == "0", 128) <= 1.0
+
+
+def test_fit_coverage_law_recovers_parameters():
+    ks = 2.0 ** np.arange(0, 9)
+    fit = fit_coverage_law(ks, np.exp(-1.5 * ks**-0.4))
+    assert fit.a == pytest.approx(-1.5, abs=1e-3)
+    assert fit.b == pytest.approx(-0.4, abs=1e-3)
+    assert isinstance(fit.predict(4), float)
+    assert fit.predict(ks).shape == ks.shape
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.3])
+def test_fit_coverage_law_flat_curves(value):
+    ks = [1, 2, 4, 8]
+    fit = fit_coverage_law(ks, [value] * 4)
+    assert np.all(np.isfinite([fit.a, fit.b]))
+    assert fit.predict(1024) == pytest.approx(max(value, 1e-6), rel=1e-6)
+
+
+def test_fit_with_interval_brackets_prediction():
+    rng = np.random.default_rng(0)
+    ks = np.array([1, 2, 4, 8, 16, 32])
+    rates = rng.beta(0.5, 2.0, size=40)  # per-problem chance that one sample is right
+    per_problem = 1.0 - (1.0 - rates[:, None]) ** ks[None, :]  # (problems, ks)
+    fit, pred, (low, high) = fit_with_interval(per_problem, ks, at_k=1024, n_boot=40)
+    assert isinstance(fit, CoverageFit)
+    assert 0.0 <= low <= pred <= high <= 1.0
+    assert pred >= per_problem.mean(axis=0)[-1] - 1e-6  # extrapolating up a rising curve
+
+
+def test_plot_curves_writes_png(tmp_path):
+    ks = [1, 2, 4, 8]
+    out = plot_curves(
+        tmp_path / "sub" / "cov.png",
+        ks,
+        {"pass@k": [0.2, 0.35, 0.5, 0.6], "majority@k": [0.2, 0.25, 0.3, 0.32]},
+        fits={"pass@k": CoverageFit(a=-1.6, b=-0.4)},
+        extrapolate_to=1024,
+        title="test",
+    )
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 1000

@@ -1,0 +1,59 @@
+"""The `thinkscale` command end to end, on a handful of problems."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def thinkscale(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "thinkscale.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("args", [[], ["demo"], ["train"], ["train", "policy"]])
+def test_every_subcommand_has_help(args):
+    result = thinkscale(*args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: thinkscale" in result.stdout
+
+
+def test_demo_runs_end_to_end_on_a_few_problems(tmp_path):
+    out = tmp_path / "demo"
+    result = thinkscale("demo", "--problems", "6", "--samples", "8", "--threads", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for metric in ("pass@k", "majority@k", "coverage law", "k=8", "predicted coverage at k=1024"):
+        assert metric in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["ks"] == [1, 2, 4, 8]
+    overall = report["groups"]["all"]
+    assert overall["problems"] == 6
+    assert overall["pass_at_k"] == sorted(overall["pass_at_k"])  # coverage only grows with k
+    assert overall["pass_at_k"][-1] > 0  # the shipped model solves something
+    traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
+    assert len(traces) == 6 and all(len(t["nodes"]) == 9 for t in traces)
+    assert (out / "coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_on_countdown_reports_coverage_without_a_vote(tmp_path):
+    result = thinkscale("demo", "--task", "countdown", "--problems", "3", "--samples", "4", "--threads", "1",
+                        "--out", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    assert "pass@k" in result.stdout and "majority@k is not reported" in result.stdout
+
+
+def test_bad_input_is_named(tmp_path):
+    result = thinkscale("demo", "--task", "countdwn", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "Did you mean 'countdown'" in result.stderr
+    result = thinkscale("demo", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "unknown checkpoint" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = thinkscale("demo", "--checkpoint", str(tmp_path / "empty"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "missing config.json" in result.stderr
+    result = thinkscale("train", "policy", "--task", "arithmetic")
+    assert result.returncode != 0 and "--steps" in result.stderr

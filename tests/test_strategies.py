@@ -1,0 +1,136 @@
+"""Strategies on the tiny core: honest about references, budgets and truncation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from thinkscale.budget import Budget, BudgetExceeded
+from thinkscale.policies import GenerationRequest, get_policy
+from thinkscale.runner import grade, run
+from thinkscale.strategies import get_strategy
+from thinkscale.strategies.majority_vote import vote
+from thinkscale.tasks.base import Problem
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return get_policy("tiny", checkpoint_name="arithmetic")
+
+
+class ProblemsSeen:
+    """Wraps a strategy and records the objects that reach its `solve`."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    async def solve(self, problem, *args):
+        self.seen.append(problem)
+        return await self.inner.solve(problem, *args)
+
+
+def test_strategies_get_the_problem_without_its_reference(policy, arithmetic):
+    examples = arithmetic.examples("test", 6)
+    spy = ProblemsSeen(get_strategy("majority_vote", n=4))
+    traces = run(examples, arithmetic, spy, policy, Budget(), seed=1)
+    assert all(type(p) is Problem for p in spy.seen)
+    assert {f.name for f in dataclasses.fields(spy.seen[0])} == {"id", "prompt", "difficulty"}
+    for problem, example in zip(spy.seen, examples):
+        assert problem == example.problem
+        assert str(example.reference) not in problem.prompt.split("=")[-1]  # the prompt ends at '='
+    assert all(t.correct is not None or t.chosen_answer is None for t in traces)
+
+
+def test_repeated_sampling_builds_a_depth_one_trace_with_usage(policy, arithmetic):
+    examples = arithmetic.examples("test", 4)
+    traces = run(examples, arithmetic, get_strategy("repeated_sampling", n=8), policy, Budget(), seed=3)
+    for trace, example in zip(traces, examples):
+        assert trace.root.parent is None and trace.root.text == example.problem.prompt
+        terminals = list(trace.terminals())
+        assert len(terminals) == 8 and all(n.parent == trace.root.id for n in terminals)
+        assert trace.usage.samples == 8 and trace.usage.policy_calls == 1
+        assert trace.usage.generated_tokens == sum(n.num_tokens for n in terminals) > 0
+        assert trace.usage.prompt_tokens == 8 * trace.root.num_tokens
+        assert trace.usage.cached_prompt_tokens == 7 * trace.root.num_tokens
+        assert trace.usage.flops > 0 and trace.usage.wall_s > 0
+        for node in terminals:  # graded, and consistent with the verifier
+            assert node.correct == (node.finished and arithmetic.verify(example, node.text).correct)
+    again = run(examples, arithmetic, get_strategy("repeated_sampling", n=8), policy, Budget(), seed=3)
+    assert [[n.text for n in t.nodes] for t in again] == [[n.text for n in t.nodes] for t in traces]
+
+
+def test_majority_vote_chooses_the_most_common_finished_answer(policy, arithmetic):
+    examples = arithmetic.examples("test", 10)
+    traces = run(examples, arithmetic, get_strategy("majority_vote", n=16), policy, Budget(), seed=0)
+    for trace, example in zip(traces, examples):
+        answers = trace.answers()
+        assert trace.chosen_answer == vote(answers)
+        if trace.chosen_answer is not None:
+            assert answers.count(trace.chosen_answer) == max(answers.count(a) for a in answers if a is not None)
+            assert trace.correct == (trace.chosen_answer == str(example.reference))
+    assert vote(["3", None, "5", "5", "3"]) == "3"  # tie: first seen
+    assert vote([None, None]) is None
+
+
+def test_truncated_generations_never_count(policy, arithmetic):
+    examples = arithmetic.examples("test", 4)
+    traces = run(examples, arithmetic, get_strategy("majority_vote", n=6, max_tokens=4), policy, Budget(), seed=0)
+    for trace in traces:
+        for node in trace.terminals():
+            if node.finish_reason == "length":
+                assert node.answer is None and node.correct is False
+    # A finished-looking text that was cut off is still not an answer.
+    trace = traces[0]
+    node = next(trace.terminals())
+    node.finish_reason, node.text, node.answer = "length", "21\n", None
+    grade(trace, arithmetic, examples[0])
+    assert node.correct is False
+
+
+def test_strategies_stay_inside_their_budget(policy, arithmetic):
+    examples = arithmetic.examples("test", 5)
+    budget = Budget(max_generated_tokens=200, max_samples=8)
+    for name in ["repeated_sampling", "majority_vote"]:
+        for trace in run(examples, arithmetic, get_strategy(name, n=16), policy, budget, seed=0):
+            assert not budget.exceeded_by(trace.usage)
+            assert trace.usage.samples == 8
+
+
+def test_budget_too_small_is_refused_with_the_smallest_that_works(policy, arithmetic):
+    problem = arithmetic.examples("test", 1)[0].problem
+    strategy = get_strategy("repeated_sampling", n=16)
+    with pytest.raises(BudgetExceeded, match="smallest budget that works is 16 tokens"):
+        asyncio.run(strategy.solve(problem, arithmetic, policy, None, Budget(max_generated_tokens=10), 0))
+
+
+def test_majority_vote_refuses_a_task_graded_on_steps(countdown):
+    policy = get_policy("tiny", checkpoint_name="countdown")
+    problem = countdown.examples("test", 1)[0].problem
+    with pytest.raises(ValueError, match="graded on its steps"):
+        asyncio.run(get_strategy("majority_vote", n=2).solve(problem, countdown, policy, None, Budget(), 0))
+
+
+def test_unknown_strategy_and_setting_are_named():
+    with pytest.raises(ValueError, match="Did you mean 'majority_vote'"):
+        get_strategy("majority")
+    with pytest.raises(ValueError, match="unknown key.*'samples'.*valid keys"):
+        get_strategy("repeated_sampling", samples=4)
+
+
+def test_policy_stop_strings_and_concurrent_callers_are_batched(policy, arithmetic):
+    prompts = [e.problem.prompt for e in arithmetic.examples("test", 5)]
+
+    async def many():
+        calls = [policy.generate([GenerationRequest(p, n=3, stop=("\n",), seed=i)]) for i, p in enumerate(prompts)]
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(many())
+    for (result,) in results:
+        assert len(result.generations) == 3
+        for g in result.generations:
+            assert "\n" not in g.text
+            assert g.finish_reason in ("stop", "length") and g.num_tokens >= len(g.text)
+    with pytest.raises(ValueError, match="not in the tiny core's vocabulary"):
+        asyncio.run(policy.generate([GenerationRequest("what is 2+2?")]))
