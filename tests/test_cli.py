@@ -16,7 +16,7 @@ def thinkscale(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("args", [[], ["demo"], ["train"], ["train", "policy"]])
+@pytest.mark.parametrize("args", [[], ["demo"], ["run"], ["report"], ["export"], ["train"], ["train", "policy"]])
 def test_every_subcommand_has_help(args):
     result = thinkscale(*args, "--help")
     assert result.returncode == 0, result.stderr
@@ -29,15 +29,30 @@ def test_demo_runs_end_to_end_on_a_few_problems(tmp_path):
     assert result.returncode == 0, result.stderr
     for metric in ("pass@k", "majority@k", "coverage law", "k=8", "predicted coverage at k=1024"):
         assert metric in result.stdout
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())["repeated_sampling"]
     assert report["ks"] == [1, 2, 4, 8]
     overall = report["groups"]["all"]
     assert overall["problems"] == 6
     assert overall["pass_at_k"] == sorted(overall["pass_at_k"])  # coverage only grows with k
     assert overall["pass_at_k"][-1] > 0  # the shipped model solves something
-    traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
-    assert len(traces) == 6 and all(len(t["nodes"]) == 9 for t in traces)
-    assert (out / "coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "coverage-repeated_sampling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the same table again from the store, and the traces out of it
+    again = thinkscale("report", str(out))
+    assert again.returncode == 0, again.stderr
+    table = lambda text: [l for l in text.splitlines() if "pass@k" in l or "majority@k" in l]  # noqa: E731
+    assert table(again.stdout) == table(result.stdout)
+    exported = thinkscale("export", str(out), "--format", "jsonl", "--rows", "solution", "--out", str(tmp_path / "s.jsonl"))
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 * 8
+    assert sum(bool(r["correct"]) for r in rows) / 48 == pytest.approx(overall["pass_at_k"][0], abs=1e-3)
+
+    # started again with the same settings, it finds everything done
+    resumed = thinkscale("demo", "--problems", "6", "--samples", "8", "--threads", "1", "--out", str(out))
+    assert resumed.returncode == 0 and "6 of 6 traces already done" in resumed.stdout
+    changed = thinkscale("demo", "--problems", "6", "--samples", "4", "--threads", "1", "--out", str(out))
+    assert changed.returncode == 2 and "strategies[0].settings.n: stored 8, new 4" in changed.stderr
 
 
 def test_demo_on_countdown_reports_coverage_without_a_vote(tmp_path):

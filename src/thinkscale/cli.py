@@ -1,14 +1,134 @@
 """The `thinkscale` command: thin, one function per subcommand.
 
-    thinkscale demo                       # repeated sampling + coverage report
+    thinkscale demo                        # repeated sampling + coverage report on the tiny core
+    thinkscale run CONFIG.yaml             # an experiment from a YAML file, resumable
+    thinkscale report RUN_DIR              # print and plot what a run measured
+    thinkscale export RUN_DIR --format parquet
     thinkscale train policy --task arithmetic --minutes 9 --out ckpt/
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
+
+
+# -- shared pieces -------------------------------------------------------------
+
+def _execute(config: Any, fresh: bool, threads: int | None = None) -> Path:
+    """Run (or resume) an experiment into its store, with a progress bar."""
+    from tqdm import tqdm
+
+    from thinkscale.policies import get_policy
+    from thinkscale.runner import run_experiment
+    from thinkscale.store import RunStore
+    from thinkscale.tasks import get_task
+
+    task = get_task(config.task)
+    options = dict(config.policy.options)
+    if config.policy.name == "tiny":
+        options.setdefault("checkpoint_name", task.name)
+        if threads is not None:
+            options.setdefault("threads", threads)
+    policy = get_policy(config.policy.name, **options)
+    total = config.problems * len(config.strategies) * len(config.seeds)
+    with RunStore.open(config.output_path, config.to_dict(), fresh=fresh) as store:
+        done = len(store.done_keys())
+        if done:
+            print(f"resuming {config.output_path}: {done} of {total} traces already done")
+        samples = 0
+        with tqdm(total=total, initial=done, unit="trace", desc=f"{task.name}", dynamic_ncols=True) as bar:
+
+            def on_samples(count: int) -> None:
+                nonlocal samples
+                samples += count
+                if samples % 256 == 0:
+                    bar.set_postfix(samples=samples, refresh=True)
+
+            policy.on_samples_done = on_samples if hasattr(policy, "on_samples_done") else None
+            run_experiment(config, store, task, policy, on_trace=lambda _: bar.update(1))
+    return config.output_path
+
+
+def _report(run_dir: Path, extrapolate_to: int) -> dict:
+    """Print the coverage table of every strategy in a run; write report.json and plots."""
+    from thinkscale.analysis.report import format_table, plot_summary, summarize
+    from thinkscale.config import RunConfig
+    from thinkscale.store import RunStore
+    from thinkscale.tasks import get_task
+
+    with RunStore.read(run_dir) as store:
+        config = RunConfig.from_dict(store.config, source=str(store.path))
+        task = get_task(config.task)
+        reports = {}
+        for strategy in config.strategies:
+            label = strategy.effective_label
+            traces = (t for key, t in store.iter_keyed() if key.startswith(label + "/"))
+            summary = summarize(traces, votable=task.votable, extrapolate_to=extrapolate_to)
+            settings = ", ".join(f"{k}={v}" for k, v in strategy.settings.items())
+            title = (f"{label} ({strategy.name}{': ' + settings if settings else ''}) on {task.name}/{config.split}, "
+                     f"{summary['groups']['all']['problems']} traces x {summary['samples']} samples\n"
+                     f"seeds {config.seeds}")
+            print(format_table(summary, title.replace("\n", ", ")))
+            plot = plot_summary(summary, Path(run_dir) / f"coverage-{label}.png", title)
+            print(f"plot: {plot}\n")
+            reports[label] = summary
+    if not task.votable:
+        print("(majority@k is not reported: this task is graded on its steps, so final answers cannot be voted on)")
+    (Path(run_dir) / "report.json").write_text(json.dumps(reports, indent=1))
+    return reports
+
+
+# -- subcommands ---------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from thinkscale.config import RunConfig
+
+    config = RunConfig.from_dict({
+        "task": args.task,
+        "problems": args.problems,
+        "seeds": [args.seed],
+        "output": args.out,
+        "policy": {"name": "tiny", "options": {"checkpoint_name": args.checkpoint or args.task,
+                                               "max_rows": args.max_rows}},
+        "strategies": [{"name": "repeated_sampling", "settings": {"n": args.samples, "temperature": args.temperature}}],
+    }, source="thinkscale demo")
+    started = time.perf_counter()
+    run_dir = _execute(config, fresh=args.fresh, threads=args.threads)
+    elapsed = time.perf_counter() - started
+    _report(run_dir, args.extrapolate_to)
+    print(f"sampled and graded in {elapsed:.1f} s; the run's ledger is {run_dir / 'run.sqlite'} "
+          f"(`thinkscale report {run_dir}` prints this again, `thinkscale export {run_dir}` writes the traces)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from thinkscale.config import load_config
+
+    config = load_config(args.config)
+    run_dir = _execute(config, fresh=args.fresh)
+    _report(run_dir, args.extrapolate_to)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _report(Path(args.run_dir), args.extrapolate_to)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from thinkscale.store import export
+
+    suffix = "parquet" if args.format == "parquet" else "jsonl"
+    out = Path(args.out) if args.out else Path(args.run_dir) / f"traces-{args.rows}.{suffix}"
+    rows = export(args.run_dir, out, format=args.format, rows=args.rows)
+    print(f"wrote {rows} {args.rows} rows to {out}")
+    return 0
 
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
@@ -17,7 +137,8 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     if args.steps is None and args.minutes is None:
-        raise SystemExit("give --steps N (exact, reproducible) or --minutes M (timed here, then fixed as steps)")
+        raise SystemExit("thinkscale train policy: give --steps N (exact, reproducible) "
+                         "or --minutes M (timed here, then fixed as steps)")
     settings = TrainSettings(steps=args.steps or 1, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, threads=args.threads)
     out = Path(args.out or f"checkpoints/{task.name}")
@@ -28,68 +149,57 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import json
-    import time
-
-    from tqdm import tqdm
-
-    from thinkscale.analysis.report import format_table, plot_summary, summarize
-    from thinkscale.budget import Budget
-    from thinkscale.policies.tiny import TinyPolicy
-    from thinkscale.runner import run
-    from thinkscale.strategies import get_strategy
-    from thinkscale.tasks import get_task
-
-    task = get_task(args.task)
-    examples = task.examples("test", args.problems, seed=args.seed)
-    policy = TinyPolicy(args.checkpoint or task.name, max_rows=args.max_rows, threads=args.threads)
-    strategy = get_strategy("repeated_sampling", n=args.samples, temperature=args.temperature)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    traces_path = out / "traces.jsonl"
-    started = time.perf_counter()
-    with open(traces_path, "w") as traces_file, tqdm(total=len(examples) * args.samples, unit="sample",
-                                                      desc=f"sampling {task.name}") as bar:
-        policy.on_samples_done = bar.update
-        traces = run(examples, task, strategy, policy, Budget(), seed=args.seed,
-                     on_trace=lambda t: traces_file.write(t.to_json() + "\n"))
-    elapsed = time.perf_counter() - started
-    tokens = sum(t.usage.generated_tokens for t in traces)
-    summary = summarize(traces, args.samples, votable=task.votable, extrapolate_to=args.extrapolate_to)
-    summary.update(task=task.name, checkpoint=str(policy.checkpoint.path), seed=args.seed,
-                   sampling_seconds=round(elapsed, 1), generated_tokens=tokens)
-    title = (f"{task.name} test split: {len(examples)} problems x {args.samples} samples\n"
-             f"(temperature {args.temperature}, seed {args.seed})")
-    print(format_table(summary, title.replace("\n", " ")))
-    if not task.votable:
-        print("(majority@k is not reported: this task is graded on its steps, so final answers cannot be voted on)")
-    (out / "report.json").write_text(json.dumps(summary, indent=1))
-    plot = plot_summary(summary, out / "coverage.png", title)
-    print(f"\nsampled {tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s); "
-          f"wrote {traces_path}, {out / 'report.json'}, {plot}")
-    return 0
-
+# -- the parser ----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thinkscale", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="thinkscale", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:]))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="repeated sampling on the tiny core, with the coverage report",
                           description="Sample many attempts per held-out problem with the shipped tiny model, verify "
                                       "them, and print pass@k and majority@k by difficulty with the fitted coverage "
-                                      "law; writes the traces (JSONL), a JSON report and a PNG plot.")
+                                      "law. The run goes through the run store in --out (resumable); a JSON report "
+                                      "and a PNG plot are written beside it.")
     demo.add_argument("--task", default="arithmetic", help="built-in task (default arithmetic)")
     demo.add_argument("--checkpoint", help="shipped checkpoint name or directory (default: the task's own)")
     demo.add_argument("--problems", type=int, default=200, help="held-out problems (default 200)")
     demo.add_argument("--samples", type=int, default=64, help="samples per problem (default 64)")
     demo.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for problems and sampling (default 0)")
+    demo.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     demo.add_argument("--extrapolate-to", type=int, default=1024, help="k to extrapolate coverage to (default 1024)")
     demo.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     demo.add_argument("--max-rows", type=int, default=512, help="engine batch rows (default 512)")
-    demo.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
+    demo.add_argument("--out", default="demo-out", help="run directory (default demo-out)")
+    demo.add_argument("--fresh", action="store_true", help="discard an earlier run in --out instead of resuming it")
     demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run an experiment described in a YAML file (resumable)",
+                         description="Run the experiment in CONFIG.yaml: task and split, policy, strategies with "
+                                     "their budgets, seeds, output directory. Interrupted and started again with the "
+                                     "same command, it resumes where it stopped.")
+    run.add_argument("config", help="the experiment's YAML file")
+    run.add_argument("--fresh", action="store_true", help="discard an earlier run in the output directory")
+    run.add_argument("--extrapolate-to", type=int, default=1024, help="k to extrapolate coverage to (default 1024)")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="print and plot what a run measured",
+                            description="Read a run's store and print pass@k / majority@k by difficulty and the "
+                                        "coverage law for each strategy; writes report.json and PNG plots there.")
+    report.add_argument("run_dir", help="a run directory (holding run.sqlite)")
+    report.add_argument("--extrapolate-to", type=int, default=1024, help="k to extrapolate coverage to (default 1024)")
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="write a run's traces as Parquet or JSONL",
+                            description="Write a run's traces, one row per node or one per solution, as Parquet "
+                                        "(pandas, datasets.load_dataset('parquet', ...)) or JSONL.")
+    export.add_argument("run_dir", help="a run directory (holding run.sqlite)")
+    export.add_argument("--format", choices=["parquet", "jsonl"], default="jsonl", help="file format (default jsonl)")
+    export.add_argument("--rows", choices=["node", "solution"], default="solution",
+                        help="one row per node or per solution (default solution)")
+    export.add_argument("--out", help="output file (default RUN_DIR/traces-ROWS.FORMAT)")
+    export.set_defaults(func=cmd_export)
 
     train = sub.add_parser("train", help="train a tiny-core model", description="Train a tiny-core model from scratch.")
     train_sub = train.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -112,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print("\nthinkscale: interrupted; finished traces are kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # config, names, missing files, a full disk: say what and where
         print(f"thinkscale: error: {e}", file=sys.stderr)
         return 2
 

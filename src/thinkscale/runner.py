@@ -10,7 +10,8 @@ arrives together.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+import hashlib
+from typing import TYPE_CHECKING, Any, Callable
 
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
@@ -18,10 +19,24 @@ from thinkscale.strategies.base import Strategy
 from thinkscale.tasks.base import Example, Task
 from thinkscale.trace import Trace
 
+if TYPE_CHECKING:
+    from thinkscale.config import RunConfig
+    from thinkscale.store import RunStore
 
-def problem_seed(seed: int, index: int) -> int:
-    """A distinct, reproducible sampling seed for problem `index` of a run."""
-    return (seed * 1_000_003 + index) & 0x7FFFFFFF
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """A distinct, reproducible sampling seed for one problem of a run.
+
+    It depends on the problem's id, not its position, so a resumed run that
+    solves only the missing problems draws exactly what it would have drawn.
+    """
+    digest = hashlib.sha256(f"{seed}/{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def trace_key(label: str, seed: int, problem_id: str) -> str:
+    """The store's key for one (strategy label, seed, problem)."""
+    return f"{label}/{seed}/{problem_id}"
 
 
 def grade(trace: Trace, task: Task, example: Example) -> Trace:
@@ -53,18 +68,53 @@ async def solve_all(
     """Solve and grade every example; traces come back in the examples' order."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(i: int, example: Example) -> Trace:
+    async def one(example: Example) -> Trace:
         async with gate:
-            trace = await strategy.solve(example.problem, task, policy, scorer, budget, problem_seed(seed, i))
+            trace = await strategy.solve(example.problem, task, policy, scorer, budget,
+                                         problem_seed(seed, example.problem.id))
         grade(trace, task, example)
         if on_trace:
             on_trace(trace)
         return trace
 
-    return list(await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples))))
+    return list(await asyncio.gather(*(one(ex) for ex in examples)))
 
 
 def run(examples: list[Example], task: Task, strategy: Strategy, policy: Policy, budget: Budget,
         **kwargs: Any) -> list[Trace]:
     """Synchronous entry point around `solve_all`."""
     return asyncio.run(solve_all(examples, task, strategy, policy, budget, **kwargs))
+
+
+def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: Policy,
+                   concurrency: int = 64, on_trace: Callable[[Trace], None] | None = None) -> int:
+    """Solve every (strategy, seed, problem) of `config` that the store does not hold yet.
+
+    Each finished trace is committed on its own, so an interrupted run loses
+    at most the traces in flight; run again, it skips what is done and draws
+    the rest with the same per-problem seeds. Returns the traces written.
+    """
+    examples = task.examples(config.split, config.problems, seed=0)
+    done = store.done_keys()
+    written = 0
+
+    async def main() -> None:
+        nonlocal written
+        for strategy_config in config.strategies:
+            strategy, budget = strategy_config.build(), strategy_config.budget.to_budget()
+            label = strategy_config.effective_label
+            for seed in config.seeds:
+                todo = [e for e in examples if trace_key(label, seed, e.problem.id) not in done]
+
+                def save(trace: Trace, label: str = label, seed: int = seed) -> None:
+                    nonlocal written
+                    store.put_trace(trace_key(label, seed, trace.problem_id), trace)
+                    written += 1
+                    if on_trace:
+                        on_trace(trace)
+
+                await solve_all(todo, task, strategy, policy, budget, seed=seed, concurrency=concurrency,
+                                on_trace=save)
+
+    asyncio.run(main())
+    return written

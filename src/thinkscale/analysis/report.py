@@ -6,6 +6,7 @@ Reads graded Traces only; it never needs to know which strategy made them.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -22,24 +23,58 @@ def powers_of_two(n: int) -> list[int]:
     return ks if ks[-1] == n else ks + [n]
 
 
-def _per_trace(trace: Trace, ks: list[int], votable: bool) -> tuple[list[float], list[float] | None]:
+@dataclass(frozen=True)
+class _Graded:
+    """What the report keeps of one trace: enough for pass@k and majority@k, no text."""
+
+    difficulty: str
+    n: int
+    correct: int
+    votes: tuple[tuple[str | None, int, bool], ...]  # (answer, count, correct); None = no answer
+    chose: bool  # the strategy chose an answer
+    chosen_correct: bool
+
+
+def _compact(trace: Trace) -> _Graded:
     terminals = list(trace.terminals())
-    n, c = len(terminals), sum(bool(t.correct) for t in terminals)
-    coverage = [pass_at_k(n, c, k) for k in ks]
+    votes: dict[str | None, list] = {}
+    for t in terminals:
+        answer = t.answer if t.finished else None
+        entry = votes.setdefault(answer, [0, False])
+        entry[0] += 1
+        entry[1] = entry[1] or (bool(t.correct) and answer is not None)
+    return _Graded(str(trace.difficulty), len(terminals), sum(bool(t.correct) for t in terminals),
+                   tuple((a, c, ok) for a, (c, ok) in votes.items()),
+                   trace.chosen_answer is not None, bool(trace.correct))
+
+
+def _rows(g: _Graded, ks: list[int], votable: bool) -> tuple[list[float], list[float] | None]:
+    coverage = [pass_at_k(g.n, g.correct, k) for k in ks]
     if not votable:
         return coverage, None
-    answers = [t.answer if t.finished else None for t in terminals]
-    right = {t.answer for t in terminals if t.correct and t.answer is not None}
+    answers = [a for a, count, _ in g.votes for _ in range(count)]
+    right = {a for a, _, ok in g.votes if ok}
     return coverage, [majority_at_k(answers, right.__contains__, k) for k in ks]
 
 
-def summarize(traces: Iterable[Trace], samples: int, votable: bool, extrapolate_to: int = 1024) -> dict:
-    """Mean pass@k / majority@k per difficulty and overall, with the coverage-law fit."""
+def summarize(traces: Iterable[Trace], votable: bool, extrapolate_to: int = 1024) -> dict:
+    """Mean pass@k / majority@k per difficulty and overall, with the coverage-law fit.
+
+    Streams: each trace is reduced to a few counts as it is read, so memory
+    grows with the number of problems, not of samples. k runs over powers of
+    two up to the smallest number of samples any problem has.
+    """
+    graded = [_compact(t) for t in traces]
+    if not graded:
+        raise ValueError("no traces to report on")
+    samples = min(g.n for g in graded)
+    if samples < 1:
+        raise ValueError("a trace has no samples; pass@k needs at least one")
     ks = powers_of_two(samples)
     by_difficulty: dict[str, list] = defaultdict(list)
-    for trace in traces:
-        row = _per_trace(trace, ks, votable)
-        by_difficulty[str(trace.difficulty)].append(row)
+    for g in graded:
+        row = _rows(g, ks, votable)
+        by_difficulty[g.difficulty].append(row)
         by_difficulty["all"].append(row)
     groups = sorted((d for d in by_difficulty if d != "all"), key=lambda d: (len(d), d)) + ["all"]
     summary: dict = {"ks": ks, "samples": samples, "groups": {}}
@@ -50,6 +85,8 @@ def summarize(traces: Iterable[Trace], samples: int, votable: bool, extrapolate_
         if votable:
             entry["majority_at_k"] = np.array([r[1] for r in rows]).mean(0).round(4).tolist()
         summary["groups"][d] = entry
+    if any(g.chose for g in graded):  # a strategy that answers: no answer counts as wrong
+        summary["accuracy_of_chosen_answer"] = round(sum(g.chosen_correct for g in graded) / len(graded), 4)
     overall = np.array([r[0] for r in by_difficulty["all"]])
     fit, predicted, (low, high) = fit_with_interval(overall, ks, at_k=extrapolate_to)
     summary["coverage_law"] = {"a": fit.a, "b": fit.b, "at_k": extrapolate_to, "predicted": predicted,
@@ -70,6 +107,8 @@ def format_table(summary: dict, title: str) -> str:
             lines.append(f"{label[0]:>10} {label[1]:>8} {name:>10} " + " ".join(f"{v:6.3f}" for v in values))
     law = summary["coverage_law"]
     lines.append("")
+    if "accuracy_of_chosen_answer" in summary:
+        lines.append(f"accuracy of the strategy's chosen answer: {summary['accuracy_of_chosen_answer']:.3f}")
     lines.append(f"coverage law (all problems): coverage ~ exp({law['a']:.3f} * k^{law['b']:.3f}); "
                  f"predicted coverage at k={law['at_k']}: {law['predicted']:.3f} "
                  f"(90% bootstrap interval over problems {law['interval_90'][0]:.3f}-{law['interval_90'][1]:.3f})")

@@ -10,10 +10,19 @@ Randomness is counter-based: the Gumbel noise for sample j of a request at step
 t is a hash of (seed, j, t, token), so a sample does not depend on which other
 samples shared its batch. Same seed, same samples; and the slow `reference_generate`
 beside the engine draws the same tokens (a test holds them equal).
+
+A sample also does not depend on its batch numerically: a resumed run, which
+batches fewer problems together, must draw exactly what the uninterrupted run
+drew. Each prompt is prefilled on its own; decode steps run on at least
+`MIN_ROWS` rows (below that the CPU matmul takes another path with other
+rounding); and attention walks the cache in fixed chunks of `CHUNK` positions
+with an online softmax, so a row's sums never depend on how long the other
+rows in its batch are (a fully masked trailing chunk adds exact zeros).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +33,8 @@ from thinkscale.tiny.model import TinyLlama, apply_rope, rope_tables
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
 _M32 = 0xFFFFFFFF
+MIN_ROWS = 8  # matmuls with fewer rows round differently on the CPU
+CHUNK = 64  # attention reduces over fixed chunks of cache positions
 
 
 @dataclass(frozen=True)
@@ -157,10 +168,12 @@ class Engine:
         """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab)."""
         c = self.config
         A, H, D = tokens.shape[0], c.num_attention_heads, c.head_dim
-        T = int(pos.max()) + 1
+        T = -(-(int(pos.max()) + 1) // CHUNK) * CHUNK  # whole chunks
         rows = torch.arange(A, device=self.device)
         cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
-        mask = (torch.arange(T, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]  # (A, 1, 1, T)
+        visible = torch.arange(T, device=self.device)[None, :] <= pos[:, None]  # (A, T)
+        bias = torch.zeros(A, 1, 1, T, device=self.device).masked_fill_(~visible[:, None, None, :], float("-inf"))
+        scale = 1.0 / math.sqrt(D)
         x = self.embed[tokens]  # (A, h)
         for i in range(c.num_hidden_layers):
             qkv = self._rms(x, self.norm1[i]) @ self.w_qkv[i]  # (A, 3h)
@@ -168,12 +181,35 @@ class Engine:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             cache[i, 0, rows, :, pos] = k
             cache[i, 1, rows, :, pos] = v
-            keys, values = cache[i, 0, :A, :, :T], cache[i, 1, :A, :, :T]  # (A, H, T, D) views
-            y = F.scaled_dot_product_attention(q[:, :, None, :], keys, values, attn_mask=mask)  # (A, H, 1, D)
+            y = self._attend(q[:, :, None, :] * scale, cache[i, 0, :A], cache[i, 1, :A], bias, T)  # (A, H, 1, D)
             x = x + y.reshape(A, -1) @ self.w_o[i]
             g, u = (self._rms(x, self.norm2[i]) @ self.w_gu[i]).chunk(2, dim=-1)
             x = x + (F.silu(g) * u) @ self.w_down[i]
         return self._rms(x, self.norm_f) @ self.w_head  # (A, vocab)
+
+    @staticmethod
+    def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, T: int) -> torch.Tensor:
+        """One query per row against cache positions [0, T), chunk by chunk (online softmax).
+
+        q (A, H, 1, D) already scaled; keys, values (A, H, T_cap, D); bias (A, 1, 1, T).
+        Plain matmuls beat the CPU flash kernel for one query per row.
+        """
+        m = l = acc = None
+        for start in range(0, T, CHUNK):
+            end = start + CHUNK
+            scores = torch.matmul(q, keys[:, :, start:end].transpose(-1, -2)).add_(bias[..., start:end])  # (A,H,1,C)
+            if m is None:  # the first chunk always holds position 0, so its max is finite
+                m = scores.amax(-1, keepdim=True)
+                p = (scores - m).exp_()
+                l, acc = p.sum(-1, keepdim=True), torch.matmul(p, values[:, :, start:end])
+                continue
+            m_new = torch.maximum(m, scores.amax(-1, keepdim=True))
+            alpha = (m - m_new).exp_()  # exactly 1 when this chunk is fully masked
+            p = (scores - m_new).exp_()  # exactly 0 where masked
+            l = l * alpha + p.sum(-1, keepdim=True)
+            acc = acc * alpha + torch.matmul(p, values[:, :, start:end])
+            m = m_new
+        return acc / l
 
     # -- the sampling loop ----------------------------------------------------
     @torch.inference_mode()
@@ -192,7 +228,16 @@ class Engine:
         distinct: dict[tuple[int, ...], int] = {}
         for r in requests:
             distinct.setdefault(tuple(r.prompt_ids), len(distinct))
-        prompt_kv, prompt_logits, prompt_len = self.prefill(list(distinct))
+        # One prompt at a time: a prompt's keys and values must not depend on the
+        # other prompts of the batch (their padding would change the rounding).
+        parts = [self.prefill([p]) for p in distinct]
+        Lp = max(kv.shape[4] for kv, _, _ in parts)
+        prompt_kv = torch.zeros(c.num_hidden_layers, 2, len(parts), c.num_attention_heads, Lp, c.head_dim,
+                                device=dev)
+        for i, (kv, _, _) in enumerate(parts):
+            prompt_kv[:, :, i, :, :kv.shape[4]] = kv[:, :, 0]
+        prompt_logits = torch.cat([logits for _, logits, _ in parts])
+        prompt_len = torch.cat([length for _, _, length in parts])
         req_prompt = torch.tensor([distinct[tuple(r.prompt_ids)] for r in requests], device=dev)
         req_len = prompt_len[req_prompt]
         req_max = torch.tensor([min(r.params.max_tokens, c.max_position_embeddings - len(r.prompt_ids))
@@ -210,17 +255,18 @@ class Engine:
         results: list[list[Completion | None]] = [[None] * r.n for r in requests]
 
         R = min(self.max_rows, len(pending))
-        T_cap = int(min(c.max_position_embeddings, int((req_len + req_max).max())))
-        Lp = prompt_kv.shape[4]
-        cache = torch.empty(c.num_hidden_layers, 2, R, c.num_attention_heads, T_cap, c.head_dim, device=dev)
+        T_cap = -(-int(min(c.max_position_embeddings, int((req_len + req_max).max()))) // CHUNK) * CHUNK
+        R_alloc = max(R, MIN_ROWS)
+        # zeros, not empty: masked positions are multiplied by 0, and 0 x NaN is NaN
+        cache = torch.zeros(c.num_hidden_layers, 2, R_alloc, c.num_attention_heads, T_cap, c.head_dim, device=dev)
         # Per-row state; rows 0..A-1 are active.
-        row_req = torch.zeros(R, dtype=torch.long, device=dev)
-        row_sample = torch.zeros(R, dtype=torch.long, device=dev)
-        row_pos = torch.zeros(R, dtype=torch.long, device=dev)  # position the row's last token will be fed at
-        row_tok = torch.zeros(R, dtype=torch.long, device=dev)  # last token drawn, not yet fed
-        row_ngen = torch.zeros(R, dtype=torch.long, device=dev)
-        row_lp = torch.zeros(R, dtype=torch.float64, device=dev)
-        out_tokens = torch.zeros(R, int(req_max.max()), dtype=torch.long, device=dev)
+        row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+        row_sample = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+        row_pos = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # position the row's last token will be fed at
+        row_tok = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # last token drawn, not yet fed
+        row_ngen = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+        row_lp = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
+        out_tokens = torch.zeros(R_alloc, int(req_max.max()), dtype=torch.long, device=dev)
         A = 0
 
         def finish_rows(done: torch.Tensor) -> None:
@@ -266,7 +312,10 @@ class Engine:
                 take_token(rows, prompt_logits[req_prompt[req]])
                 continue  # finished-at-once rows may have freed slots
             active = torch.arange(A, device=dev)
-            logits = self._decode(cache, row_tok[:A], row_pos[:A])
+            width = max(A, MIN_ROWS)  # rows past A are idle slots, computed and ignored
+            pos = row_pos[:width].clone()
+            pos[A:] = 0  # an idle slot writes at its own position 0, rewritten on admission
+            logits = self._decode(cache, row_tok[:width], pos)[:A]
             row_pos[:A] += 1
             take_token(active, logits)
         return results  # type: ignore[return-value]
