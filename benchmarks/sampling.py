@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-rows", type=int, default=512, help="engine rows per batch")
+    parser.add_argument("--max-rows", type=int, default=1024, help="engine rows per batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)

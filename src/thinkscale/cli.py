@@ -18,7 +18,7 @@ from typing import Any
 
 # -- shared pieces -------------------------------------------------------------
 
-def _execute(config: Any, fresh: bool, threads: int | None = None) -> Path:
+def _execute(config: Any, fresh: bool) -> Path:
     """Run (or resume) an experiment into its store, with a progress bar."""
     from tqdm import tqdm
 
@@ -31,8 +31,6 @@ def _execute(config: Any, fresh: bool, threads: int | None = None) -> Path:
     options = dict(config.policy.options)
     if config.policy.name == "tiny":
         options.setdefault("checkpoint_name", task.name)
-        if threads is not None:
-            options.setdefault("threads", threads)
     policy = get_policy(config.policy.name, **options)
     total = config.problems * len(config.strategies) * len(config.seeds)
     with RunStore.open(config.output_path, config.to_dict(), fresh=fresh) as store:
@@ -94,12 +92,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "problems": args.problems,
         "seeds": [args.seed],
         "output": args.out,
+        # threads are part of the config: a run resumes with the thread count it started with,
+        # since matmuls split over another number of threads round differently
         "policy": {"name": "tiny", "options": {"checkpoint_name": args.checkpoint or args.task,
-                                               "max_rows": args.max_rows}},
+                                               "max_rows": args.max_rows, "threads": args.threads}},
         "strategies": [{"name": "repeated_sampling", "settings": {"n": args.samples, "temperature": args.temperature}}],
     }, source="thinkscale demo")
     started = time.perf_counter()
-    run_dir = _execute(config, fresh=args.fresh, threads=args.threads)
+    run_dir = _execute(config, fresh=args.fresh)
     elapsed = time.perf_counter() - started
     _report(run_dir, args.extrapolate_to)
     print(f"sampled and graded in {elapsed:.1f} s; the run's ledger is {run_dir / 'run.sqlite'} "
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     demo.add_argument("--extrapolate-to", type=int, default=1024, help="k to extrapolate coverage to (default 1024)")
     demo.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    demo.add_argument("--max-rows", type=int, default=512, help="engine batch rows (default 512)")
+    demo.add_argument("--max-rows", type=int, default=1024, help="engine batch rows (default 1024)")
     demo.add_argument("--out", default="demo-out", help="run directory (default demo-out)")
     demo.add_argument("--fresh", action="store_true", help="discard an earlier run in --out instead of resuming it")
     demo.set_defaults(func=cmd_demo)

@@ -87,7 +87,7 @@ def run(examples: list[Example], task: Task, strategy: Strategy, policy: Policy,
 
 
 def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: Policy,
-                   concurrency: int = 64, on_trace: Callable[[Trace], None] | None = None) -> int:
+                   concurrency: int = 1024, on_trace: Callable[[Trace], None] | None = None) -> int:
     """Solve every (strategy, seed, problem) of `config` that the store does not hold yet.
 
     Each finished trace is committed on its own, so an interrupted run loses
