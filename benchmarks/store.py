@@ -97,24 +97,25 @@ def write_store(run_dir: Path, count: int, samples: int) -> float:
 
 
 def report_pass(run_dir: str, samples: int) -> None:
-    """The subprocess: stream the ledger and compute per-problem and mean pass@k, k = 1..samples."""
-    import numpy as np
-
-    from thinkscale.analysis.passk import pass_at_k
+    """The subprocess: the report's own pass (`summarize`, as `thinkscale report` runs it) over the ledger."""
+    from thinkscale.analysis.report import summarize
     from thinkscale.store import RunStore
 
     started = time.perf_counter()
-    ks = range(1, samples + 1)
-    rows, nodes = [], 0
-    with RunStore.read(run_dir) as store:
-        for trace in store.iter_traces():
+    nodes = 0
+
+    def counted(traces):
+        nonlocal nodes
+        for trace in traces:
             nodes += len(trace.nodes)
-            terminals = list(trace.terminals())
-            n, c = len(terminals), sum(bool(t.correct) for t in terminals)
-            rows.append([pass_at_k(n, c, k) for k in ks])
-    mean = np.array(rows).mean(0)  # (samples,)
-    print(json.dumps({"seconds": time.perf_counter() - started, "problems": len(rows), "nodes": nodes,
-                      "pass@1": float(mean[0]), f"pass@{samples}": float(mean[-1])}))
+            yield trace
+
+    with RunStore.read(run_dir) as store:
+        summary = summarize(counted(store.iter_traces()), votable=True)
+    overall = summary["groups"]["all"]
+    print(json.dumps({"seconds": time.perf_counter() - started, "problems": overall["problems"], "nodes": nodes,
+                      "pass@1": overall["pass_at_k"][0], f"pass@{summary['samples']}": overall["pass_at_k"][-1],
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # KB on Linux
 
 
 def directory_mb(path: Path) -> float:
@@ -150,8 +151,9 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--report-pass", str(tmp / "run"),
                               "--samples", str(args.samples)], capture_output=True, text=True, check=True)
         result = json.loads(out.stdout)
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KB on Linux
-        print(f"report pass (iter_traces + pass@k, k=1..{args.samples}, over {result['nodes']} nodes): "
+        peak_mb = result["peak_mb"]
+        print(f"report pass (thinkscale's report: pass@k and majority@k by difficulty, coverage fit; "
+              f"{result['nodes']} nodes): "
               f"{result['seconds']:.1f} s, mean pass@1 {result['pass@1']:.3f}, "
               f"pass@{args.samples} {result[f'pass@{args.samples}']:.3f}")
         print(f"report pass peak memory: {peak_mb:.0f} MB")

@@ -67,11 +67,11 @@ def _report(run_dir: Path, extrapolate_to: int) -> dict:
             traces = (t for key, t in store.iter_keyed() if key.startswith(label + "/"))
             summary = summarize(traces, votable=task.votable, extrapolate_to=extrapolate_to)
             settings = ", ".join(f"{k}={v}" for k, v in strategy.settings.items())
-            title = (f"{label} ({strategy.name}{': ' + settings if settings else ''}) on {task.name}/{config.split}, "
-                     f"{summary['groups']['all']['problems']} traces x {summary['samples']} samples\n"
-                     f"seeds {config.seeds}")
-            print(format_table(summary, title.replace("\n", ", ")))
-            plot = plot_summary(summary, Path(run_dir) / f"coverage-{label}.png", title)
+            size = f"{summary['groups']['all']['problems']} traces x {summary['samples']} samples"
+            print(format_table(summary, f"{label} ({strategy.name}{': ' + settings if settings else ''}) on "
+                                        f"{task.name}/{config.split}, {size}, seeds {config.seeds}"))
+            plot = plot_summary(summary, Path(run_dir) / f"coverage-{label}.png",
+                                f"{task.name}/{config.split}, {label}: {size}")
             print(f"plot: {plot}\n")
             reports[label] = summary
     if not task.votable:
