@@ -146,12 +146,21 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_p
     partial = stored(run_dir)
     assert 3 < partial < TOTAL
 
-    # 4. killed mid-trace again, in a later strategy's group
+    # 4. Ctrl-C: a clean stop that keeps what is finished
+    proc = start(tmp_path, config)
+    while stored(run_dir) <= partial and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    partial = stored(run_dir)
+
+    # 5. killed mid-trace again, in a later strategy's group
     proc = start(tmp_path, config, KILL_AFTER_NODES=2 * 5 + 2)
     proc.wait(timeout=600)
     assert proc.returncode == -signal.SIGKILL
 
-    # 5. resumed to the end
+    # 6. resumed to the end
     proc = start(tmp_path, config)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
