@@ -43,6 +43,7 @@ import yaml
 
 from thinkscale.budget import Budget
 from thinkscale.policies import POLICIES
+from thinkscale.scorers import SCORERS
 from thinkscale.registry import Registry, unknown_name_error
 from thinkscale.strategies import STRATEGIES, get_strategy
 from thinkscale.tasks import TASKS
@@ -110,13 +111,31 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class ScorerConfig:
+    """The reward model a strategy chooses by: a registered name and keyword arguments for it."""
+
+    name: str = _checked(_registered(SCORERS))
+    options: dict[str, Any] = field(default_factory=dict)  # for confidence: checkpoint_name (default: the task's)
+
+    def build(self, task_name: str) -> Any:
+        from thinkscale.scorers import get_scorer
+        from thinkscale.tiny.checkpoint import shipped_names
+
+        options = dict(self.options)
+        if self.name == "confidence" and task_name in shipped_names():
+            options.setdefault("checkpoint_name", task_name)
+        return get_scorer(self.name, **options)
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
-    """One strategy to run: a registered name, its settings and its budget."""
+    """One strategy to run: a registered name, its settings, its budget and (if it needs one) its scorer."""
 
     name: str = _checked(_registered(STRATEGIES))
     label: str | None = _checked(_label, default=None)  # names its results; defaults to `name`
     settings: dict[str, Any] = field(default_factory=dict)  # keyword arguments for get_strategy(name, ...)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    scorer: ScorerConfig | None = None
 
     @property
     def effective_label(self) -> str:
@@ -465,5 +484,5 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(text, str(path))
 
 
-__all__ = ["BudgetConfig", "ConfigError", "PolicyConfig", "RunConfig", "StrategyConfig", "load_config",
+__all__ = ["BudgetConfig", "ConfigError", "PolicyConfig", "RunConfig", "ScorerConfig", "StrategyConfig", "load_config",
            "parse_config"]

@@ -52,7 +52,9 @@ def grade(trace: Trace, task: Task, example: Example) -> Trace:
             parts.append(cur.text)
             cur = nodes[cur.parent]
         node.correct = task.verify(example, "".join(reversed(parts))).correct
-    if trace.chosen_answer is not None:
+    if trace.chosen_node is not None:  # one solution was chosen: its own verdict is the trace's
+        trace.correct = bool(nodes[trace.chosen_node].correct)
+    elif trace.chosen_answer is not None:
         if task.votable:
             trace.correct = task.answer_is_correct(example, trace.chosen_answer)
         else:  # answers alone cannot be graded: the chosen node's verdict is the trace's
@@ -102,6 +104,7 @@ def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: P
         nonlocal written
         for strategy_config in config.strategies:
             strategy, budget = strategy_config.build(), strategy_config.budget.to_budget()
+            scorer = strategy_config.scorer.build(task.name) if strategy_config.scorer else None
             label = strategy_config.effective_label
             for seed in config.seeds:
                 todo = [e for e in examples if trace_key(label, seed, e.problem.id) not in done]
@@ -113,8 +116,8 @@ def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: P
                     if on_trace:
                         on_trace(trace)
 
-                await solve_all(todo, task, strategy, policy, budget, seed=seed, concurrency=concurrency,
-                                on_trace=save)
+                await solve_all(todo, task, strategy, policy, budget, seed=seed, scorer=scorer,
+                                concurrency=concurrency, on_trace=save)
 
     asyncio.run(main())
     return written

@@ -65,7 +65,8 @@ _SCHEMA = [
         difficulty INTEGER,
         chosen_answer TEXT,
         correct INTEGER,
-        usage TEXT NOT NULL
+        usage TEXT NOT NULL,
+        chosen_node INTEGER
     )""",
     # iter_traces(strategy=...) walks this index; its implicit rowid keeps trace order.
     "CREATE INDEX IF NOT EXISTS traces_strategy ON traces (strategy)",
@@ -89,7 +90,7 @@ _SCHEMA = [
 ]
 
 _INSERT_TRACE = ("INSERT INTO traces (key, problem_id, strategy, settings, seed, difficulty, chosen_answer, "
-                 "correct, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 "correct, usage, chosen_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_NODE = ("INSERT INTO nodes (trace_id, node_id, parent, text, num_tokens, logprob, scores, terminal, "
                 "finish_reason, answer, correct) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # LEFT JOIN so that a trace without nodes still comes back; ORDER BY is served by
@@ -97,7 +98,7 @@ _INSERT_NODE = ("INSERT INTO nodes (trace_id, node_id, parent, text, num_tokens,
 # no temporary b-tree, rows stream straight off the cursor.
 _SELECT = ("SELECT t.id, t.key, t.problem_id, t.strategy, t.settings, t.seed, t.difficulty, t.chosen_answer, "
            "t.correct, t.usage, n.node_id, n.parent, n.text, n.num_tokens, n.logprob, n.scores, n.terminal, "
-           "n.finish_reason, n.answer, n.correct "
+           "n.finish_reason, n.answer, n.correct, t.chosen_node "
            "FROM traces t LEFT JOIN nodes n ON n.trace_id = t.id {where} ORDER BY t.id, n.node_id")
 
 
@@ -349,6 +350,7 @@ class RunStore:
                 trace_id = conn.execute(_INSERT_TRACE, (
                     key, trace.problem_id, trace.strategy, json.dumps(trace.settings), trace.seed,
                     trace.difficulty, trace.chosen_answer, trace.correct, json.dumps(vars(trace.usage)),
+                    trace.chosen_node,
                 )).lastrowid
                 conn.executemany(_INSERT_NODE, (_node_row(trace_id, node) for node in trace.nodes))
                 conn.execute("COMMIT")
@@ -410,7 +412,7 @@ class RunStore:
                     trace = Trace(problem_id=row[2], strategy=row[3], settings=json.loads(row[4]), seed=row[5],
                                   difficulty=row[6], chosen_answer=row[7],
                                   correct=None if row[8] is None else bool(row[8]),
-                                  usage=Usage.from_dict(json.loads(row[9])))
+                                  usage=Usage.from_dict(json.loads(row[9])), chosen_node=row[20])
                 if row[10] is not None:  # NULL node columns: a trace with no nodes
                     trace.nodes.append(Node(
                         id=row[10], parent=row[11], text=row[12], num_tokens=row[13], logprob=row[14],
@@ -472,7 +474,8 @@ def _solution_rows(key: str, trace: Trace) -> Iterator[dict]:
         yield {**base, "node_id": node.id, "depth": len(path), "prompt": cur.text,
                "text": "".join(p.text for p in path), "answer": node.answer, "correct": node.correct,
                "finish_reason": node.finish_reason, "num_tokens": sum(p.num_tokens for p in path),
-               "logprob": None if None in logprobs else float(sum(logprobs)), "scores": node.scores}
+               "logprob": None if None in logprobs else float(sum(logprobs)), "scores": node.scores,
+               "chosen": node.id == trace.chosen_node}
 
 
 def _arrow_schema(rows: str):
@@ -487,7 +490,7 @@ def _arrow_schema(rows: str):
     else:
         tail = [("depth", pa.int64()), ("prompt", pa.string()), ("text", pa.string()), ("answer", pa.string()),
                 ("correct", pa.bool_()), ("finish_reason", pa.string()), ("num_tokens", pa.int64()),
-                ("logprob", pa.float64()), ("scores", pa.string())]
+                ("logprob", pa.float64()), ("scores", pa.string()), ("chosen", pa.bool_())]
     return pa.schema(head + tail)
 
 

@@ -55,6 +55,7 @@ class Trace:
     correct: bool | None = None  # the verdict on chosen_answer, set by grading
     usage: Usage = field(default_factory=Usage)
     difficulty: int | None = None
+    chosen_node: int | None = None  # the terminal node whose answer was chosen, where one node was
 
     def add(self, parent: int | None, text: str, **kwargs: Any) -> Node:
         node = Node(id=len(self.nodes), parent=parent, text=text, **kwargs)

@@ -9,13 +9,12 @@ its own requests are done, while the batch runs on. Strategies never see this.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy
-from thinkscale.tiny import checkpoint
+from thinkscale.tiny import checkpoint, worker
 from thinkscale.tiny.engine import FINISH_STOP, Engine, SampleRequest, SamplingParams
 
 
@@ -30,28 +29,20 @@ class TinyPolicy(Policy):
     capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None) -> None:
-        # Every torch call of this policy runs on one thread of its own, which also
-        # loads the model: torch work split between two threads runs two OpenMP
-        # thread teams that fight over the cores (measured 1.5x slower on 2 cores).
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkscale-tiny")
-
         def load() -> tuple:
             if threads is not None:
                 torch.set_num_threads(threads)
             ck = checkpoint.load(checkpoint_name)
             return ck, Engine(ck.model, max_rows=max_rows)
 
-        self.checkpoint, self.engine = self._thread.submit(load).result()
+        self.checkpoint, self.engine = worker.call(load)  # all torch work on one thread: see tiny/worker.py
         self.tokenizer = self.checkpoint.tokenizer
         self._queue: list[_Pending] = []
-        self._worker: asyncio.Task | None = None
+        self._drainer: asyncio.Task | None = None
         self.on_samples_done = None  # optional callback(count), e.g. a progress bar
 
     def flops_per_token(self) -> float:
         return self.engine.flops_per_token()
-
-    async def close(self) -> None:
-        self._thread.shutdown(wait=False)
 
     # -- translation to and from the engine ----------------------------------
     def _stop_ids(self, stop: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -87,8 +78,8 @@ class TinyPolicy(Policy):
             self.tokenizer.encode(r.prompt)  # fail here, in the caller, on a bad character
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(list(requests), future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -116,8 +107,7 @@ class TinyPolicy(Policy):
                 loop.call_soon_threadsafe(deliver, i, list(completions))
 
             try:
-                await loop.run_in_executor(self._thread, self.engine.generate, engine_requests,
-                                           self.on_samples_done, request_done)
+                await worker.run(self.engine.generate, engine_requests, self.on_samples_done, request_done)
             except Exception as e:  # hand the error to every caller still waiting
                 for p in batch:
                     if not p.future.done():

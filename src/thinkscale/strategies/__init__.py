@@ -24,6 +24,20 @@ def _majority_vote(**settings: Any) -> Strategy:
     return MajorityVote(settings_from_dict(MajorityVote.Settings, settings, "majority_vote settings"))
 
 
+@STRATEGIES.register("best_of_n")
+def _best_of_n(**settings: Any) -> Strategy:
+    from thinkscale.strategies.best_of_n import BestOfN
+
+    return BestOfN(settings_from_dict(BestOfN.Settings, settings, "best_of_n settings"))
+
+
+@STRATEGIES.register("weighted_best_of_n")
+def _weighted_best_of_n(**settings: Any) -> Strategy:
+    from thinkscale.strategies.weighted_best_of_n import WeightedBestOfN
+
+    return WeightedBestOfN(settings_from_dict(WeightedBestOfN.Settings, settings, "weighted_best_of_n settings"))
+
+
 def get_strategy(name: str, **settings: Any) -> Strategy:
     return STRATEGIES.get(name)(**settings)
 

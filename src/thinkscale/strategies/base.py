@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from thinkscale.budget import Budget, BudgetExceeded, Usage
 from thinkscale.policies.base import GenerationRequest, GenerationResult, Policy
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Trace
+
+if TYPE_CHECKING:
+    from thinkscale.scorers.base import Scores
 
 
 def settings_from_dict(cls: type, data: dict[str, Any], where: str = "settings") -> Any:
@@ -84,6 +87,14 @@ def account(usage: Usage, policy: Policy, result: GenerationResult, started: flo
     if per_token:
         computed_prompt = result.prompt_tokens * (1 if cached else n)
         usage.flops += per_token * (generated + computed_prompt)
+    usage.wall_s += time.perf_counter() - started
+
+
+def account_scorer(usage: Usage, scores: "Scores", started: float) -> None:
+    """Add one scorer call's cost to `usage`."""
+    usage.scorer_calls += 1
+    usage.scored_tokens += scores.scored_tokens
+    usage.flops += scores.flops
     usage.wall_s += time.perf_counter() - started
 
 

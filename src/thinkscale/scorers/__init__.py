@@ -1,0 +1,24 @@
+"""Scorers by name: reward models behind one interface (see scorers/base.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thinkscale.registry import Registry
+from thinkscale.scorers.base import AGGREGATIONS, Scorer, Scores, aggregate
+
+SCORERS: Registry[Scorer] = Registry("scorer")
+
+
+@SCORERS.register("confidence")
+def _confidence(**options: Any) -> Scorer:
+    from thinkscale.scorers.confidence import ConfidenceScorer
+
+    return ConfidenceScorer(**options)
+
+
+def get_scorer(name: str, **options: Any) -> Scorer:
+    return SCORERS.get(name)(**options)
+
+
+__all__ = ["AGGREGATIONS", "SCORERS", "Scorer", "Scores", "aggregate", "get_scorer"]

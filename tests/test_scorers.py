@@ -1,0 +1,132 @@
+"""Scorers and the strategies that choose by them, on the tiny core."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from thinkscale.budget import Budget
+from thinkscale.policies import get_policy
+from thinkscale.runner import run
+from thinkscale.scorers import aggregate, get_scorer
+from thinkscale.scorers.base import split_steps
+from thinkscale.strategies import get_strategy
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return get_policy("tiny", checkpoint_name="arithmetic")
+
+
+@pytest.fixture(scope="module")
+def confidence():
+    return get_scorer("confidence", checkpoint_name="arithmetic")
+
+
+def test_aggregations_and_their_names():
+    steps = [0.9, 0.5, 0.8]
+    assert aggregate(steps, "last") == 0.8
+    assert aggregate(steps, "min") == 0.5
+    assert aggregate(steps, "prod") == pytest.approx(0.36)
+    assert aggregate(steps, "mean") == pytest.approx(2.2 / 3)
+    assert aggregate([], "min") == float("-inf")
+    with pytest.raises(ValueError, match="Did you mean 'prod'"):
+        aggregate(steps, "product")
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        get_strategy("best_of_n", aggregation="median")
+
+
+def test_split_steps_keeps_delimiters():
+    assert split_steps("8*5\n40\n", "\n") == ["8*5\n", "40\n"]
+    assert split_steps("a\n\nb", "\n\n") == ["a\n\n", "b"]
+    assert split_steps("", "\n") == []
+
+
+def test_confidence_is_the_models_own_step_probability(confidence, arithmetic_checkpoint):
+    prompt, solution = "(3+5)*(7-2)=\n", "8*(7-2)\n8*5\n40\n"
+    scores = asyncio.run(confidence.score(prompt, [solution, "8*(7-2)\n8*6\n48\n"], "\n"))
+    assert len(scores.per_step) == 2 and all(len(s) == 3 for s in scores.per_step)
+    assert all(0 < x <= 1 for s in scores.per_step for x in s)
+    # by hand: teacher-force the same text and average the log-probabilities of the second step
+    tok = arithmetic_checkpoint.tokenizer
+    ids = tok.encode(prompt + solution)
+    with torch.no_grad():
+        lp = F.log_softmax(arithmetic_checkpoint.model(torch.tensor([ids])), -1)[0]
+    start = len(tok.encode(prompt + "8*(7-2)\n"))
+    end = start + len("8*5\n")
+    by_hand = math.exp(sum(float(lp[t - 1, ids[t]]) for t in range(start, end)) / (end - start))
+    assert scores.per_step[0][1] == pytest.approx(by_hand, rel=1e-4)
+    assert scores.scored_tokens == 2 * len(ids) and scores.flops > 0
+    # the wrong step (7-2 is not 6) is less likely than the right one
+    assert scores.per_step[1][1] < scores.per_step[0][1]
+
+
+def test_confidence_prefers_reference_solutions_to_corrupted_ones(confidence, arithmetic):
+    import random
+
+    rng = random.Random(0)
+    wins = total = 0
+    for difficulty in arithmetic.difficulties:
+        for _ in range(5):
+            prompt, value, solution = arithmetic.generate(rng, difficulty)
+            wrong = solution.rsplit("\n", 2)[0] + f"\n{value + rng.randint(1, 9)}\n"
+            s = asyncio.run(confidence.score(prompt, [solution, wrong], "\n")).per_step
+            wins += aggregate(s[0], "min") > aggregate(s[1], "min")
+            total += 1
+    assert wins >= 0.8 * total
+
+
+@pytest.mark.parametrize("name", ["best_of_n", "weighted_best_of_n"])
+def test_best_of_n_chooses_by_score_among_finished_solutions(name, policy, confidence, arithmetic):
+    examples = arithmetic.examples("test", 8)
+    traces = run(examples, arithmetic, get_strategy(name, n=12, aggregation="mean"), policy, Budget(), seed=2,
+                 scorer=confidence)
+    for trace in traces:
+        finished = [n for n in trace.terminals() if n.finished and n.answer is not None]
+        assert all("confidence" in n.scores for n in finished)
+        assert all("confidence" not in n.scores for n in trace.terminals() if not n.finished)
+        assert trace.usage.scorer_calls == (1 if finished else 0)
+        if not finished:
+            assert trace.chosen_answer is None and not trace.correct
+            continue
+        chosen = trace.nodes[trace.chosen_node]
+        assert chosen.answer == trace.chosen_answer and chosen.finished
+        assert trace.correct == chosen.correct  # the chosen solution's own verdict
+        if name == "best_of_n":
+            assert chosen.scores["confidence"] == max(n.scores["confidence"] for n in finished)
+        else:
+            totals = {}
+            for n in finished:
+                totals[n.answer] = totals.get(n.answer, 0) + n.scores["confidence"]
+            assert totals[chosen.answer] == max(totals.values())
+
+
+def test_best_of_n_needs_a_scorer_and_stays_in_budget(policy, confidence, arithmetic):
+    examples = arithmetic.examples("test", 3)
+    with pytest.raises(ValueError, match="needs a scorer"):
+        run(examples, arithmetic, get_strategy("best_of_n", n=4), policy, Budget(), seed=0)
+    budget = Budget(max_samples=5, max_generated_tokens=300)
+    for trace in run(examples, arithmetic, get_strategy("best_of_n", n=16), policy, budget, seed=0, scorer=confidence):
+        assert not budget.exceeded_by(trace.usage) and trace.usage.samples == 5
+
+
+def test_a_run_config_names_its_scorer(tmp_path):
+    from thinkscale.config import ConfigError, parse_config
+
+    text = """\
+task: arithmetic
+output: {out}
+strategies:
+  - name: best_of_n
+    settings: {{n: 8, aggregation: min}}
+    scorer: {{name: {scorer}}}
+"""
+    config = parse_config(text.format(out=tmp_path / "r", scorer="confidence"), "exp.yaml")
+    assert config.strategies[0].scorer.name == "confidence"
+    assert config.strategies[0].scorer.build("arithmetic").name == "confidence"
+    with pytest.raises(ConfigError, match=r"exp.yaml:6: strategies\[0\].scorer.name: unknown scorer 'confidance'"):
+        parse_config(text.format(out=tmp_path / "r", scorer="confidance"), "exp.yaml")
