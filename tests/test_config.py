@@ -208,7 +208,7 @@ def test_unknown_names_suggest_the_closest(tmp_path, key, text, closest):
     path = write(tmp_path, minimal(**{field: text}) if field != "policy" else minimal() + text)
     message = error_of(path)
     assert message.startswith(f"{path}:{line_of(path, text.splitlines()[-1].strip())}: {key}: unknown ")
-    assert f"Did you mean {closest!r}?" in message
+    assert f"Did you mean {closest!r}" in message
 
 
 def test_split_must_be_train_or_test(tmp_path):

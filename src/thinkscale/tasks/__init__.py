@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from thinkscale.registry import Registry
 from thinkscale.tasks.base import Example, Problem, Task, Verdict
 
@@ -22,8 +24,50 @@ def _countdown() -> Task:
     return CountdownTask()
 
 
-def get_task(name: str) -> Task:
-    return TASKS.get(name)()
+@TASKS.register("gsm8k")
+def _gsm8k(**options: Any) -> Task:
+    from thinkscale.tasks.gsm8k import GSM8KTask
+
+    return GSM8KTask(**options)
+
+
+@TASKS.register("math500")
+def _math500(**options: Any) -> Task:
+    from thinkscale.tasks.math500 import MATH500, MathTask
+
+    options.setdefault("sources", MATH500)
+    return MathTask(name="math500", **options)
+
+
+@TASKS.register("aime")
+def _aime(**options: Any) -> Task:
+    from thinkscale.tasks.math500 import AIME, MathTask
+
+    options.setdefault("sources", AIME)
+    return MathTask(name="aime", **options)
+
+
+@TASKS.register("jsonl")
+def _jsonl(**options: Any) -> Task:
+    from thinkscale.tasks.jsonl import JsonlTask
+
+    return JsonlTask(**options)
+
+
+REASONING_GYM_PREFIX = "reasoning_gym:"
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """The task called `name`, built with `options` (e.g. get_task("jsonl", path=...)).
+
+    `reasoning_gym:<dataset>` names any reasoning-gym dataset; its options are
+    that dataset's config.
+    """
+    if name.startswith(REASONING_GYM_PREFIX):
+        from thinkscale.tasks.gym import ReasoningGymTask
+
+        return ReasoningGymTask(name[len(REASONING_GYM_PREFIX):], **options)
+    return TASKS.get(name)(**options)
 
 
 __all__ = ["Example", "Problem", "Task", "Verdict", "TASKS", "get_task"]

@@ -1,0 +1,134 @@
+"""What tasks over a fixed set of problems share: rows, splits, prompts, grading.
+
+A real benchmark has no generator: its problems are rows of a file. A
+`DatasetTask` reads the file each time `examples` is called and keeps nothing
+of it, so the task object a strategy holds carries no reference answers.
+
+Order: file order for seed 0; any other seed shuffles the rows (the same way
+for the same seed) before the first `n` are taken.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from thinkscale.tasks.base import Example, Problem, Task, Verdict
+from thinkscale.verify.math import extract_boxed, math_equal
+
+
+@dataclass(frozen=True)
+class Row:
+    """One problem of a dataset, its reference answer included."""
+
+    id: str
+    question: str
+    answer: str
+    difficulty: int = 0
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; ValueError naming file and line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def column(row: dict[str, Any], name: str, where: str) -> Any:
+    """row[name], or a ValueError that names the column, the place and the columns there are."""
+    if name not in row:
+        raise ValueError(f"{where}: no column {name!r} (columns: {', '.join(map(repr, row)) or 'none'})")
+    return row[name]
+
+
+def level_of(value: Any, where: str) -> int:
+    """A difficulty level from an int or a label like 'Level 3'."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: difficulty {value!r} is not a level")
+    if isinstance(value, int):
+        return value
+    m = re.search(r"-?\d+", str(value))
+    if m is None:
+        raise ValueError(f"{where}: difficulty {value!r} is not a level")
+    return int(m.group(0))
+
+
+def reference_answer(text: Any) -> str:
+    """The final answer inside a reference: after '####' (GSM8K), else in \\boxed{} (MATH), else all of it."""
+    text = str(text)
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+    return extract_boxed(text) or text.strip()
+
+
+class DatasetTask(Task):
+    """A task whose problems are the rows of a dataset; subclasses implement `rows`."""
+
+    name = "dataset"
+    splits: tuple[str, ...] = ("test",)
+    difficulties: tuple[int, ...] = (0,)
+    step_delimiter = "\n\n"  # chat models separate steps with a blank line
+    template = "{question}"
+
+    def __init__(self, template: str | None = None) -> None:
+        if template is not None:
+            self.template = template
+        if "{question}" not in self.template:
+            raise ValueError(f"{self.name}: the prompt template has no '{{question}}': {self.template!r}")
+
+    # -- subclasses implement ------------------------------------------------
+    def rows(self, split: str) -> list[Row]:
+        """Every row of `split`, read afresh (the task keeps no references)."""
+        raise NotImplementedError
+
+    def extract_answer(self, completion: str) -> str | None:
+        raise NotImplementedError
+
+    def check(self, answer: str, reference: str) -> Verdict:
+        """Whether a bare answer matches the reference; math equivalence unless a task says otherwise."""
+        return math_equal(answer, reference)
+
+    # -- shared --------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        # str.replace, not str.format: templates hold LaTeX braces such as \boxed{}.
+        return self.template.replace("{question}", question)
+
+    def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
+        """The first `n` problems of `split` (all of them if n is None or larger), shuffled if seed != 0."""
+        if split not in self.splits:
+            raise ValueError(f"{self.name} has no split {split!r}; splits: {', '.join(self.splits)}")
+        rows = self.rows(split)
+        if seed != 0:
+            random.Random(f"{self.name}/{split}/{seed}").shuffle(rows)
+        if n is not None:
+            rows = rows[:n]
+        return [Example(Problem(id=f"{self.name}/{row.id}", prompt=self.prompt(row.question),
+                                difficulty=row.difficulty), row.answer) for row in rows]
+
+    def generate(self, rng: random.Random, difficulty: int) -> tuple[str, Any, str]:
+        raise NotImplementedError(f"{self.name} is a fixed dataset with no generator; use examples()")
+
+    def answer_is_correct(self, example: Example, answer: str) -> bool:
+        return answer is not None and self.check(answer, example.reference).correct
+
+    def verify(self, example: Example, completion: str) -> Verdict:
+        answer = self.extract_answer(completion)
+        if answer is None:
+            return Verdict(False, "no final answer")
+        verdict = self.check(answer, example.reference)
+        return Verdict(verdict.correct, f"{answer!r} vs {example.reference!r}: {verdict.reason}")
