@@ -54,9 +54,14 @@ def counting_node_row(*args):
         os.kill(os.getpid(), signal.SIGKILL)
     return node_row(*args)
 
+sleep_per_trace = float(os.environ.get("SLEEP_PER_TRACE", "0"))
+
 def capped_put_trace(self, key, trace):
     global traces
     traces += 1
+    if sleep_per_trace:  # a slow disk: keeps the run going long enough to interrupt it
+        import time
+        time.sleep(sleep_per_trace)
     if traces == full_after_traces:  # the disk fills up: not one page more
         pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
         self._conn.execute(f"PRAGMA max_page_count={pages}")
@@ -76,7 +81,7 @@ def write_config(tmp_path: Path, name: str) -> tuple[Path, Path]:
     return config, run_dir
 
 
-def start(tmp_path: Path, config: Path, **faults: int) -> subprocess.Popen:
+def start(tmp_path: Path, config: Path, **faults: float) -> subprocess.Popen:
     wrapper = tmp_path / "faulty_thinkscale.py"
     wrapper.write_text(WRAPPER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in faults.items()}}
@@ -147,9 +152,10 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_p
     assert 3 < partial < TOTAL
 
     # 4. Ctrl-C: a clean stop that keeps what is finished
-    proc = start(tmp_path, config)
+    proc = start(tmp_path, config, SLEEP_PER_TRACE=0.3)
     while stored(run_dir) <= partial and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "run the same command again to resume" in err

@@ -8,7 +8,7 @@ from thinkscale.tasks import get_task
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.model import TinyConfig, TinyLlama
 from thinkscale.tiny.tokenizer import DEFAULT_VOCAB, CharTokenizer
-from thinkscale.tiny.train import TrainSettings, make_batch, train_policy, train_steps
+from thinkscale.tiny.train import TrainSettings, lm_batches, lm_loss, make_batch, train_policy, train_steps
 
 SMALL = TinyConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
@@ -18,7 +18,8 @@ def test_a_few_steps_lower_the_loss():
     task, tok = get_task("arithmetic"), CharTokenizer(DEFAULT_VOCAB)
     model = TinyLlama(SMALL)
     settings = TrainSettings(steps=40, batch_size=32, lr=1e-2, warmup_steps=5, log_every=1)
-    curve, tokens, _ = train_steps(model, task.training_stream(0), tok, settings)
+    curve, tokens = train_steps(model, lm_batches(task.training_stream(0), tok, settings.batch_size), lm_loss,
+                                tok.pad_id, settings)
     first, last = sum(l for _, l in curve[:5]) / 5, sum(l for _, l in curve[-5:]) / 5
     assert last < 0.7 * first
     assert tokens > 0

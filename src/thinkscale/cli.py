@@ -149,6 +149,45 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_prm(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from tqdm import tqdm
+
+    from thinkscale.flywheel.step_labels import label_steps, read_jsonl, write_jsonl
+    from thinkscale.policies.tiny import TinyPolicy
+    from thinkscale.tasks import get_task
+    from thinkscale.tiny.train import TrainSettings
+    from thinkscale.tiny.train_prm import train_prm
+
+    task = get_task(args.task)
+    policy_name = args.policy or task.name
+    out = Path(args.out or f"checkpoints/{task.name}-prm")
+    labels_path = Path(args.labels or f"{out}.labels.jsonl")
+    started = time.perf_counter()
+    if labels_path.exists() and not args.relabel:
+        records = read_jsonl(labels_path)
+        print(f"reusing {len(records)} step-label records from {labels_path} (--relabel to redo them)")
+    else:
+        # Labels come from the train split only: the PRM is judged on the test split.
+        examples = task.examples("train", args.problems, seed=args.seed)
+        policy = TinyPolicy(policy_name, threads=args.threads)
+        with tqdm(total=len(examples), desc=f"step labels ({args.rollouts} rollouts a step)", unit="problem") as bar:
+            records = asyncio.run(label_steps(task, policy, examples, samples=args.samples, rollouts=args.rollouts,
+                                              seed=args.seed, on_done=lambda _: bar.update(1)))
+        labels_path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(records, labels_path)
+        print(f"wrote {len(records)} step-label records to {labels_path} in {time.perf_counter() - started:.0f} s")
+    label_info = {"problems": args.problems, "samples": args.samples, "rollouts": args.rollouts, "split": "train",
+                  "policy": policy_name, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1)}
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             threads=args.threads, warmup_steps=min(50, args.steps // 10 + 1))
+    summary = train_prm(task.name, records, out, settings, init=policy_name, label_info=label_info)
+    print(f"wrote {out}: {summary['steps']} steps in {summary['train_seconds']} s, final loss {summary['final_loss']:.4f}")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +254,26 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     policy.add_argument("--out", help="checkpoint directory to write (default checkpoints/TASK)")
     policy.set_defaults(func=cmd_train_policy)
+
+    prm = train_sub.add_parser("prm", help="train a process reward model on Monte-Carlo step labels",
+                               description="Label the steps of the policy's own solutions to train-split problems "
+                                           "by Monte-Carlo rollouts (a step's value: the share of continuations "
+                                           "from it that verify), then fine-tune the policy into a PRM that "
+                                           "predicts that value after every step.")
+    prm.add_argument("--task", required=True, help="built-in task: arithmetic or countdown")
+    prm.add_argument("--policy", help="policy checkpoint to label with and start from (default: the task's)")
+    prm.add_argument("--problems", type=int, default=1500, help="train problems to label (default 1500)")
+    prm.add_argument("--samples", type=int, default=4, help="solutions per problem (default 4)")
+    prm.add_argument("--rollouts", type=int, default=8, help="continuations per step (default 8)")
+    prm.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+    prm.add_argument("--batch-size", type=int, default=64, help="solutions per step (default 64)")
+    prm.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    prm.add_argument("--seed", type=int, default=0, help="seed for problems, rollouts and training (default 0)")
+    prm.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    prm.add_argument("--out", help="checkpoint directory (default checkpoints/TASK-prm)")
+    prm.add_argument("--labels", help="step-label JSONL to write, or reuse if it exists (default OUT.labels.jsonl)")
+    prm.add_argument("--relabel", action="store_true", help="redo the step labels even if the file exists")
+    prm.set_defaults(func=cmd_train_prm)
     return parser
 
 

@@ -17,6 +17,13 @@ def _confidence(**options: Any) -> Scorer:
     return ConfidenceScorer(**options)
 
 
+@SCORERS.register("prm")
+def _prm(**options: Any) -> Scorer:
+    from thinkscale.scorers.prm import PRMScorer
+
+    return PRMScorer(**options)
+
+
 def get_scorer(name: str, **options: Any) -> Scorer:
     return SCORERS.get(name)(**options)
 

@@ -59,3 +59,40 @@ def split_steps(solution: str, delimiter: str) -> list[str]:
     if parts[-1]:
         steps.append(parts[-1])
     return [s for s in steps if s.strip()]
+
+
+class TinyFamilyScorer(Scorer):
+    """A scorer that reads solutions with a tiny-core checkpoint, on the torch thread.
+
+    Subclasses implement `_step_scores(batch, spans)`: the solutions of one
+    problem come as one right-padded batch (so a score depends only on its
+    problem's samples) with each step's [start, end) token span.
+    """
+
+    def __init__(self, checkpoint_name: str) -> None:
+        from thinkscale.tiny import checkpoint, worker
+
+        self.checkpoint = worker.call(checkpoint.load, checkpoint_name)
+        self.tokenizer = self.checkpoint.tokenizer
+        config = self.checkpoint.model.config
+        self._flops_per_token = 2.0 * (config.num_parameters() - config.vocab_size * config.hidden_size)
+
+    async def score(self, prompt: str, solutions: list[str], step_delimiter: str) -> Scores:
+        from thinkscale.tiny import worker
+
+        return await worker.run(self._score, prompt, solutions, step_delimiter)
+
+    def _score(self, prompt: str, solutions: list[str], step_delimiter: str) -> Scores:
+        import torch
+
+        if not solutions:
+            return Scores([], 0)
+        encoded = [self.tokenizer.encode_steps(prompt, split_steps(s, step_delimiter)) for s in solutions]
+        rows = [ids for ids, _ in encoded]
+        with torch.inference_mode():
+            per_step = self._step_scores(self.tokenizer.pad(rows), [spans for _, spans in encoded])
+        scored = sum(map(len, rows))
+        return Scores(per_step, scored, self._flops_per_token * scored)
+
+    def _step_scores(self, batch, spans: list[list[tuple[int, int]]]) -> list[list[float]]:
+        raise NotImplementedError

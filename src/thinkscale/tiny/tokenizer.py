@@ -32,6 +32,24 @@ class CharTokenizer:
             raise ValueError(f"character {e.args[0]!r} is not in the tiny core's vocabulary {CHARACTERS!r}") from None
         return [self.bos_id, *ids] if add_bos else ids
 
+    def encode_steps(self, prompt: str, steps: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of the prompt followed by the steps, and each step's [start, end) token span."""
+        ids, spans = self.encode(prompt), []
+        for step in steps:
+            start = len(ids)
+            ids += self.encode(step, add_bos=False)
+            spans.append((start, len(ids)))
+        return ids, spans
+
+    def pad(self, rows: list[list[int]]) -> "torch.Tensor":
+        """(B, T) ids, right-padded (causal attention never looks right, so padding changes nothing)."""
+        import torch
+
+        batch = torch.full((len(rows), max(map(len, rows))), self.pad_id, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            batch[i, : len(ids)] = torch.tensor(ids)
+        return batch
+
     def decode(self, ids: list[int]) -> str:
         return "".join(self.vocab[i] for i in ids if i not in self.specials)
 

@@ -74,36 +74,72 @@ def _optimizer(model: TinyLlama, s: TrainSettings) -> torch.optim.Optimizer:
     )
 
 
+Batch = tuple[torch.Tensor, ...]  # the first tensor is always the input ids (B, T)
+
+
+class StepProgress:
+    """A progress bar over optimizer steps that shows the latest loss (or nothing, if off)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
+        self.total = total
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step")
+
+    def __call__(self, step: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.n = step + 1
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.total
+            self.bar.close()
+
+
+def lm_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy where the targets are not IGNORE."""
+    ids, tgt = batch
+    logits = model(ids)  # (B, T, vocab)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
+
+
+def lm_batches(data: Iterator[tuple[str, str]], tokenizer: CharTokenizer, batch_size: int) -> Iterator[Batch]:
+    while True:
+        yield make_batch(list(islice(data, batch_size)), tokenizer)
+
+
 def train_steps(
     model: TinyLlama,
-    data: Iterator[tuple[str, str]],
-    tokenizer: CharTokenizer,
+    batches: Iterator[Batch],
+    loss_fn: Callable[[TinyLlama, Batch], torch.Tensor],
+    pad_id: int,
     s: TrainSettings,
     on_log: Callable[[int, float], None] | None = None,
-    start_step: int = 0,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> tuple[list[tuple[int, float]], int, torch.optim.Optimizer]:
-    """Run steps [start_step, s.steps); returns the logged losses and the tokens trained on."""
-    optimizer = optimizer or _optimizer(model, s)
+) -> tuple[list[tuple[int, float]], int]:
+    """Run s.steps optimizer steps; returns the logged losses and the tokens trained on."""
+    optimizer = _optimizer(model, s)
     model.train()
     curve, tokens = [], 0
-    for step in range(start_step, s.steps):
-        ids, tgt = make_batch(list(islice(data, s.batch_size)), tokenizer)
+    for step in range(s.steps):
+        batch = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)
-        logits = model(ids)  # (B, T, vocab)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
+        loss = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        tokens += int((ids != tokenizer.pad_id).sum())
+        tokens += int((batch[0] != pad_id).sum())
         if step % s.log_every == 0 or step == s.steps - 1:
             curve.append((step, round(loss.item(), 5)))
             if on_log:
                 on_log(step, loss.item())
     model.eval()
-    return curve, tokens, optimizer
+    return curve, tokens
 
 
 def train_policy(
@@ -128,29 +164,18 @@ def train_policy(
         probe = TinyLlama(config)
         probe_steps = 5
         t0 = time.perf_counter()
-        train_steps(probe, task.training_stream(settings.seed + 1), tokenizer,
+        train_steps(probe, lm_batches(task.training_stream(settings.seed + 1), tokenizer, settings.batch_size),
+                    lm_loss, tokenizer.pad_id,
                     TrainSettings(**{**asdict(settings), "steps": probe_steps, "log_every": 10**9}))
         per_step = (time.perf_counter() - t0) / probe_steps
         settings = TrainSettings(**{**asdict(settings), "steps": max(1, int(minutes * 60 / per_step))})
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=settings.steps, desc=f"train {task.name}", unit="step")
-
-    def on_log(step: int, loss: float) -> None:
-        if bar is not None:
-            bar.n = step + 1
-            bar.set_postfix(loss=f"{loss:.4f}")
-            bar.refresh()
-
+    on_log = StepProgress(settings.steps, f"train {task.name}", enabled=progress)
     t0 = time.perf_counter()
-    curve, tokens, _ = train_steps(model, data, tokenizer, settings, on_log=on_log)
+    curve, tokens = train_steps(model, lm_batches(data, tokenizer, settings.batch_size), lm_loss,
+                                tokenizer.pad_id, settings, on_log=on_log)
     elapsed = time.perf_counter() - t0
-    if bar is not None:
-        bar.n = settings.steps
-        bar.close()
+    on_log.close()
     summary = {
         "task": task.name,
         "settings": asdict(settings),
