@@ -85,8 +85,11 @@ def start(tmp_path: Path, config: Path, **faults: float) -> subprocess.Popen:
     wrapper = tmp_path / "faulty_thinkscale.py"
     wrapper.write_text(WRAPPER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in faults.items()}}
+    # A shell that runs tests in the background hands its children SIGINT ignored;
+    # give the child the default, as a terminal would, so that Ctrl-C can be tested.
     return subprocess.Popen([sys.executable, str(wrapper), "run", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stored(run_dir: Path) -> int:
