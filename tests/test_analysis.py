@@ -164,3 +164,22 @@ def test_plot_curves_writes_png(tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 1000
+
+
+def test_report_pools_the_seeds_of_a_problem_into_one_problem():
+    from thinkscale.analysis.report import summarize
+    from thinkscale.trace import Trace
+
+    def trace(problem: str, answers: list[str | None], right: str) -> Trace:
+        t = Trace(problem_id=problem, strategy="repeated_sampling", settings={}, seed=0, difficulty=1)
+        root = t.add(None, "q")
+        for a in answers:
+            t.add(root.id, "x", terminal=True, finish_reason="stop" if a else "length", answer=a, correct=a == right)
+        return t
+
+    traces = [trace("p1", ["1", "2"], "1"), trace("p1", ["2", "2"], "1"), trace("p2", ["3", None], "3")]
+    summary = summarize(traces, votable=True)
+    assert summary["groups"]["all"]["problems"] == 2  # two problems, not three traces
+    assert summary["samples"] == 2 and summary["ks"] == [1, 2]
+    # p1 pooled: 4 samples, 1 right -> pass@1 0.25; p2: 1 of 2 -> 0.5
+    assert summary["groups"]["all"]["pass_at_k"][0] == pytest.approx((0.25 + 0.5) / 2)

@@ -44,6 +44,10 @@ def test_split_steps_keeps_delimiters():
     assert split_steps("8*5\n40\n", "\n") == ["8*5\n", "40\n"]
     assert split_steps("a\n\nb", "\n\n") == ["a\n\n", "b"]
     assert split_steps("", "\n") == []
+    # blank text is kept with a neighbouring step, never dropped: the steps are the policy's own text
+    for text, delimiter in [("1+2=3\n\n3*4=12\n", "\n"), ("\n\na\n\nb", "\n\n"), ("a\n \nb\n", "\n")]:
+        assert "".join(split_steps(text, delimiter)) == text
+        assert all(step.strip() for step in split_steps(text, delimiter))
 
 
 def test_confidence_is_the_models_own_step_probability(confidence, arithmetic_checkpoint):

@@ -134,3 +134,31 @@ def test_policy_stop_strings_and_concurrent_callers_are_batched(policy, arithmet
             assert g.finish_reason in ("stop", "length") and g.num_tokens >= len(g.text)
     with pytest.raises(ValueError, match="not in the tiny core's vocabulary"):
         asyncio.run(policy.generate([GenerationRequest("what is 2+2?")]))
+
+
+def test_budget_limits_that_are_not_enforced_yet_are_refused(policy, arithmetic):
+    problem = arithmetic.examples("test", 1)[0].problem
+    strategy = get_strategy("repeated_sampling", n=4)
+    for budget in (Budget(max_flops=1e9), Budget(max_wall_s=10.0)):
+        with pytest.raises(ValueError, match="not enforced"):
+            asyncio.run(strategy.solve(problem, arithmetic, policy, None, budget, 0))
+    trace = asyncio.run(strategy.solve(problem, arithmetic, policy, None, Budget(max_policy_calls=1), 0))
+    assert trace.usage.policy_calls == 1
+
+
+def test_bad_requests_fail_their_own_caller_only(policy, arithmetic):
+    from thinkscale.tiny.engine import Engine
+
+    good = GenerationRequest(arithmetic.examples("test", 1)[0].problem.prompt, n=2, seed=0)
+
+    async def both():
+        return await asyncio.gather(policy.generate([good]), policy.generate([GenerationRequest("1" * 300)]),
+                                    return_exceptions=True)
+
+    ok, bad = asyncio.run(both())
+    assert len(ok[0].generations) == 2
+    assert isinstance(bad, ValueError) and "does not fit" in str(bad)
+    with pytest.raises(ValueError, match="empty stop string"):
+        GenerationRequest("1+2=\n", stop=("",))
+    with pytest.raises(ValueError, match="max_rows must be at least 1"):
+        Engine(policy.checkpoint.model, max_rows=0)

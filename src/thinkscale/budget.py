@@ -45,7 +45,7 @@ class Usage:
         return cls(**data)
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(ValueError):
     """Raised when a strategy asks for more than its Budget allows."""
 
 

@@ -64,10 +64,13 @@ def _report(run_dir: Path, extrapolate_to: int) -> dict:
         reports = {}
         for strategy in config.strategies:
             label = strategy.effective_label
+            if not any(True for key in store.done_keys() if key.startswith(label + "/")):
+                print(f"{label}: no traces yet (run `thinkscale run` to finish the run)\n")
+                continue
             traces = (t for key, t in store.iter_keyed() if key.startswith(label + "/"))
             summary = summarize(traces, votable=task.votable, extrapolate_to=extrapolate_to)
             settings = ", ".join(f"{k}={v}" for k, v in strategy.settings.items())
-            size = f"{summary['groups']['all']['problems']} traces x {summary['samples']} samples"
+            size = f"{summary['groups']['all']['problems']} problems x {summary['samples']} samples"
             print(format_table(summary, f"{label} ({strategy.name}{': ' + settings if settings else ''}) on "
                                         f"{task.name}/{config.split}, {size}, seeds {config.seeds}"))
             plot = plot_summary(summary, Path(run_dir) / f"coverage-{label}.png",

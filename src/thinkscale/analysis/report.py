@@ -48,6 +48,22 @@ def _compact(trace: Trace) -> _Graded:
                    trace.chosen_answer is not None, bool(trace.correct))
 
 
+def _pool(a: _Graded, b: _Graded) -> _Graded:
+    """The samples of two traces of one problem (two seeds) as one problem's samples.
+
+    Pooling keeps problems, not traces, as the unit that the bootstrap
+    resamples, so more seeds never narrow the intervals by counting a problem twice.
+    """
+    votes: dict[str | None, list] = {}
+    for answer, count, ok in a.votes + b.votes:
+        entry = votes.setdefault(answer, [0, False])
+        entry[0] += count
+        entry[1] = entry[1] or ok
+    return _Graded(a.difficulty, a.n + b.n, a.correct + b.correct,
+                   tuple((ans, c, ok) for ans, (c, ok) in votes.items()), a.chose or b.chose,
+                   a.chosen_correct and b.chosen_correct)
+
+
 def _rows(g: _Graded, ks: list[int], votable: bool) -> tuple[list[float], list[float] | None]:
     coverage = [pass_at_k(g.n, g.correct, k) for k in ks]
     if not votable:
@@ -61,10 +77,21 @@ def summarize(traces: Iterable[Trace], votable: bool, extrapolate_to: int = 1024
     """Mean pass@k / majority@k per difficulty and overall, with the coverage-law fit.
 
     Streams: each trace is reduced to a few counts as it is read, so memory
-    grows with the number of problems, not of samples. k runs over powers of
-    two up to the smallest number of samples any problem has.
+    grows with the number of problems, not of samples. Traces of one problem
+    (several seeds) are pooled into one problem. k runs over powers of two up
+    to the smallest number of samples any problem has.
     """
-    graded = [_compact(t) for t in traces]
+    graded, chosen = [], []
+    by_problem: dict[str, int] = {}
+    for trace in traces:
+        g = _compact(trace)
+        chosen.append((g.chose, g.chosen_correct))
+        if trace.problem_id in by_problem:  # another seed of the same problem: pool its samples
+            i = by_problem[trace.problem_id]
+            graded[i] = _pool(graded[i], g)
+        else:
+            by_problem[trace.problem_id] = len(graded)
+            graded.append(g)
     if not graded:
         raise ValueError("no traces to report on")
     samples = min(g.n for g in graded)
@@ -85,8 +112,8 @@ def summarize(traces: Iterable[Trace], votable: bool, extrapolate_to: int = 1024
         if votable:
             entry["majority_at_k"] = np.array([r[1] for r in rows]).mean(0).round(4).tolist()
         summary["groups"][d] = entry
-    if any(g.chose for g in graded):  # a strategy that answers: no answer counts as wrong
-        summary["accuracy_of_chosen_answer"] = round(sum(g.chosen_correct for g in graded) / len(graded), 4)
+    if any(chose for chose, _ in chosen):  # a strategy that answers: no answer counts as wrong
+        summary["accuracy_of_chosen_answer"] = round(sum(ok for _, ok in chosen) / len(chosen), 4)
     overall = np.array([r[0] for r in by_difficulty["all"]])
     fit, predicted, (low, high) = fit_with_interval(overall, ks, at_k=extrapolate_to)
     summary["coverage_law"] = {"a": fit.a, "b": fit.b, "at_k": extrapolate_to, "predicted": predicted,

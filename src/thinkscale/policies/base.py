@@ -38,6 +38,8 @@ class GenerationRequest:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if any(not s for s in self.stop):
+            raise ValueError("an empty stop string would stop every generation at once")
 
 
 @dataclass(frozen=True)

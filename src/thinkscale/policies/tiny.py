@@ -74,8 +74,10 @@ class TinyPolicy(Policy):
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         if not requests:
             return []
-        for r in requests:
-            self.tokenizer.encode(r.prompt)  # fail here, in the caller, on a bad character
+        limit = self.checkpoint.model.config.max_position_embeddings
+        for r in requests:  # fail here, in the caller, not in a batch shared with others
+            if len(self.tokenizer.encode(r.prompt)) >= limit:
+                raise ValueError(f"a prompt of {len(r.prompt) + 1} tokens does not fit the tiny core's {limit} positions")
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(list(requests), future))
         if self._drainer is None or self._drainer.done():

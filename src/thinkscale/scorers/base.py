@@ -55,10 +55,19 @@ def aggregate(step_scores: list[float], how: str) -> float:
 def split_steps(solution: str, delimiter: str) -> list[str]:
     """Steps of a solution, each keeping its delimiter (the text a scorer reads)."""
     parts = solution.split(delimiter)
-    steps = [p + delimiter for p in parts[:-1]]
-    if parts[-1]:
-        steps.append(parts[-1])
-    return [s for s in steps if s.strip()]
+    pieces = [p + delimiter for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    steps: list[str] = []
+    for piece in pieces:
+        if steps and not piece.strip():
+            steps[-1] += piece  # blank text stays with the step before: the text is the policy's own
+        else:
+            steps.append(piece)
+    if steps and not steps[0].strip():  # leading blank text joins the first real step
+        if len(steps) == 1:
+            return []
+        blank = steps.pop(0)
+        steps[0] = blank + steps[0]
+    return steps
 
 
 class TinyFamilyScorer(Scorer):

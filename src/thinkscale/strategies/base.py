@@ -57,6 +57,12 @@ def affordable(settings: SamplingSettings, budget: Budget, usage: Usage) -> tupl
     Each sample is capped so that even if every one runs to its token limit
     the budget holds: a strategy can never overspend, only stop early.
     """
+    for limit in ("max_flops", "max_wall_s"):
+        if getattr(budget, limit) is not None:
+            raise ValueError(f"budget {limit} is not enforced by the sampling strategies yet; limit "
+                             f"max_generated_tokens, max_samples or max_policy_calls instead")
+    if budget.max_policy_calls is not None and usage.policy_calls >= budget.max_policy_calls:
+        raise BudgetExceeded(f"the budget's {budget.max_policy_calls} policy calls are spent")
     n = settings.n
     left_samples = budget.remaining_samples(usage)
     if left_samples is not None:

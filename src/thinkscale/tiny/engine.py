@@ -107,6 +107,8 @@ class Engine:
     """Continuous-batching sampler over one TinyLlama's weights."""
 
     def __init__(self, model: TinyLlama, max_rows: int = 1024, device: str | torch.device | None = None) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.device = torch.device(device) if device else next(model.parameters()).device
         model = model.to(self.device).eval()
         self.model = model
@@ -236,9 +238,11 @@ class Engine:
         c = self.config
         have = getattr(self, "_cache", None)
         if have is None or have.shape[2] < chunks or have.shape[3] < rows:
+            if have is not None:  # grow to cover both the old and the new shape, so calls do not thrash
+                chunks, rows = max(chunks, have.shape[2]), max(rows, have.shape[3])
             self._cache = None  # free the old one first
             self._cache = torch.zeros(c.num_hidden_layers, 2, chunks, rows, c.num_attention_heads, CHUNK,
-                                      c.head_dim, device=self.device)
+                                      c.head_dim, device=self.device, dtype=self.embed.dtype)
         return self._cache[:, :, :chunks, :rows]
 
     # -- the sampling loop ----------------------------------------------------
