@@ -134,3 +134,12 @@ strategies:
     assert config.strategies[0].scorer.build("arithmetic").name == "confidence"
     with pytest.raises(ConfigError, match=r"exp.yaml:6: strategies\[0\].scorer.name: unknown scorer 'confidance'"):
         parse_config(text.format(out=tmp_path / "r", scorer="confidance"), "exp.yaml")
+
+
+def test_the_shipped_example_config_loads():
+    from pathlib import Path
+
+    from thinkscale.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "examples" / "choosers.yaml")
+    assert [s.effective_label for s in config.strategies][:3] == ["majority_vote", "confidence-bon", "confidence-wbon"]

@@ -103,5 +103,6 @@ class TinyFamilyScorer(Scorer):
         scored = sum(map(len, rows))
         return Scores(per_step, scored, self._flops_per_token * scored)
 
+    @abstractmethod
     def _step_scores(self, batch, spans: list[list[tuple[int, int]]]) -> list[list[float]]:
-        raise NotImplementedError
+        """Per-step scores from the padded batch (B, T) and each solution's step spans."""

@@ -121,7 +121,8 @@ class DatasetTask(Task):
                                 difficulty=row.difficulty), row.answer) for row in rows]
 
     def generate(self, rng: random.Random, difficulty: int) -> tuple[str, Any, str]:
-        raise NotImplementedError(f"{self.name} is a fixed dataset with no generator; use examples()")
+        raise ValueError(f"{self.name} is a fixed dataset with no generator: it gives problems by examples(), "
+                         f"and has no reference solutions to train a policy on")
 
     def answer_is_correct(self, example: Example, answer: str) -> bool:
         return answer is not None and self.check(answer, example.reference).correct

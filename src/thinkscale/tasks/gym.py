@@ -94,7 +94,7 @@ class ReasoningGymTask(Task):
         return self.template.replace("{question}", question)
 
     def generate(self, rng: random.Random, difficulty: int) -> tuple[str, Any, str]:
-        raise NotImplementedError(f"{self.name} has answers but no reference solutions to train on")
+        raise ValueError(f"{self.name} has answers but no reference solutions to train a policy on")
 
     def extract_answer(self, completion: str) -> str | None:
         from reasoning_gym.utils import extract_answer
