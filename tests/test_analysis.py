@@ -183,3 +183,32 @@ def test_report_pools_the_seeds_of_a_problem_into_one_problem():
     assert summary["samples"] == 2 and summary["ks"] == [1, 2]
     # p1 pooled: 4 samples, 1 right -> pass@1 0.25; p2: 1 of 2 -> 0.5
     assert summary["groups"]["all"]["pass_at_k"][0] == pytest.approx((0.25 + 0.5) / 2)
+
+
+def _trace(pid: str, correct: bool, tokens: int, difficulty: int = 2, seed: int = 0):
+    from thinkscale.budget import Usage
+    from thinkscale.trace import Trace
+
+    return Trace(problem_id=pid, strategy="s", settings={}, seed=seed, correct=correct, difficulty=difficulty,
+                 usage=Usage(generated_tokens=tokens, flops=10.0 * tokens))
+
+
+def test_compare_pairs_problems_pools_seeds_and_bounds_accuracy():
+    from thinkscale.analysis.compare import compare, format_comparison, series_of
+
+    a = [_trace(f"p{i}", i % 2 == 0, 100) for i in range(40)]
+    b = [_trace(f"p{i}", True, 400, seed=s) for i in range(40) for s in (0, 1)]
+    b[1].correct = False  # problem p0: one seed of two right -> 0.5
+    result = compare({"a@4": a, "b@16": b}, resamples=500, seed=3)
+    ra, rb = result["strategies"]["a@4"], result["strategies"]["b@16"]
+    assert ra["accuracy"] == 0.5 and rb["accuracy"] == round(39.5 / 40, 4)
+    assert ra["interval"][0] < 0.5 < ra["interval"][1]
+    assert rb["interval"][1] <= 1.0
+    assert ra["generated_tokens"] == 100 and rb["generated_tokens"] == 400 and rb["flops"] == 4000
+    assert result["problems"] == 40  # seeds pooled: problems, not traces, are the unit
+    assert compare({"a@4": a, "b@16": b}, resamples=500, seed=3) == result
+    table = format_comparison(result, "t")
+    assert table.index("a@4") < table.index("b@16")  # sorted by what was spent
+    assert series_of("beam-prm@64") == "beam-prm" and series_of("vote") == "vote"
+    with pytest.raises(ValueError, match="'a@4' has 39 of the 40 problems"):
+        compare({"a@4": a[:-1], "b@16": b})

@@ -16,7 +16,8 @@ def thinkscale(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("args", [[], ["demo"], ["run"], ["report"], ["export"], ["train"], ["train", "policy"]])
+@pytest.mark.parametrize("args", [[], ["demo"], ["run"], ["report"], ["compare"], ["export"], ["train"],
+                                  ["train", "policy"], ["train", "prm"], ["train", "orm"]])
 def test_every_subcommand_has_help(args):
     result = thinkscale(*args, "--help")
     assert result.returncode == 0, result.stderr
@@ -72,3 +73,40 @@ def test_bad_input_is_named(tmp_path):
     assert result.returncode == 2 and "missing config.json" in result.stderr
     result = thinkscale("train", "policy", "--task", "arithmetic")
     assert result.returncode != 0 and "--steps" in result.stderr
+
+
+def test_compare_runs_strategies_and_sets_accuracy_beside_spending(tmp_path):
+    config = tmp_path / "cmp.yaml"
+    config.write_text(f"""
+task: arithmetic
+problems: 8
+seeds: [0, 1]
+output: {tmp_path / "cmp"}
+policy: {{options: {{threads: 1}}}}
+strategies:
+  - {{name: majority_vote, label: vote@4, settings: {{n: 4}}}}
+  - {{name: majority_vote, label: vote@16, settings: {{n: 16}}}}
+  - name: beam_search
+    label: beam@8
+    settings: {{n: 8, width: 2}}
+    scorer: {{name: confidence}}
+""")
+    result = thinkscale("compare", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "intervals: bootstrap over problems" in result.stdout
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert data["problems"] == 8
+    rows = data["strategies"]
+    assert set(rows) == {"vote@4", "vote@16", "beam@8"}
+    for row in rows.values():
+        lo, hi = row["interval"]
+        assert 0 <= lo <= row["accuracy"] <= hi <= 1
+        assert row["generated_tokens"] > 0 and row["flops"] > 0
+    assert rows["vote@16"]["generated_tokens"] > 3 * rows["vote@4"]["generated_tokens"]
+    assert rows["beam@8"]["scored_tokens"] > 0 and rows["vote@4"]["scored_tokens"] == 0
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    again = thinkscale("compare", str(tmp_path / "cmp"))  # from the finished run directory, no new work
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == data
+    missing = thinkscale("compare", str(tmp_path / "nothing.yaml"))
+    assert missing.returncode == 2 and "no such experiment file or run directory" in missing.stderr

@@ -14,7 +14,7 @@ from thinkscale.policies import get_policy
 from thinkscale.scorers import aggregate, get_scorer
 from thinkscale.tasks.base import split_of
 from thinkscale.tiny.train import TrainSettings
-from thinkscale.tiny.train_prm import prm_batch, train_prm
+from thinkscale.tiny.train_prm import likelihood_batch, prm_batch, step_targets, train_prm
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_step_labels_round_trip_and_bad_lines(records, tmp_path):
         read_jsonl(path)
 
 
-def test_prm_batch_marks_each_steps_last_token(arithmetic_checkpoint):
+def test_prm_batches_mark_each_steps_last_token_or_what_each_step_teaches(arithmetic_checkpoint):
     tok = arithmetic_checkpoint.tokenizer
     r = StepLabels("p", "(3+5)*2=\n", ["8*2\n", "16\n"], [0.5, 1.0], [1, 1])
     ids, at_end, target = prm_batch([r], tok)
@@ -67,18 +67,40 @@ def test_prm_batch_marks_each_steps_last_token(arithmetic_checkpoint):
     assert text == "(3+5)*2=\n8*2\n16\n"
     assert [ids[0, m].item() for m in marks] == [tok.ids["\n"]] * 2
     assert marks[-1] == len(tok.encode(text)) - 1
-    assert target[0, marks].tolist() == [0.5, 1.0]
+    assert target[0, marks].tolist() == [1.0, 1.0]  # hard: a verified solution proves each of its steps
+    _, _, soft = prm_batch([r], tok, target="soft")
+    assert soft[0, marks].tolist() == [0.5, 1.0]
+    # likelihood head: a verified solution's steps are learnt token by token (token t predicted at t - 1) ...
+    wrong = StepLabels("p", "(3+5)*2=\n", ["8*2\n", "17\n"], [0.75, 0.0], [1, 0])
+    ids, goal, failed = likelihood_batch([r, wrong], tok)
+    learnt = goal[0][goal[0] != -100].tolist()
+    assert tok.decode(learnt) == "8*2\n16\n" and (goal[1] == -100).all()
+    # ... and a failed step marks the positions that predict its tokens, nothing else
+    assert tok.decode([ids[1, t + 1].item() for t in failed[1].nonzero()[:, 0].tolist()]) == "17\n"
+    assert not failed[0].any()
 
 
-def test_training_a_prm_lowers_its_loss_and_the_scorer_refuses_other_tasks(records, tmp_path):
+def test_hard_targets_stop_at_the_first_error():
+    wrong = StepLabels("p", "x", ["a\n", "b\n", "c\n", "d\n"], [0.5, 0.0, 0.25, 0.0], [1, 0, 1, 0])
+    assert step_targets(wrong, "hard") == [1.0, 0.0, None, None]
+    assert step_targets(wrong, "soft") == [0.5, 0.0, 0.25, 0.0]
+    right = StepLabels("p", "x", ["a\n", "b\n"], [0.0, 1.0], [0, 1])  # unlucky rollouts, verified solution
+    assert step_targets(right, "hard") == [1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown PRM target 'medium'"):
+        step_targets(right, "medium")
+
+
+@pytest.mark.parametrize("head", ["likelihood", "verdict"])
+def test_training_a_prm_lowers_its_loss_and_the_scorer_refuses_other_tasks(head, records, tmp_path):
     recs, _ = records
     settings = TrainSettings(steps=30, batch_size=8, lr=1e-3, warmup_steps=3, log_every=1)
     summary = train_prm("arithmetic", recs, tmp_path / "prm", settings, init="arithmetic",
-                        label_info={"test": True}, progress=False)
+                        label_info={"test": True}, progress=False, head=head)
     first = sum(l for _, l in summary["loss_curve"][:5]) / 5
     last = sum(l for _, l in summary["loss_curve"][-5:]) / 5
     assert last < first
-    assert json.loads((tmp_path / "prm" / "prm.json").read_text())["task"] == "arithmetic"
+    meta = json.loads((tmp_path / "prm" / "reward_model.json").read_text())
+    assert meta["task"] == "arithmetic" and meta["head"] == head
     scorer = get_scorer("prm", checkpoint_name=str(tmp_path / "prm"))
     scores = asyncio.run(scorer.score("(3+5)*2=\n", ["8*2\n16\n", "8*2\n"], "\n"))
     assert [len(s) for s in scores.per_step] == [2, 1]
@@ -86,8 +108,32 @@ def test_training_a_prm_lowers_its_loss_and_the_scorer_refuses_other_tasks(recor
     scorer.check_task("arithmetic")
     with pytest.raises(ValueError, match="trained on 'arithmetic' and cannot score 'countdown'"):
         scorer.check_task("countdown")
-    with pytest.raises(ValueError, match="is not a PRM checkpoint"):
+    with pytest.raises(ValueError, match="is not a reward model checkpoint"):
         get_scorer("prm", checkpoint_name="arithmetic")
+    with pytest.raises(ValueError, match="is an 'prm' checkpoint, not a 'orm' one"):
+        get_scorer("orm", checkpoint_name=str(tmp_path / "prm"))
+    with pytest.raises(ValueError, match="unknown reward-model head 'value'"):
+        train_prm("arithmetic", recs, tmp_path / "x", settings, init="arithmetic", label_info={}, head="value")
+
+
+def test_orm_learns_from_whole_solutions_of_train_problems(policy, arithmetic, tmp_path):
+    from thinkscale.flywheel.step_labels import label_outcomes
+
+    examples = arithmetic.examples("train", 24, seed=5)
+    recs = asyncio.run(label_outcomes(arithmetic, policy, examples, samples=4, seed=5))
+    assert recs and all(len(r.steps) == 1 and r.values[0] in (0.0, 1.0) for r in recs)
+    by_id = {e.problem.id: e for e in examples}
+    for r in recs:
+        assert split_of(r.prompt) == "train"
+        assert r.values[0] == float(arithmetic.verify(by_id[r.problem_id], r.steps[0]).correct)
+    settings = TrainSettings(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, log_every=1)
+    train_prm("arithmetic", recs, tmp_path / "orm", settings, init="arithmetic", label_info={}, progress=False,
+              kind="orm")
+    scorer = get_scorer("orm", checkpoint_name=str(tmp_path / "orm"))
+    scores = asyncio.run(scorer.score("(3+5)*2=\n", ["8*2\n16\n", "8*2\n"], "\n"))
+    assert [len(s) for s in scores.per_step] == [1, 1]  # one score for the whole solution
+    with pytest.raises(ValueError, match="ORM 'orm' was trained on 'arithmetic'"):
+        scorer.check_task("countdown")
 
 
 @pytest.mark.parametrize("task_name", ["arithmetic", "countdown"])

@@ -124,6 +124,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from thinkscale.analysis.compare import compare, format_comparison, plot_comparison
+    from thinkscale.config import RunConfig, load_config
+    from thinkscale.store import RunStore
+
+    target = Path(args.target)
+    if target.is_dir():
+        run_dir = target
+    elif target.exists():
+        run_dir = _execute(load_config(target), fresh=args.fresh)
+    else:
+        raise ValueError(f"{target}: no such experiment file or run directory")
+    with RunStore.read(run_dir) as store:
+        config = RunConfig.from_dict(store.config, source=str(store.path))
+        by_label: dict[str, list] = {s.effective_label: [] for s in config.strategies}
+        for key, trace in store.iter_keyed():
+            label = key.split("/", 1)[0]
+            if label in by_label:
+                by_label[label].append(trace)
+    missing = [label for label, traces in by_label.items() if not traces]
+    for label in missing:
+        print(f"{label}: no traces yet (run `thinkscale run` to finish the run)")
+    result = compare({k: v for k, v in by_label.items() if v}, resamples=args.resamples, seed=args.seed)
+    title = f"{config.task}/{config.split}"
+    print(format_comparison(result, title))
+    (run_dir / "compare.json").write_text(json.dumps(result, indent=1))
+    plot = plot_comparison(result, run_dir / "compare.png", title)
+    print(f"\nwrote {run_dir / 'compare.json'} and {plot}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from thinkscale.store import export
 
@@ -152,41 +183,62 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_prm(args: argparse.Namespace) -> int:
+def cmd_train_reward(args: argparse.Namespace) -> int:
+    """`train prm` and `train orm`: label the policy's own solutions to train problems, then fine-tune."""
     import asyncio
     import time
 
     from tqdm import tqdm
 
-    from thinkscale.flywheel.step_labels import label_steps, read_jsonl, write_jsonl
+    from thinkscale.flywheel.step_labels import label_outcomes, label_steps, read_jsonl, write_jsonl
     from thinkscale.policies.tiny import TinyPolicy
     from thinkscale.tasks import get_task
     from thinkscale.tiny.train import TrainSettings
     from thinkscale.tiny.train_prm import train_prm
 
     task = get_task(args.task)
+    kind = args.what
     policy_name = args.policy or task.name
-    out = Path(args.out or f"checkpoints/{task.name}-prm")
+    out = Path(args.out or f"checkpoints/{task.name}-{kind}")
     labels_path = Path(args.labels or f"{out}.labels.jsonl")
+    rollouts = getattr(args, "rollouts", 0)
+    label_info = {"kind": kind, "problems": args.problems, "samples": args.samples, "rollouts": rollouts,
+                  "split": "train", "policy": policy_name, "seed": args.seed}
+    meta_path = labels_path.with_name(labels_path.name + ".meta.json")
     started = time.perf_counter()
     if labels_path.exists() and not args.relabel:
+        made_with = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if made_with is None:
+            print(f"warning: {meta_path} is missing, so {labels_path} cannot be checked against these settings")
+        differ = {k: (made_with.get(k), v) for k, v in label_info.items() if made_with.get(k) != v} if made_with else {}
+        if differ:
+            raise ValueError(f"{labels_path} was made with other settings ("
+                             + ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in differ.items())
+                             + "); pass --relabel to redo it or --labels for another file")
         records = read_jsonl(labels_path)
-        print(f"reusing {len(records)} step-label records from {labels_path} (--relabel to redo them)")
+        print(f"reusing {len(records)} label records from {labels_path} (--relabel to redo them)")
     else:
-        # Labels come from the train split only: the PRM is judged on the test split.
+        # Labels come from the train split only: the reward model is judged on the test split.
         examples = task.examples("train", args.problems, seed=args.seed)
         policy = TinyPolicy(policy_name, threads=args.threads)
-        with tqdm(total=len(examples), desc=f"step labels ({args.rollouts} rollouts a step)", unit="problem") as bar:
-            records = asyncio.run(label_steps(task, policy, examples, samples=args.samples, rollouts=args.rollouts,
-                                              seed=args.seed, on_done=lambda _: bar.update(1)))
+        desc = f"step labels ({rollouts} rollouts a step)" if kind == "prm" else "outcome labels"
+        with tqdm(total=len(examples), desc=desc, unit="problem") as bar:
+            if kind == "prm":
+                job = label_steps(task, policy, examples, samples=args.samples, rollouts=rollouts, seed=args.seed,
+                                  on_done=lambda _: bar.update(1))
+            else:
+                job = label_outcomes(task, policy, examples, samples=args.samples, seed=args.seed,
+                                     on_done=lambda _: bar.update(1))
+            records = asyncio.run(job)
         labels_path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(records, labels_path)
-        print(f"wrote {len(records)} step-label records to {labels_path} in {time.perf_counter() - started:.0f} s")
-    label_info = {"problems": args.problems, "samples": args.samples, "rollouts": args.rollouts, "split": "train",
-                  "policy": policy_name, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1)}
+        meta_path.write_text(json.dumps(label_info, indent=1))
+        label_info = {**label_info, "seconds": round(time.perf_counter() - started, 1)}
+        print(f"wrote {len(records)} label records to {labels_path} in {label_info['seconds']:.0f} s")
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              threads=args.threads, warmup_steps=min(50, args.steps // 10 + 1))
-    summary = train_prm(task.name, records, out, settings, init=policy_name, label_info=label_info)
+    summary = train_prm(task.name, records, out, settings, init=args.init or policy_name, label_info=label_info,
+                        kind=kind, target=getattr(args, "target", "hard"), head=args.head)
     print(f"wrote {out}: {summary['steps']} steps in {summary['train_seconds']} s, final loss {summary['final_loss']:.4f}")
     return 0
 
@@ -233,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--extrapolate-to", type=int, default=1024, help="k to extrapolate coverage to (default 1024)")
     report.set_defaults(func=cmd_report)
 
+    comp = sub.add_parser("compare", help="compare strategies at equal compute, with bootstrap intervals",
+                          description="Run (or resume) the experiment in CONFIG.yaml, or read a finished run "
+                                      "directory, and compare its strategies: accuracy of the chosen answer with a "
+                                      "bootstrap interval over problems, against generated tokens and against "
+                                      "FLOPs including the scorer's. Labels NAME@BUDGET plot as one series. Writes "
+                                      "compare.json and compare.png in the run directory.")
+    comp.add_argument("target", help="an experiment YAML file, or a run directory (holding run.sqlite)")
+    comp.add_argument("--fresh", action="store_true", help="discard an earlier run in the output directory")
+    comp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    comp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    comp.set_defaults(func=cmd_compare)
+
     export = sub.add_parser("export", help="write a run's traces as Parquet or JSONL",
                             description="Write a run's traces, one row per node or one per solution, as Parquet "
                                         "(pandas, datasets.load_dataset('parquet', ...)) or JSONL.")
@@ -261,22 +325,36 @@ def build_parser() -> argparse.ArgumentParser:
     prm = train_sub.add_parser("prm", help="train a process reward model on Monte-Carlo step labels",
                                description="Label the steps of the policy's own solutions to train-split problems "
                                            "by Monte-Carlo rollouts (a step's value: the share of continuations "
-                                           "from it that verify), then fine-tune the policy into a PRM that "
-                                           "predicts that value after every step.")
-    prm.add_argument("--task", required=True, help="built-in task: arithmetic or countdown")
-    prm.add_argument("--policy", help="policy checkpoint to label with and start from (default: the task's)")
-    prm.add_argument("--problems", type=int, default=1500, help="train problems to label (default 1500)")
-    prm.add_argument("--samples", type=int, default=4, help="solutions per problem (default 4)")
-    prm.add_argument("--rollouts", type=int, default=8, help="continuations per step (default 8)")
-    prm.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
-    prm.add_argument("--batch-size", type=int, default=64, help="solutions per step (default 64)")
-    prm.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    prm.add_argument("--seed", type=int, default=0, help="seed for problems, rollouts and training (default 0)")
-    prm.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    prm.add_argument("--out", help="checkpoint directory (default checkpoints/TASK-prm)")
-    prm.add_argument("--labels", help="step-label JSONL to write, or reuse if it exists (default OUT.labels.jsonl)")
-    prm.add_argument("--relabel", action="store_true", help="redo the step labels even if the file exists")
-    prm.set_defaults(func=cmd_train_prm)
+                                           "from it that verify), then fine-tune a tiny-core model into a PRM that "
+                                           "predicts, after every step, whether the solution can still succeed.")
+    orm = train_sub.add_parser("orm", help="train an outcome reward model on whole solutions and their verdicts",
+                               description="Sample the policy's own solutions to train-split problems, grade them "
+                                           "with the task's verifier, then fine-tune a tiny-core model into an ORM "
+                                           "that predicts the verdict after the whole solution.")
+    for kind, cmd in (("prm", prm), ("orm", orm)):
+        cmd.add_argument("--task", required=True, help="built-in task: arithmetic or countdown")
+        cmd.add_argument("--policy", help="policy checkpoint whose solutions are labelled (default: the task's)")
+        cmd.add_argument("--init", help=f"checkpoint the {kind.upper()} starts from (default: the policy)")
+        cmd.add_argument("--problems", type=int, default=1500, help="train problems to label (default 1500)")
+        cmd.add_argument("--samples", type=int, default=4 if kind == "prm" else 8,
+                         help=f"solutions per problem (default {4 if kind == 'prm' else 8})")
+        if kind == "prm":
+            cmd.add_argument("--rollouts", type=int, default=8, help="continuations per step (default 8)")
+            cmd.add_argument("--target", choices=["hard", "soft"], default="hard",
+                             help="hard labels up to the first error (default) or the soft Monte-Carlo values "
+                                  "(the verdict head learns soft values; the likelihood head splits at 1/2)")
+        cmd.add_argument("--head", choices=["likelihood", "verdict"], default="likelihood",
+                         help="likelihood: score a step by the lowest probability of its tokens (default); "
+                              "verdict: predict a +/- label after each step (Math-Shepherd)")
+        cmd.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+        cmd.add_argument("--batch-size", type=int, default=64, help="solutions per step (default 64)")
+        cmd.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+        cmd.add_argument("--seed", type=int, default=0, help="seed for problems, sampling and training (default 0)")
+        cmd.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+        cmd.add_argument("--out", help=f"checkpoint directory (default checkpoints/TASK-{kind})")
+        cmd.add_argument("--labels", help="label JSONL to write, or reuse if it exists (default OUT.labels.jsonl)")
+        cmd.add_argument("--relabel", action="store_true", help="redo the labels even if the file exists")
+        cmd.set_defaults(func=cmd_train_reward)
     return parser
 
 

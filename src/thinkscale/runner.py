@@ -46,12 +46,7 @@ def grade(trace: Trace, task: Task, example: Example) -> Trace:
         if not node.finished:
             node.correct = False  # a truncated generation never counts as an answer
             continue
-        # A terminal's full solution is the text along its path from the root.
-        parts, cur = [], node
-        while cur.parent is not None:
-            parts.append(cur.text)
-            cur = nodes[cur.parent]
-        node.correct = task.verify(example, "".join(reversed(parts))).correct
+        node.correct = task.verify(example, trace.solution(node.id)).correct  # the text along its path
     if trace.chosen_node is not None:  # one solution was chosen: its own verdict is the trace's
         trace.correct = bool(nodes[trace.chosen_node].correct)
     elif trace.chosen_answer is not None:

@@ -459,19 +459,12 @@ def _node_rows(key: str, trace: Trace) -> Iterator[dict]:
 def _solution_rows(key: str, trace: Trace) -> Iterator[dict]:
     """Each terminal node with its whole solution: the texts from the root's child down to it."""
     base = _trace_fields(key, trace)
-    by_id = {n.id: n for n in trace.nodes}
     for node in trace.nodes:
         if not node.terminal:
             continue
-        path, cur = [], node
-        while cur.parent is not None:  # the root (parent None) holds the prompt, not a step
-            path.append(cur)
-            cur = by_id[cur.parent]
-            if len(path) > len(by_id):
-                raise ValueError(f"trace {key!r}: the parents of node {node.id} form a cycle")
-        path.reverse()
+        path = trace.path(node.id)  # the root holds the prompt, not a step
         logprobs = [p.logprob for p in path]
-        yield {**base, "node_id": node.id, "depth": len(path), "prompt": cur.text,
+        yield {**base, "node_id": node.id, "depth": len(path), "prompt": trace.root.text,
                "text": "".join(p.text for p in path), "answer": node.answer, "correct": node.correct,
                "finish_reason": node.finish_reason, "num_tokens": sum(p.num_tokens for p in path),
                "logprob": None if None in logprobs else float(sum(logprobs)), "scores": node.scores,

@@ -69,6 +69,20 @@ class Trace:
     def terminals(self) -> Iterator[Node]:
         return (n for n in self.nodes if n.terminal)
 
+    def path(self, node_id: int) -> list[Node]:
+        """The nodes from the root's child down to `node_id` (the root holds the prompt)."""
+        out, node = [], self.nodes[node_id]
+        while node.parent is not None:
+            out.append(node)
+            node = self.nodes[node.parent]
+            if len(out) > len(self.nodes):
+                raise ValueError(f"trace {self.problem_id!r}: the parents of node {node_id} form a cycle")
+        return out[::-1]
+
+    def solution(self, node_id: int) -> str:
+        """The whole solution text up to `node_id`: the texts along its path."""
+        return "".join(n.text for n in self.path(node_id))
+
     def answers(self) -> list[str | None]:
         """The answer of each terminal node in order; None where it has none."""
         return [n.answer if n.finished else None for n in self.terminals()]

@@ -78,6 +78,28 @@ async def label_steps(task: Task, policy: Policy, examples: list[Example], sampl
     return [r for g in groups for r in g]
 
 
+async def label_outcomes(task: Task, policy: Policy, examples: list[Example], samples: int = 8, seed: int = 0,
+                         max_tokens: int = 160, on_done: Callable[[list[StepLabels]], None] | None = None,
+                         ) -> list[StepLabels]:
+    """Outcome labels for an ORM: each finished solution as one step, valued by its verdict."""
+
+    async def one(example: Example) -> list[StepLabels]:
+        request = GenerationRequest(example.problem.prompt, n=samples, max_tokens=max_tokens,
+                                    seed=problem_seed(seed, example.problem.id))
+        (result,) = await policy.generate([request])
+        records = []
+        for g in result.generations:
+            if g.finish_reason == "stop" and g.text.strip():
+                value = 1.0 if task.verify(example, g.text).correct else 0.0
+                records.append(StepLabels(example.problem.id, example.problem.prompt, [g.text], [value], [int(value)]))
+        if on_done:
+            on_done(records)
+        return records
+
+    groups = await asyncio.gather(*(one(e) for e in examples))
+    return [r for g in groups for r in g]
+
+
 def write_jsonl(records: list[StepLabels], path: str | Path) -> None:
     Path(path).write_text("".join(r.to_json() + "\n" for r in records))
 

@@ -15,6 +15,20 @@ def _tiny(**kwargs) -> Policy:
     return TinyPolicy(**kwargs)
 
 
+@POLICIES.register("openai")
+def _openai(**kwargs) -> Policy:
+    from thinkscale.policies.openai import OpenAIPolicy
+
+    return OpenAIPolicy(**kwargs)
+
+
+@POLICIES.register("transformers")
+def _transformers(**kwargs) -> Policy:
+    from thinkscale.policies.transformers import TransformersPolicy
+
+    return TransformersPolicy(**kwargs)
+
+
 def get_policy(name: str, **kwargs) -> Policy:
     return POLICIES.get(name)(**kwargs)
 

@@ -46,8 +46,14 @@ class GenerationRequest:
 class Generation:
     text: str
     num_tokens: int  # generated tokens, the end or stop token included
-    finish_reason: str  # "stop" (ended on its own) or "length" (cut off)
+    finish_reason: str  # "stop" (ended on its own or at a stop string) or "length" (cut off)
     logprob: float | None = None  # sum over the generated tokens
+    stop_string: str | None = None  # the stop string it ended at; None if it ended on its own or was cut off
+
+    @property
+    def ended(self) -> bool:
+        """The model ended the whole completion (end token), not at a stop string or the token limit."""
+        return self.finish_reason == "stop" and self.stop_string is None
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,12 @@ class GenerationResult:
     generations: tuple[Generation, ...]
     prompt_tokens: int  # tokens in the prompt (computed once if prefix_caching)
     backend_calls: int = 1
+
+
+def first_stop(text: str, stop: tuple[str, ...]) -> str | None:
+    """The stop string that occurs earliest in `text` (the first listed among equals), if any."""
+    found = [(text.index(s), i) for i, s in enumerate(stop) if s in text]
+    return stop[min(found)[1]] if found else None
 
 
 class Policy(ABC):

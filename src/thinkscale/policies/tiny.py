@@ -60,14 +60,16 @@ class TinyPolicy(Policy):
         stop_ids, long_stops = self._stop_ids(r.stop)
         gens = []
         for c in completions:
-            ids = list(c.token_ids)
+            ids, matched = list(c.token_ids), None
             if c.finish_reason == FINISH_STOP and ids and ids[-1] in stop_ids:
+                matched = self.tokenizer.decode(ids[-1:])
                 ids = ids[:-1]  # the stop string is not part of the text
             text, reason = self.tokenizer.decode(ids), c.finish_reason
             for s in long_stops:
                 if s in text:
-                    text, reason = text[: text.index(s)], FINISH_STOP
-            gens.append(Generation(text=text, num_tokens=len(c.token_ids), finish_reason=reason, logprob=c.logprob))
+                    text, reason, matched = text[: text.index(s)], FINISH_STOP, s
+            gens.append(Generation(text=text, num_tokens=len(c.token_ids), finish_reason=reason, logprob=c.logprob,
+                                   stop_string=matched))
         return GenerationResult(generations=tuple(gens), prompt_tokens=prompt_tokens)
 
     # -- batching across callers ---------------------------------------------

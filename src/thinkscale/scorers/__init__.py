@@ -24,6 +24,13 @@ def _prm(**options: Any) -> Scorer:
     return PRMScorer(**options)
 
 
+@SCORERS.register("orm")
+def _orm(**options: Any) -> Scorer:
+    from thinkscale.scorers.orm import ORMScorer
+
+    return ORMScorer(**options)
+
+
 def get_scorer(name: str, **options: Any) -> Scorer:
     return SCORERS.get(name)(**options)
 

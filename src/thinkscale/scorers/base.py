@@ -70,6 +70,14 @@ def split_steps(solution: str, delimiter: str) -> list[str]:
     return steps
 
 
+def token_logprobs(model, batch):
+    """log P(token t | tokens before it) for t >= 1, as (B, T-1): entry t - 1 is token t's."""
+    import torch.nn.functional as F
+
+    logprobs = F.log_softmax(model(batch).float(), dim=-1)  # (B, T, vocab)
+    return logprobs[:, :-1].gather(-1, batch[:, 1:, None])[..., 0]
+
+
 class TinyFamilyScorer(Scorer):
     """A scorer that reads solutions with a tiny-core checkpoint, on the torch thread.
 
@@ -96,12 +104,16 @@ class TinyFamilyScorer(Scorer):
 
         if not solutions:
             return Scores([], 0)
-        encoded = [self.tokenizer.encode_steps(prompt, split_steps(s, step_delimiter)) for s in solutions]
+        encoded = [self.tokenizer.encode_steps(prompt, self.steps_of(s, step_delimiter)) for s in solutions]
         rows = [ids for ids, _ in encoded]
         with torch.inference_mode():
             per_step = self._step_scores(self.tokenizer.pad(rows), [spans for _, spans in encoded])
         scored = sum(map(len, rows))
         return Scores(per_step, scored, self._flops_per_token * scored)
+
+    def steps_of(self, solution: str, delimiter: str) -> list[str]:
+        """The pieces that get one score each: the steps (an outcome model reads the whole as one)."""
+        return split_steps(solution, delimiter)
 
     @abstractmethod
     def _step_scores(self, batch, spans: list[list[tuple[int, int]]]) -> list[list[float]]:

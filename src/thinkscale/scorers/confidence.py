@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from thinkscale.scorers.base import TinyFamilyScorer
+from thinkscale.scorers.base import TinyFamilyScorer, token_logprobs
 
 
 class ConfidenceScorer(TinyFamilyScorer):
@@ -24,8 +23,6 @@ class ConfidenceScorer(TinyFamilyScorer):
         super().__init__(checkpoint_name)
 
     def _step_scores(self, batch: torch.Tensor, spans: list[list[tuple[int, int]]]) -> list[list[float]]:
-        logprobs = F.log_softmax(self.checkpoint.model(batch).float(), dim=-1)  # (B, T, vocab)
-        # token t is predicted at position t - 1
-        token_lp = logprobs[:, :-1].gather(-1, batch[:, 1:, None])[..., 0]  # (B, T-1)
+        token_lp = token_logprobs(self.checkpoint.model, batch)  # token t is predicted at position t - 1
         return [[math.exp(float(token_lp[i, a - 1:b - 1].mean())) for a, b in bounds]
                 for i, bounds in enumerate(spans)]

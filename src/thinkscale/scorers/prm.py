@@ -1,5 +1,7 @@
-"""The process reward model scorer: P(+) after every step, from a tiny-family PRM.
+"""The process reward model scorer: one score per step, from a tiny-family PRM.
 
+A verdict-head PRM gives P(+) after each step; a likelihood-head PRM gives
+the lowest probability it assigns any token of the step (tiny/train_prm.py).
 Trained by `thinkscale train prm` (see tiny/train_prm.py). A PRM knows one
 task's format; asked to score another task it refuses by name. The solutions
 of one problem are scored together in one batch, so a score depends only on
@@ -9,11 +11,12 @@ its problem's samples.
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
-from thinkscale.scorers.base import TinyFamilyScorer
-from thinkscale.tiny.train_prm import step_probabilities
+from thinkscale.scorers.base import TinyFamilyScorer, token_logprobs
+from thinkscale.tiny.train_prm import REWARD_META, step_probabilities
 
 
 class PRMScorer(TinyFamilyScorer):
@@ -21,19 +24,26 @@ class PRMScorer(TinyFamilyScorer):
 
     def __init__(self, checkpoint_name: str = "arithmetic-prm") -> None:
         super().__init__(checkpoint_name)
-        meta_path = self.checkpoint.path / "prm.json"
+        meta_path = self.checkpoint.path / REWARD_META
         if not meta_path.exists():
-            raise ValueError(f"{self.checkpoint.path} is not a PRM checkpoint: it has no prm.json "
-                             f"(train one with `thinkscale train prm`)")
+            raise ValueError(f"{self.checkpoint.path} is not a reward model checkpoint: it has no {REWARD_META} "
+                             f"(train one with `thinkscale train {self.name}`)")
         meta = json.loads(meta_path.read_text())
+        if meta.get("kind") != self.name:
+            raise ValueError(f"{self.checkpoint.path} is an {meta.get('kind')!r} checkpoint, not a {self.name!r} one")
         self.task = meta["task"]
         self.good, self.bad = (self.tokenizer.ids[t] for t in meta["label_tokens"])
+        self.head = meta.get("head", "verdict")
 
     def check_task(self, task_name: str) -> None:
         if task_name != self.task:
-            raise ValueError(f"the PRM {self.checkpoint.path.name!r} was trained on {self.task!r} and cannot score "
-                             f"{task_name!r}: its step format is another task's")
+            raise ValueError(f"the {self.name.upper()} {self.checkpoint.path.name!r} was trained on {self.task!r} and "
+                             f"cannot score {task_name!r}: its format is another task's")
 
     def _step_scores(self, batch: torch.Tensor, spans: list[list[tuple[int, int]]]) -> list[list[float]]:
+        if self.head == "likelihood":  # the lowest probability of any token of the step
+            token_lp = token_logprobs(self.checkpoint.model, batch)
+            return [[math.exp(float(token_lp[i, a - 1:b - 1].min())) for a, b in bounds]
+                    for i, bounds in enumerate(spans)]
         good = step_probabilities(self.checkpoint.model, batch, self.good, self.bad)[..., 0].exp()  # (B, T)
         return [[float(good[i, end - 1]) for _, end in bounds] for i, bounds in enumerate(spans)]  # each step's last token

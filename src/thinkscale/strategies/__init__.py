@@ -38,6 +38,27 @@ def _weighted_best_of_n(**settings: Any) -> Strategy:
     return WeightedBestOfN(settings_from_dict(WeightedBestOfN.Settings, settings, "weighted_best_of_n settings"))
 
 
+@STRATEGIES.register("beam_search")
+def _beam_search(**settings: Any) -> Strategy:
+    from thinkscale.strategies.beam_search import BeamSearch
+
+    return BeamSearch(settings_from_dict(BeamSearch.Settings, settings, "beam_search settings"))
+
+
+@STRATEGIES.register("dvts")
+def _dvts(**settings: Any) -> Strategy:
+    from thinkscale.strategies.dvts import DVTS
+
+    return DVTS(settings_from_dict(DVTS.Settings, settings, "dvts settings"))
+
+
+@STRATEGIES.register("mcts")
+def _mcts(**settings: Any) -> Strategy:
+    from thinkscale.strategies.mcts import MCTS
+
+    return MCTS(settings_from_dict(MCTS.Settings, settings, "mcts settings"))
+
+
 def get_strategy(name: str, **settings: Any) -> Strategy:
     return STRATEGIES.get(name)(**settings)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from thinkscale.budget import Budget, BudgetExceeded, Usage
 from thinkscale.policies.base import GenerationRequest, GenerationResult, Policy
 from thinkscale.tasks.base import Problem, Task
-from thinkscale.trace import Trace
+from thinkscale.trace import Node, Trace
 
 if TYPE_CHECKING:
     from thinkscale.scorers.base import Scores
@@ -119,3 +119,21 @@ async def sample_whole(problem: Problem, task: Task, policy: Policy, settings: S
         finished = g.finish_reason == "stop"
         trace.add(trace.root.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
                   finish_reason=g.finish_reason, answer=task.extract_answer(g.text) if finished else None)
+
+
+def choose_best(candidates: list[Node], score_name: str) -> Node:
+    """The highest-scoring solution (the earliest among equals)."""
+    return max(candidates, key=lambda n: (n.scores[score_name], -n.id))
+
+
+def choose_weighted(candidates: list[Node], score_name: str) -> Node:
+    """The answer with the largest summed score (ties to the first seen), via its best solution."""
+    totals: dict[str, float] = {}
+    for node in candidates:
+        totals[node.answer] = totals.get(node.answer, 0.0) + node.scores[score_name]
+    first_seen = {a: i for i, a in reversed(list(enumerate(n.answer for n in candidates)))}
+    answer = max(totals, key=lambda a: (totals[a], -first_seen[a]))
+    return choose_best([n for n in candidates if n.answer == answer], score_name)
+
+
+CHOOSERS = {"best": choose_best, "weighted": choose_weighted}

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
 from thinkscale.scorers.base import AGGREGATIONS, Scorer, aggregate
-from thinkscale.strategies.base import SamplingSettings, account_scorer, sample_whole
+from thinkscale.strategies.base import SamplingSettings, account_scorer, choose_best, sample_whole
 from thinkscale.tasks.base import Problem, Task
-from thinkscale.trace import Node, Trace
+from thinkscale.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,7 @@ class BestOfN:
             trace.chosen_answer, trace.chosen_node = best.answer, best.id
         return trace
 
-    @staticmethod
-    def choose(candidates: list[Node], score_name: str) -> Node:
-        """The highest-scoring solution (the earliest among equals)."""
-        return max(candidates, key=lambda n: (n.scores[score_name], -n.id))
+    choose = staticmethod(choose_best)
 
 
 __all__ = ["AGGREGATIONS", "BestOfN", "BestOfNSettings"]

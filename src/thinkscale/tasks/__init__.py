@@ -47,6 +47,13 @@ def _aime(**options: Any) -> Task:
     return MathTask(name="aime", **options)
 
 
+@TASKS.register("humaneval")
+def _humaneval(**options: Any) -> Task:
+    from thinkscale.tasks.humaneval import HumanEvalTask
+
+    return HumanEvalTask(**options)
+
+
 @TASKS.register("jsonl")
 def _jsonl(**options: Any) -> Task:
     from thinkscale.tasks.jsonl import JsonlTask

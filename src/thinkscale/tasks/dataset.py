@@ -6,10 +6,18 @@ of it, so the task object a strategy holds carries no reference answers.
 
 Order: file order for seed 0; any other seed shuffles the rows (the same way
 for the same seed) before the first `n` are taken.
+
+A `PromptFormat` says how problems are put to a model: as text it continues
+(a base model), or as a chat (the prompt is the user's message, with the
+task's answer-format instructions, and `task.messages(problem)` adds the system
+prompt). Tasks that take no `format=` get one with `task.with_format(...)`.
 """
 
 from __future__ import annotations
 
+import copy
+import gzip
+import importlib.util
 import json
 import random
 import re
@@ -27,8 +35,37 @@ class Row:
 
     id: str
     question: str
-    answer: str
+    answer: Any  # the reference: a bare answer, or what a task's verifier needs (tests, for code)
     difficulty: int = 0
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a problem is put to a model.
+
+    kind: 'completion' (the prompt is text the model continues) or 'chat' (the
+        prompt is the user's message; the backend applies its chat template).
+    system: the system prompt of a chat ('' for none).
+    template: the prompt, with '{question}' and the answer-format instructions,
+        in place of the task's own for this kind.
+    step_delimiter: what ends a step, in place of the task's own; a blank line
+        for chat unless given.
+    """
+
+    kind: str = "completion"
+    system: str = ""
+    template: str | None = None
+    step_delimiter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("completion", "chat"):
+            raise ValueError(f"prompt format kind must be 'completion' or 'chat', got {self.kind!r}")
+        if self.system and self.kind != "chat":
+            raise ValueError("a system prompt needs kind='chat' (a completion prompt has no system message)")
+        if self.template is not None and "{question}" not in self.template:
+            raise ValueError(f"the prompt template has no '{{question}}': {self.template!r}")
+        if self.step_delimiter == "":
+            raise ValueError("the step delimiter must not be empty")
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -36,7 +73,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
-    with path.open(encoding="utf-8") as f:
+    opened = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    with opened as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -47,6 +85,14 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row
+
+
+def package_file(package: str, relative: str, missing: str) -> Path:
+    """A data file inside an installed package, found without importing it; ValueError(`missing`) if not there."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(missing)
+    return Path(next(iter(spec.submodule_search_locations))) / relative
 
 
 def column(row: dict[str, Any], name: str, where: str) -> Any:
@@ -84,12 +130,35 @@ class DatasetTask(Task):
     difficulties: tuple[int, ...] = (0,)
     step_delimiter = "\n\n"  # chat models separate steps with a blank line
     template = "{question}"
+    chat_template: str | None = None  # the user's message for chat models, if not `template`
 
-    def __init__(self, template: str | None = None) -> None:
-        if template is not None:
-            self.template = template
+    def __init__(self, template: str | None = None, format: PromptFormat | None = None) -> None:  # noqa: A002
+        self._completion_template = self.template if template is None else template
+        self._apply(format or PromptFormat())
+
+    def _apply(self, format: PromptFormat) -> None:  # noqa: A002
+        if not isinstance(format, PromptFormat):
+            raise TypeError(f"{self.name}: format must be a PromptFormat, got {type(format).__name__}")
+        self.format = format
+        self.template = format.template or (self.chat_template if format.kind == "chat" else None) \
+            or self._completion_template
+        self.step_delimiter = format.step_delimiter or ("\n\n" if format.kind == "chat" else type(self).step_delimiter)
         if "{question}" not in self.template:
             raise ValueError(f"{self.name}: the prompt template has no '{{question}}': {self.template!r}")
+
+    def with_format(self, format: PromptFormat) -> DatasetTask:  # noqa: A002
+        """A copy of this task that puts its problems to a model in `format`."""
+        task = copy.copy(self)
+        task._apply(format)
+        return task
+
+    def messages(self, problem: Problem) -> list[dict[str, str]]:
+        """The chat messages for `problem`: the system prompt, if any, and the user's message."""
+        if self.format.kind != "chat":
+            raise ValueError(f"{self.name} renders completion prompts; give it format=PromptFormat('chat') "
+                             f"(or use with_format) to get chat messages")
+        system = [{"role": "system", "content": self.format.system}] if self.format.system else []
+        return [*system, {"role": "user", "content": problem.prompt}]
 
     # -- subclasses implement ------------------------------------------------
     def rows(self, split: str) -> list[Row]:

@@ -1,14 +1,23 @@
-"""Train a tiny-core process reward model (PRM) on Monte-Carlo step labels.
+"""Train a tiny-core reward model (PRM or ORM) on labels made from the policy's own solutions.
 
     thinkscale train prm --task arithmetic --problems 1500 --steps 600
 
-The PRM is a standard Llama checkpoint of the tiny family, started from the
-task's policy. After each step's last token it predicts one of two label
-tokens, `+` (the step can still lead to a verified answer) or `-`; the score
-of a step is P(+) over those two, and training fits it to the step's
-Monte-Carlo value (a soft target, as Math-Shepherd's soft estimation). So the
-PRM loads in transformers like the policy does, and `prm.json` beside it says
-which task it was trained for and on what.
+A reward model is a standard Llama checkpoint of the tiny family, so it loads
+in transformers like the policy does; `reward_model.json` beside it says which
+kind it is, which task it was trained for and how it scores. Two heads:
+
+- "verdict" (Math-Shepherd's): after each step's last token the model predicts
+  one of two label tokens, `+` (the solution can still succeed) or `-`; the
+  step's score is P(+) over the two. It learns the step targets (hard labels
+  up to the first error, or the soft Monte-Carlo values).
+- "likelihood" (a generative verifier): the model keeps its language-model
+  head; a step's score is the lowest probability it gives any token of the
+  step, so one wrong digit sinks the step. It learns verified solutions by
+  likelihood, and pushes down the weakest token of each step at which the
+  labels say the solution stopped being able to succeed.
+
+An outcome reward model (ORM) is the same training on records whose one
+"step" is the whole solution, valued by its verdict (`kind="orm"`).
 """
 
 from __future__ import annotations
@@ -27,22 +36,88 @@ from thinkscale.flywheel.step_labels import StepLabels
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.model import TinyLlama
 from thinkscale.tiny.tokenizer import CharTokenizer
-from thinkscale.tiny.train import Batch, StepProgress, TrainSettings, train_steps
+from thinkscale.tiny.train import IGNORE, Batch, StepProgress, TrainSettings, train_steps
 
-GOOD, BAD = "+", "-"  # the label tokens
+GOOD, BAD = "+", "-"  # the label tokens of the verdict head
+REWARD_META = "reward_model.json"
+HEADS = ("likelihood", "verdict")
 
 
-def prm_batch(records: list[StepLabels], tokenizer: CharTokenizer) -> Batch:
-    """Input ids (B, T), where each step ends (B, T) bool, and the step values there (B, T)."""
+def step_targets(record: StepLabels, target: str) -> list[float | None]:
+    """What the PRM learns after each step; None where a step does not count.
+
+    "soft": the Monte-Carlo value itself (Math-Shepherd's soft estimation).
+    "hard": 1 while some continuation still verifies, 0 at the first step from
+    which none did, and nothing after it (the first error ends the labels, as in
+    PRM800K). A verified solution is its own proof that each of its steps could
+    still succeed, so all of its steps are 1. Soft values mostly teach how much
+    work is left, which ranks a wrong shortcut above an honest step; hard labels
+    up to the first error teach whether the step was valid.
+    """
+    if target == "soft":
+        return list(record.values)
+    if target != "hard":
+        raise ValueError(f"unknown PRM target {target!r}; valid: soft, hard")
+    if record.values[-1] >= 1.0:
+        return [1.0] * len(record.values)
+    out: list[float | None] = []
+    for v in record.values:
+        out.append(1.0 if v > 0 else 0.0)
+        if v <= 0:
+            break
+    return out + [None] * (len(record.values) - len(out))
+
+
+def prm_batch(records: list[StepLabels], tokenizer: CharTokenizer, target: str = "hard") -> Batch:
+    """Verdict head: input ids (B, T), where a labelled step ends (B, T) bool, and its target there (B, T)."""
     encoded = [tokenizer.encode_steps(r.prompt, r.steps) for r in records]
     batch = tokenizer.pad([ids for ids, _ in encoded])
     at_end = torch.zeros(batch.shape, dtype=torch.bool)
-    target = torch.zeros(batch.shape)
+    targets = torch.zeros(batch.shape)
     for i, ((_, spans), r) in enumerate(zip(encoded, records)):
-        marks = [end - 1 for _, end in spans]  # the step's last token: the PRM's verdict comes next
-        at_end[i, marks] = True
-        target[i, marks] = torch.tensor(r.values, dtype=torch.float)
-    return batch, at_end, target
+        for (_, end), t in zip(spans, step_targets(r, target)):
+            if t is not None:  # the step's last token: the verdict comes next
+                at_end[i, end - 1] = True
+                targets[i, end - 1] = t
+    return batch, at_end, targets
+
+
+def likelihood_batch(records: list[StepLabels], tokenizer: CharTokenizer, target: str = "hard") -> Batch:
+    """Likelihood head: ids (B, T); next-token targets (B, T), IGNORE outside verified solutions'
+    steps; and (B, T) marks on the positions that predict the tokens of each first failed step."""
+    encoded = [tokenizer.encode_steps(r.prompt, r.steps) for r in records]
+    batch = tokenizer.pad([ids for ids, _ in encoded])
+    goal = torch.full(batch.shape, IGNORE, dtype=torch.long)
+    failed = torch.zeros(batch.shape, dtype=torch.bool)
+    for i, ((ids, spans), r) in enumerate(zip(encoded, records)):
+        verified = r.values[-1] >= 1.0
+        for (start, end), t in zip(spans, step_targets(r, target)):
+            if verified:  # token t is predicted at position t - 1
+                goal[i, start - 1:end - 1] = torch.tensor(ids[start:end])
+            elif t is not None and t < 0.5:
+                failed[i, start - 1:end - 1] = True
+    return batch, goal, failed
+
+
+def likelihood_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
+    """Learn verified solutions by likelihood; push each failed step's weakest token further down.
+
+    A step scores the lowest probability of its tokens, so a failed step is
+    taught through that token alone (-log(1 - p_min)): usually the wrong digit,
+    and never the many tokens of the step that were right.
+    """
+    ids, goal, failed = batch
+    logits = model(ids).float()
+    learn = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), goal.reshape(-1), ignore_index=IGNORE,
+                            reduction="sum")
+    count = (goal != IGNORE).sum()
+    token_lp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+    rows = failed[:, :-1].any(1)
+    if rows.any():
+        weakest = token_lp.masked_fill(~failed[:, :-1], 0.0).min(1).values[rows].clamp(max=-1e-6)
+        unlearn = -torch.log(-torch.expm1(weakest))  # -log(1 - p_min)
+        return (learn + unlearn.sum()) / (count + rows.sum())
+    return learn / count.clamp(min=1)
 
 
 def step_probabilities(model: TinyLlama, ids: torch.Tensor, good: int, bad: int) -> torch.Tensor:
@@ -61,18 +136,23 @@ def prm_loss_for(good: int, bad: int):
     return prm_loss
 
 
-def _batches(records: list[StepLabels], tokenizer: CharTokenizer, batch_size: int, seed: int) -> Iterator[Batch]:
+def _batches(records: list[StepLabels], tokenizer: CharTokenizer, batch_size: int, seed: int,
+             target: str, head: str) -> Iterator[Batch]:
+    make = likelihood_batch if head == "likelihood" else prm_batch
     rng = random.Random(seed)
     order = list(range(len(records)))
     while True:  # epochs, each in a new seeded order
         rng.shuffle(order)
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield prm_batch([records[j] for j in order[i:i + batch_size]], tokenizer)
+            yield make([records[j] for j in order[i:i + batch_size]], tokenizer, target)
 
 
 def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settings: TrainSettings,
-              init: str, label_info: dict, progress: bool = True) -> dict:
-    """Fine-tune the policy checkpoint `init` into a PRM; writes the checkpoint and prm.json."""
+              init: str, label_info: dict, progress: bool = True, kind: str = "prm", target: str = "hard",
+              head: str = "likelihood") -> dict:
+    """Fine-tune the checkpoint `init` into a reward model; writes the checkpoint and reward_model.json."""
+    if head not in HEADS:
+        raise ValueError(f"unknown reward-model head {head!r}; valid: {', '.join(HEADS)}")
     if len(records) < settings.batch_size:
         raise ValueError(f"{len(records)} step-label records are fewer than one batch of {settings.batch_size}")
     torch.set_num_threads(settings.threads)
@@ -80,18 +160,24 @@ def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settin
     start = checkpoint.load(init)
     model, tokenizer = start.model, start.tokenizer
     good, bad = tokenizer.ids[GOOD], tokenizer.ids[BAD]
-    on_log = StepProgress(settings.steps, f"train prm {task_name}", enabled=progress)
+    if head == "verdict":
+        with torch.no_grad():  # the two label rows become a fresh value head: P(+) starts at 1/2 everywhere,
+            model.lm_head.weight[[good, bad]] = 0.0  # free of what "+" and "-" meant to the language model
+    loss = likelihood_loss if head == "likelihood" else prm_loss_for(good, bad)
+    on_log = StepProgress(settings.steps, f"train {kind} {task_name}", enabled=progress)
     t0 = time.perf_counter()
-    curve, tokens = train_steps(model, _batches(records, tokenizer, settings.batch_size, settings.seed),
-                                prm_loss_for(good, bad), tokenizer.pad_id, settings, on_log=on_log)
+    step_targets(records[0], target)  # an unknown target fails before any work
+    curve, tokens = train_steps(model, _batches(records, tokenizer, settings.batch_size, settings.seed, target, head),
+                                loss, tokenizer.pad_id, settings, on_log=on_log)
     elapsed = time.perf_counter() - t0
     on_log.close()
     summary = {
-        "task": task_name, "kind": "prm", "init": str(start.path.name), "settings": asdict(settings),
+        "task": task_name, "kind": kind, "target": target, "head": head, "init": str(start.path.name), "settings": asdict(settings),
         "records": len(records), "steps": settings.steps, "train_seconds": round(elapsed, 1),
         "tokens_per_s": round(tokens / elapsed, 1), "final_loss": curve[-1][1], "loss_curve": curve,
         "labels": label_info, "torch": torch.__version__,
     }
     out = checkpoint.save(model, tokenizer, out, summary)
-    (Path(out) / "prm.json").write_text(json.dumps({"task": task_name, "label_tokens": [GOOD, BAD]}, indent=1))
+    meta = {"kind": kind, "task": task_name, "head": head, "label_tokens": [GOOD, BAD]}
+    (Path(out) / REWARD_META).write_text(json.dumps(meta, indent=1))
     return summary

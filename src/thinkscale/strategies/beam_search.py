@@ -1,0 +1,106 @@
+"""Step-level beam search guided by a reward model.
+
+Each round, every kept partial solution is extended by one step, `n / width`
+times, so that `n` candidate steps are alive (the first round draws `n`
+first steps). The reward model scores each candidate's path and the best
+`width` open paths are kept for the next round. Paths that finish leave the
+beam as solutions; the search ends when no open path is left, at `max_depth`,
+or when the budget cannot buy another round. A `lookahead` of k rolls each
+candidate k more steps forward at temperature 0 and ranks it by the score
+there (the rollout costs tokens but is not kept in the trace).
+
+The same loop run as `n / width` independent groups that each keep one path
+is DVTS (strategies/dvts.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, replace
+
+from thinkscale.budget import Budget
+from thinkscale.policies.base import Policy
+from thinkscale.scorers.base import Scorer
+from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths, start_trace, step_tokens
+from thinkscale.tasks.base import Problem, Task
+from thinkscale.trace import Node, Trace
+
+
+@dataclass(frozen=True)
+class BeamSearchSettings(StepSettings):
+    n: int = 16  # candidate steps alive per round
+    width: int = 4  # paths kept per round (M); each grows n / width candidates
+    lookahead: int = 0  # extra greedy steps before scoring a candidate
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.width < 1 or self.n < self.width or self.n % self.width:
+            raise ValueError(f"n ({self.n}) must be a positive multiple of width ({self.width})")
+        if self.lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {self.lookahead}")
+
+
+async def grouped_search(task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
+                         settings: BeamSearchSettings, groups: int, keep: int, grow: int) -> None:
+    """`groups` independent beams that each keep `keep` paths and grow each one `grow` ways per round."""
+    root = trace.root.id
+    frontiers: list[list[int]] = [[root] for _ in range(groups)]
+    for _ in range(settings.max_depth):
+        asks = [(g, node_id, keep * grow if node_id == root else grow)
+                for g, frontier in enumerate(frontiers) for node_id in frontier]
+        if not asks:
+            break
+        tokens = step_tokens(budget, trace, sum(n for _, _, n in asks), settings.max_step_tokens, calls=len(asks))
+        if tokens < 1:
+            break
+        grown = await expand(trace, task, policy, [(node_id, n, g) for g, node_id, n in asks], tokens, settings, seed)
+        open_by_group: list[list[Node]] = [[] for _ in range(groups)]
+        for (g, _, _), children in zip(asks, grown):
+            open_by_group[g].extend(c for c in children if not c.terminal)
+        candidates = [c for group in open_by_group for c in group]
+        rank = await _rank(task, policy, scorer, budget, seed, trace, candidates, settings)
+        frontiers = [[c.id for c in sorted(group, key=lambda c: (-rank[c.id], c.id))[:keep]]
+                     for group in open_by_group]
+    await choose(trace, task, scorer, settings)
+
+
+async def _rank(task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
+                candidates: list[Node], settings: BeamSearchSettings) -> dict[int, float]:
+    """Each candidate's ranking score: its path's, or with lookahead the score a few greedy steps on."""
+    await score_paths(trace, task, scorer, candidates, settings)
+    rank = {c.id: c.scores[scorer.name] for c in candidates}
+    if not settings.lookahead or not candidates:
+        return rank
+    greedy = replace(settings, temperature=0.0)
+    shadow = copy.copy(trace)  # rollouts grow a copy of the tree: they cost tokens but are not kept
+    shadow.nodes = [copy.deepcopy(n) for n in trace.nodes]
+    heads = {c.id: c.id for c in candidates}
+    for _ in range(settings.lookahead):
+        live = sorted({h for h in heads.values() if not shadow.nodes[h].terminal})
+        tokens = step_tokens(budget, shadow, len(live), settings.max_step_tokens, calls=len(live)) if live else 0
+        if tokens < 1:
+            break
+        grown = await expand(shadow, task, policy, [(h, 1, -1) for h in live], tokens, greedy, seed)
+        moved = {h: kids[0].id for h, kids in zip(live, grown) if kids}
+        heads = {c: moved.get(h, h) for c, h in heads.items()}
+    ends = [shadow.nodes[h] for h in sorted(set(heads.values())) if h >= len(trace.nodes)]
+    await score_paths(shadow, task, scorer, ends, settings)
+    for c, h in heads.items():
+        if h >= len(trace.nodes):
+            rank[c] = shadow.nodes[h].scores[scorer.name]
+    return rank
+
+
+class BeamSearch:
+    name = "beam_search"
+    Settings = BeamSearchSettings
+
+    def __init__(self, settings: BeamSearchSettings | None = None) -> None:
+        self.settings = settings or BeamSearchSettings()
+
+    async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: Scorer | None,
+                    budget: Budget, seed: int) -> Trace:
+        s = self.settings
+        trace = start_trace(problem, self.name, asdict(s), seed, scorer, task)
+        await grouped_search(task, policy, scorer, budget, seed, trace, s, groups=1, keep=s.width, grow=s.n // s.width)
+        return trace

@@ -1,0 +1,174 @@
+"""Monte-Carlo tree search over reasoning steps (PUCT, the reward model as value).
+
+Each iteration walks down from the root, at every node taking the child with
+the highest PUCT score Q + c * P * sqrt(N_parent) / (1 + N_child), until it
+reaches a node not yet expanded; it samples `expansion_width` next steps there
+in one call. Each new child is valued by the reward model's score of its
+path (aggregated as the settings say), or with `rollouts` > 0 by the mean
+score of that many completions sampled from it (they cost tokens; finished
+ones join the tree as solutions). The values are backed up to the root. A
+finished path is terminal: reaching it again backs up its value once more.
+The prior P is the policy's probability of each sibling step where the
+backend gives log-probabilities, else uniform. The search stops after
+`iterations`, when every path is finished, or when the budget cannot buy the
+next expansion; the answer is chosen among the finished solutions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from thinkscale.budget import Budget
+from thinkscale.policies.base import GenerationRequest, Policy
+from thinkscale.scorers.base import Scorer
+from thinkscale.strategies.base import account
+from thinkscale.strategies.steps import (StepSettings, choose, expand, score_paths, start_trace, step_seed,
+                                         step_tokens)
+from thinkscale.tasks.base import Problem, Task
+from thinkscale.trace import FINISH_STOP, Node, Trace
+
+
+@dataclass(frozen=True)
+class MCTSSettings(StepSettings):
+    iterations: int = 16
+    expansion_width: int = 4  # next steps sampled at each expansion
+    exploration: float = 1.0  # c in PUCT
+    rollouts: int = 0  # completions sampled to value a new node (0: the reward model's score of its path)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.iterations < 1 or self.expansion_width < 1 or self.rollouts < 0 or self.exploration < 0:
+            raise ValueError("iterations and expansion_width must be at least 1, rollouts and exploration >= 0")
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.visits: dict[int, int] = {}
+        self.value: dict[int, float] = {}  # summed values
+        self.prior: dict[int, float] = {}
+        self.children: dict[int, list[int]] = {}
+
+    def q(self, node_id: int) -> float:
+        n = self.visits.get(node_id, 0)
+        return self.value[node_id] / n if n else 0.0
+
+    def backup(self, trace: Trace, node_id: int, value: float, count: int = 1) -> None:
+        cur: int | None = node_id
+        while cur is not None:
+            self.visits[cur] = self.visits.get(cur, 0) + count
+            self.value[cur] = self.value.get(cur, 0.0) + value
+            cur = trace.nodes[cur].parent
+
+
+class MCTS:
+    name = "mcts"
+    Settings = MCTSSettings
+
+    def __init__(self, settings: MCTSSettings | None = None) -> None:
+        self.settings = settings or MCTSSettings()
+
+    async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: Scorer | None,
+                    budget: Budget, seed: int) -> Trace:
+        s = self.settings
+        trace = start_trace(problem, self.name, asdict(s), seed, scorer, task)
+        stats = _Stats()
+        for iteration in range(s.iterations):
+            leaf = self._select(trace, stats)
+            if leaf is None:
+                break  # every path is finished or dead
+            node = trace.nodes[leaf]
+            if node.terminal:
+                stats.backup(trace, leaf, node.scores[scorer.name] if node.finished else 0.0)
+                continue
+            if self._depth(trace, leaf) >= s.max_depth:
+                stats.children[leaf] = []  # dead end: too deep to finish
+                stats.backup(trace, leaf, 0.0)
+                continue
+            tokens = step_tokens(budget, trace, s.expansion_width, s.max_step_tokens)
+            if tokens < 1:
+                break
+            (children,) = await expand(trace, task, policy, [(leaf, s.expansion_width, iteration)], tokens, s, seed)
+            stats.children[leaf] = [c.id for c in children]
+            self._set_priors(stats, children)
+            await score_paths(trace, task, scorer, [c for c in children if not c.terminal or c.finished], s)
+            for child in children:
+                value = await self._value(task, policy, scorer, budget, seed, trace, child)
+                stats.backup(trace, child.id, value)
+            if node.terminal:  # the parent turned out complete: back its own value up too
+                stats.backup(trace, leaf, node.scores.get(scorer.name, 0.0))
+        await choose(trace, task, scorer, s)
+        return trace
+
+    @staticmethod
+    def _depth(trace: Trace, node_id: int) -> int:
+        return len(trace.path(node_id))
+
+    def _select(self, trace: Trace, stats: _Stats) -> int | None:
+        """Walk down by PUCT to a node that is unexpanded or terminal; None if nothing is left to explore."""
+        cur = trace.root.id
+        while cur in stats.children and not trace.nodes[cur].terminal:
+            kids = [k for k in stats.children[cur] if self._alive(trace, stats, k)]
+            if not kids:
+                return None if cur == trace.root.id else self._mark_dead(trace, stats, cur)
+            parent_visits = stats.visits.get(cur, 0)
+            c = self.settings.exploration
+            cur = max(kids, key=lambda k: (stats.q(k) + c * stats.prior[k] * math.sqrt(parent_visits + 1)
+                                           / (1 + stats.visits.get(k, 0)), -k))
+        return cur
+
+    def _alive(self, trace: Trace, stats: _Stats, node_id: int) -> bool:
+        node = trace.nodes[node_id]
+        if node.terminal:
+            return node.finished and node.answer is not None
+        return stats.children.get(node_id) != []
+
+    def _mark_dead(self, trace: Trace, stats: _Stats, node_id: int) -> int | None:
+        stats.children[node_id] = []  # nothing below can finish: stop visiting it and select again
+        return self._select(trace, stats)
+
+    @staticmethod
+    def _set_priors(stats: _Stats, children: list[Node]) -> None:
+        logps = [c.logprob for c in children]
+        if children and None not in logps:
+            top = max(logps)
+            weights = [math.exp(lp - top) for lp in logps]
+        else:
+            weights = [1.0] * len(children)
+        total = sum(weights) or 1.0
+        for c, w in zip(children, weights):
+            stats.prior[c.id] = w / total
+
+    async def _value(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int,
+                     trace: Trace, child: Node) -> float:
+        if child.terminal and not child.finished:
+            return 0.0  # truncated
+        if child.terminal or not self.settings.rollouts:
+            return child.scores[scorer.name]
+        return await self._rollout_value(task, policy, scorer, budget, seed, trace, child)
+
+    async def _rollout_value(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int,
+                             trace: Trace, child: Node) -> float:
+        """Mean score of `rollouts` completions from `child`; finished ones join the tree as solutions."""
+        s = self.settings
+        max_tokens = step_tokens(budget, trace, s.rollouts, s.max_step_tokens * s.max_depth)
+        if max_tokens < 1:
+            return child.scores[scorer.name]  # the budget cannot buy the rollouts: the reward model's value
+        prefix = trace.solution(child.id)
+        request = GenerationRequest(prompt=trace.root.text + prefix, n=s.rollouts, max_tokens=max_tokens,
+                                    temperature=s.temperature, top_p=s.top_p,
+                                    seed=step_seed(seed, child.id, "rollout"))
+        started = time.perf_counter()
+        (result,) = await policy.generate([request])
+        account(trace.usage, policy, result, started)
+        ends = []
+        for g in result.generations:
+            node = trace.add(child.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
+                             finish_reason=g.finish_reason)
+            if g.finish_reason == FINISH_STOP:
+                node.answer = task.extract_answer(prefix + g.text)
+                ends.append(node)
+        await score_paths(trace, task, scorer, ends, s)
+        values = [n.scores[scorer.name] if n.finished else 0.0 for n in trace.nodes[-len(result.generations):]]
+        return sum(values) / len(values)

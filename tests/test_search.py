@@ -1,0 +1,149 @@
+"""Step-level search: beam search, DVTS and MCTS on the tiny core, under budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from thinkscale.budget import Budget, BudgetExceeded
+from thinkscale.policies import get_policy
+from thinkscale.runner import run
+from thinkscale.scorers import get_scorer
+from thinkscale.strategies import get_strategy
+
+SEARCHES = [
+    ("beam_search", {"n": 8, "width": 2}),
+    ("beam_search", {"n": 8, "width": 4, "lookahead": 1, "choose": "weighted"}),
+    ("dvts", {"n": 8, "width": 2}),
+    ("mcts", {"iterations": 8, "expansion_width": 3}),
+    ("mcts", {"iterations": 4, "expansion_width": 2, "rollouts": 2, "aggregation": "min"}),
+]
+ALL = SEARCHES + [("best_of_n", {"n": 8}), ("weighted_best_of_n", {"n": 8}), ("majority_vote", {"n": 8})]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return get_policy("tiny", checkpoint_name="arithmetic")
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return get_scorer("confidence", checkpoint_name="arithmetic")
+
+
+@pytest.fixture(scope="module")
+def examples(arithmetic):
+    return arithmetic.examples("test", 6, seed=1)
+
+
+def _solve(name, settings, examples, task, policy, scorer, budget=Budget(), seed=0):
+    strategy = get_strategy(name, **settings)
+    return run(examples, task, strategy, policy, budget, scorer=None if name == "majority_vote" else scorer, seed=seed)
+
+
+def _without_time(trace) -> dict:
+    data = trace.to_dict()
+    data["usage"].pop("wall_s")
+    return data
+
+
+@pytest.mark.parametrize("name,settings", SEARCHES, ids=lambda x: x if isinstance(x, str) else json.dumps(x))
+def test_search_grows_a_tree_and_chooses_a_finished_solution(name, settings, examples, arithmetic, policy, scorer):
+    traces = _solve(name, settings, examples, arithmetic, policy, scorer)
+    assert any(t.correct for t in traces)  # it solves some of them
+    for t, ex in zip(traces, examples):
+        assert t.root.text == ex.problem.prompt and t.strategy == name
+        assert max(len(t.path(n.id)) for n in t.nodes) > 1  # deeper than one level: steps, not whole samples
+        for node in t.nodes[1:]:
+            if not node.terminal:
+                assert "confidence" in node.scores  # every open path was scored
+        if t.chosen_node is not None:
+            chosen = t.nodes[t.chosen_node]
+            assert chosen.terminal and chosen.finished
+            solution = t.solution(chosen.id)
+            assert chosen.answer == arithmetic.extract_answer(solution) == t.chosen_answer
+            assert t.correct == arithmetic.verify(ex, solution).correct
+        for node in t.terminals():
+            if not node.finished:
+                assert node.answer is None and node.correct is False  # truncated never counts
+        assert t.usage.generated_tokens == sum(n.num_tokens for n in t.nodes[1:]) or "lookahead" in settings
+        assert t.usage.scorer_calls > 0 and t.usage.scored_tokens > 0
+
+
+@pytest.mark.parametrize("name,settings", SEARCHES[:1] + SEARCHES[2:4],
+                         ids=lambda x: x if isinstance(x, str) else json.dumps(x))
+def test_same_seed_same_trace(name, settings, examples, arithmetic, policy, scorer):
+    a = _solve(name, settings, examples[:3], arithmetic, policy, scorer, seed=4)
+    b = _solve(name, settings, examples[:3], arithmetic, policy, scorer, seed=4)
+    assert [_without_time(t) for t in a] == [_without_time(t) for t in b]
+    c = _solve(name, settings, examples[:3], arithmetic, policy, scorer, seed=5)
+    assert [_without_time(t)["nodes"] for t in a] != [_without_time(t)["nodes"] for t in c]
+
+
+def test_beam_search_keeps_width_paths_and_dvts_keeps_one_per_subtree(examples, arithmetic, policy, scorer):
+    (beam,) = _solve("beam_search", {"n": 8, "width": 2}, examples[:1], arithmetic, policy, scorer)
+    (dvts,) = _solve("dvts", {"n": 8, "width": 2}, examples[:1], arithmetic, policy, scorer)
+    for trace, first_calls in ((beam, 1), (dvts, 4)):
+        depth = {0: 0}
+        for n in trace.nodes[1:]:
+            depth[n.id] = depth[n.parent] + 1
+        first = [n for n in trace.nodes if depth[n.id] == 1]
+        assert len(first) <= 8
+        parents_at = {}
+        for n in trace.nodes[1:]:
+            if depth[n.id] >= 2:
+                parents_at.setdefault(depth[n.id], set()).add(n.parent)
+        kept = 2 if trace is beam else 4  # beam: width paths; DVTS: one per subtree, n / width subtrees
+        assert parents_at and all(len(p) <= kept for p in parents_at.values())
+        for parents in parents_at.values():  # each kept path grows n / kept children
+            for p in parents:
+                kids = [n for n in trace.nodes if n.parent == p]
+                assert len(kids) <= 8 // kept
+
+
+@pytest.mark.parametrize("name,settings", ALL, ids=lambda x: x if isinstance(x, str) else json.dumps(x))
+@pytest.mark.parametrize("budget", [Budget(max_generated_tokens=60), Budget(max_generated_tokens=200),
+                                    Budget(max_samples=10), Budget(max_policy_calls=3)],
+                         ids=["60tok", "200tok", "10samples", "3calls"])
+def test_no_strategy_ever_exceeds_its_budget(name, settings, budget, examples, arithmetic, policy, scorer):
+    try:
+        traces = _solve(name, settings, examples[:3], arithmetic, policy, scorer, budget=budget)
+    except BudgetExceeded as e:
+        assert "smallest budget that works" in str(e) or "spent" in str(e) or "no room" in str(e)
+        return
+    for t in traces:
+        assert budget.exceeded_by(t.usage) == [], (name, t.usage)
+
+
+@pytest.mark.parametrize("name", ["beam_search", "dvts", "mcts"])
+def test_a_budget_too_small_for_one_step_is_refused_with_the_smallest_that_works(name, examples, arithmetic,
+                                                                                 policy, scorer):
+    settings = {"n": 8, "width": 2} if name != "mcts" else {"expansion_width": 4}
+    with pytest.raises(BudgetExceeded, match=r"smallest budget that works is \d+ generated tokens"):
+        _solve(name, settings, examples[:1], arithmetic, policy, scorer, budget=Budget(max_generated_tokens=3))
+
+
+@pytest.mark.parametrize("name", ["beam_search", "mcts"])
+def test_truncated_steps_never_become_answers(name, examples, arithmetic, policy, scorer):
+    settings = {"n": 4, "width": 2, "max_step_tokens": 2} if name == "beam_search" else \
+        {"iterations": 4, "expansion_width": 2, "max_step_tokens": 2}
+    traces = _solve(name, settings, examples[3:], arithmetic, policy, scorer)  # harder problems: long first steps
+    for t in traces:
+        for node in t.terminals():
+            if node.finish_reason == "length":
+                assert node.answer is None and not node.correct
+        if t.chosen_node is not None:
+            assert t.nodes[t.chosen_node].finished
+
+
+def test_search_needs_a_scorer_that_fits_the_task(examples, arithmetic, countdown, policy, scorer):
+    with pytest.raises(ValueError, match="beam_search needs a scorer"):
+        asyncio.run(get_strategy("beam_search").solve(examples[0].problem, arithmetic, policy, None, Budget(), 0))
+    with pytest.raises(ValueError, match=r"n \(6\) must be a positive multiple of width \(4\)"):
+        get_strategy("beam_search", n=6, width=4)
+    with pytest.raises(ValueError, match="unknown choose 'vote'"):
+        get_strategy("dvts", choose="vote")
+    with pytest.raises(ValueError, match="unknown key"):
+        get_strategy("mcts", iteration=3)
