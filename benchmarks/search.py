@@ -6,8 +6,8 @@ For each task, on its test split: repeated sampling gives pass@k (coverage,
 which needs the verifier) and majority@k (exact estimators over a pool of
 max(budgets) samples per problem). Then every strategy runs at each budget k,
 sized to spend about k samples' worth of generated tokens:
-best-of-k and weighted best-of-k by the PRM, PRM beam search with n = k
-(width sqrt(k)), DVTS with n = k (width 4), and MCTS with 2k iterations
+best-of-k by the ORM, best-of-k and weighted best-of-k by the PRM, PRM beam search with n = k
+(width sqrt(k)), DVTS with n = k (width 4), and MCTS with k iterations
 (expansion width 4). Each row reports what the strategy actually spent
 (generated tokens per problem, and FLOPs with the scorer's) beside its
 accuracy with a 90% bootstrap interval over problems, so budgets are matched
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import time
 
 
@@ -47,20 +48,20 @@ def pool_stats(task, traces, ks):
     return cover, (vote if task.votable else None), tokens / samples
 
 
-def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict]]:
+def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:
+    """label -> (strategy, settings, scorer) at a budget of k samples' worth."""
     width = max(1, 2 ** round(math.log2(k) / 2))
+    choose = "weighted" if votable else "best"  # answers that cannot be pooled: the best-scoring solution
     out = {
-        f"prm-best_of_n@{k}": ("best_of_n", {"n": k, "aggregation": "min"}),
-        f"prm-beam@{k}": ("beam_search", {"n": k, "width": width, "aggregation": "min", "choose": "weighted"}),
-        f"prm-dvts@{k}": ("dvts", {"n": k, "width": min(4, k), "aggregation": "min", "choose": "weighted"}),
-        f"prm-mcts@{k}": ("mcts", {"iterations": 2 * k, "expansion_width": 4, "aggregation": "min",
-                                   "choose": "weighted"}),
+        f"orm-best_of_n@{k}": ("best_of_n", {"n": k, "aggregation": "last"}, "orm"),
+        f"prm-best_of_n@{k}": ("best_of_n", {"n": k, "aggregation": "min"}, "prm"),
+        f"prm-beam@{k}": ("beam_search", {"n": k, "width": width, "aggregation": "min", "choose": choose}, "prm"),
+        f"prm-dvts@{k}": ("dvts", {"n": k, "width": min(4, k), "aggregation": "min", "choose": choose}, "prm"),
+        f"prm-mcts@{k}": ("mcts", {"iterations": k, "expansion_width": 4, "aggregation": "min",
+                                   "choose": choose}, "prm"),
     }
     if votable:
-        out[f"prm-weighted_best_of_n@{k}"] = ("weighted_best_of_n", {"n": k, "aggregation": "min"})
-    else:  # answers cannot be pooled: search chooses its best-scoring solution
-        for label in (f"prm-beam@{k}", f"prm-dvts@{k}", f"prm-mcts@{k}"):
-            out[label][1]["choose"] = "best"
+        out[f"prm-weighted_best_of_n@{k}"] = ("weighted_best_of_n", {"n": k, "aggregation": "min"}, "prm")
     return out
 
 
@@ -76,7 +77,8 @@ def bench_task(name: str, args) -> dict:
     task = get_task(name)
     examples = task.examples("test", args.problems)
     policy = get_policy("tiny", checkpoint_name=name, threads=args.threads)
-    scorer = get_scorer("prm", checkpoint_name=args.prm.format(task=name))
+    scorers = {kind: get_scorer(kind, checkpoint_name=pattern.format(task=name))
+               for kind, pattern in (("prm", args.prm), ("orm", args.orm))}
     ks = args.budgets
     started = time.perf_counter()
     pool = run(examples, task, get_strategy("repeated_sampling", n=max(ks)), policy, Budget(), seed=args.seed)
@@ -84,17 +86,21 @@ def bench_task(name: str, args) -> dict:
     print(f"\n== {name}: {len(examples)} test problems; repeated sampling pool of {max(ks)} "
           f"({per_sample:.1f} generated tokens a sample) in {time.perf_counter() - started:.0f} s", flush=True)
     by_label = {}
-    for k in ks:
-        for label, (strategy, settings) in strategies_at(k, task.votable).items():
+    title = f"{name}/test, PRM {args.prm.format(task=name)}, ORM {args.orm.format(task=name)}"
+    for k in ks:  # the table so far after each budget: a long run shows its results as it goes
+        for label, (strategy, settings, kind) in strategies_at(k, task.votable).items():
+            if args.only and not re.search(args.only, label):
+                continue
             t0 = time.perf_counter()
             by_label[label] = run(examples, task, get_strategy(strategy, **settings), policy, Budget(),
-                                  scorer=scorer, seed=args.seed)
+                                  scorer=scorers[kind], seed=args.seed)
             print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
-    result = compare(by_label, seed=args.seed)
-    print(format_comparison(result, f"{name}/test, PRM {args.prm.format(task=name)}"))
-    print(f"{'k':>5} {'k samples (tokens)':>18} {'pass@k':>7} " + ("majority@k" if vote else ""))
-    for k in ks:
-        print(f"{k:>5} {k * per_sample:18.0f} {cover[k]:7.3f} " + (f"{vote[k]:10.3f}" if vote else ""))
+        result = compare(by_label, seed=args.seed)
+        print(format_comparison(result, title))
+        print(f"{'k':>5} {'k samples (tokens)':>18} {'pass@k':>7} " + ("majority@k" if vote else ""))
+        for done in ks[:ks.index(k) + 1]:
+            print(f"{done:>5} {done * per_sample:18.0f} {cover[done]:7.3f} " + (f"{vote[done]:10.3f}" if vote else ""))
+        print(flush=True)
     return {"result": result, "cover": cover, "vote": vote, "per_sample": per_sample}
 
 
@@ -106,24 +112,26 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200, help="test problems per task (default 200)")
     parser.add_argument("--budgets", default="4,16,64,256", help="budgets in samples' worth (default 4,16,64,256)")
     parser.add_argument("--prm", default="{task}-prm", help="PRM checkpoint; {task} is replaced (default {task}-prm)")
+    parser.add_argument("--orm", default="{task}-orm", help="ORM checkpoint; {task} is replaced (default {task}-orm)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
     args = parser.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     tasks = args.tasks.split(",")
     results = {name: bench_task(name, args) for name in tasks}
 
-    if "arithmetic" in results and 64 in args.budgets:
+    s = results.get("arithmetic", {}).get("result", {}).get("strategies", {})
+    if "prm-weighted_best_of_n@64" in s:
         r = results["arithmetic"]
-        s = r["result"]["strategies"]
         gap = r["cover"][64] - r["vote"][64]
-        wbon, bon, beam = s["prm-weighted_best_of_n@64"], s["prm-best_of_n@64"], s["prm-beam@64"]
+        wbon = s["prm-weighted_best_of_n@64"]
         print(f"\narithmetic at N = 64: pass@64 {r['cover'][64]:.3f}, majority@64 {r['vote'][64]:.3f}, "
               f"verifier gap {gap:.3f}")
-        print(f"PRM weighted best-of-64: {wbon['accuracy']:.3f} ({wbon['generated_tokens']:.0f} tokens); "
-              f"PRM best-of-64: {bon['accuracy']:.3f} ({bon['generated_tokens']:.0f} tokens); "
-              f"PRM beam search n=64: {beam['accuracy']:.3f} ({beam['generated_tokens']:.0f} tokens)")
+        for label in ("prm-weighted_best_of_n@64", "prm-best_of_n@64", "prm-beam@64", "prm-dvts@64", "prm-mcts@64"):
+            if label in s:
+                print(f"{label}: {s[label]['accuracy']:.3f} ({s[label]['generated_tokens']:.0f} tokens a problem)")
         print(f"gap closed: {(wbon['accuracy'] - r['vote'][64]) / gap:.2f}")
 
 

@@ -248,3 +248,21 @@ def test_unsafe_tags_are_refused(tmp_path):
     assert error_of(path).startswith(f"{path}:{line_of(path, 'python')}: problems: unsupported YAML tag")
     path = write(tmp_path, minimal() + "split: !!python/name:os.getcwd ''\n")
     assert error_of(path).startswith(f"{path}:{line_of(path, 'python')}:")
+
+
+def test_the_example_experiments_parse_and_build_with_the_shipped_models():
+    from pathlib import Path
+
+    from thinkscale.config import load_config
+    from thinkscale.scorers.prm import PRMScorer
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        config = load_config(path)
+        for strategy in config.strategies:
+            strategy.build()
+            if strategy.scorer:
+                scorer = strategy.scorer.build(config.task)
+                if isinstance(scorer, PRMScorer):
+                    scorer.check_task(config.task)  # the shipped reward model of the config's own task

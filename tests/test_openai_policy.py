@@ -80,6 +80,16 @@ def test_samples_equal_the_tiny_policys_own(tiny, server, arithmetic):
     assert {b["model"] for b in server.bodies} == {"tiny-arithmetic"}  # found by GET /models
 
 
+def test_greedy_samples_are_asked_for_once(tiny, server, arithmetic):
+    """n greedy samples are one sample n times: one request with n=1 (vLLM refuses n > 1 at temperature 0)."""
+    request = request_for(arithmetic, 2, n=4, temperature=0, max_tokens=48, seed=3)
+    (result,) = generate(OpenAIPolicy(server.base_url), request)
+    assert [b["n"] for b in server.bodies] == [1] and result.backend_calls == 1
+    (direct,) = generate(tiny, request)
+    assert [g.text for g in result.generations] == [g.text for g in direct.generations]
+    assert len(result.generations) == 4
+
+
 def test_a_server_that_ignores_n_gets_concurrent_single_requests(served, tiny, arithmetic):
     request = request_for(arithmetic, 3, n=4, temperature=1.0, max_tokens=48, seed=11)  # a hard problem
     with TinyOpenAIServer(served, honour_n=False) as server:

@@ -136,26 +136,30 @@ def test_orm_learns_from_whole_solutions_of_train_problems(policy, arithmetic, t
         scorer.check_task("countdown")
 
 
+@pytest.mark.parametrize("kind", ["prm", "orm"])
 @pytest.mark.parametrize("task_name", ["arithmetic", "countdown"])
-def test_shipped_prm_prefers_valid_solutions(task_name, request):
+def test_shipped_reward_models_prefer_valid_solutions_of_test_problems(task_name, kind):
     from thinkscale.tasks import get_task
     from thinkscale.tiny.checkpoint import shipped_names
 
-    if f"{task_name}-prm" not in shipped_names():
-        pytest.skip(f"no shipped {task_name}-prm checkpoint")
+    if f"{task_name}-{kind}" not in shipped_names():
+        pytest.skip(f"no shipped {task_name}-{kind} checkpoint")
     task = get_task(task_name)
-    scorer = get_scorer("prm", checkpoint_name=f"{task_name}-prm")
+    scorer = get_scorer(kind, checkpoint_name=f"{task_name}-{kind}")
     rng = random.Random(0)
     wins = total = 0
-    for _ in range(30):
+    while total < 40:
         prompt, reference, solution = task.generate(rng, rng.choice(task.difficulties))
+        if split_of(prompt) != "test":  # judged on problems it never learnt from
+            continue
         lines = solution.splitlines()
-        # corrupt one number of the last step
-        last = lines[-1]
-        digit = next(i for i in range(len(last) - 1, -1, -1) if last[i].isdigit())
-        lines[-1] = last[:digit] + str((int(last[digit]) + rng.randint(1, 8)) % 10) + last[digit + 1:]
+        # corrupt one digit of the last step, or (for a PRM) of a step in the middle
+        at = len(lines) - 1 if kind == "orm" or total % 2 else rng.randrange(len(lines))
+        line = lines[at]
+        digit = next(i for i in range(len(line) - 1, -1, -1) if line[i].isdigit())
+        lines[at] = line[:digit] + str((int(line[digit]) + rng.randint(1, 8)) % 10) + line[digit + 1:]
         wrong = "\n".join(lines) + "\n"
         s = asyncio.run(scorer.score(prompt, [solution, wrong], "\n")).per_step
         wins += aggregate(s[0], "min") > aggregate(s[1], "min")
         total += 1
-    assert wins >= 0.8 * total
+    assert wins >= 0.8 * total, f"{wins} of {total}"

@@ -147,3 +147,15 @@ def test_search_needs_a_scorer_that_fits_the_task(examples, arithmetic, countdow
         get_strategy("dvts", choose="vote")
     with pytest.raises(ValueError, match="unknown key"):
         get_strategy("mcts", iteration=3)
+
+
+def test_mcts_with_too_few_iterations_still_follows_its_best_path_to_an_answer(arithmetic, policy, scorer):
+    deep = [e for e in arithmetic.examples("test", 12, seed=2) if e.problem.difficulty == 7][:2]
+    traces = _solve("mcts", {"iterations": 1, "expansion_width": 3}, deep, arithmetic, policy, scorer)
+    for t in traces:
+        assert t.chosen_node is not None  # one expansion cannot reach the end of 7 steps; the commit phase does
+        assert len(t.path(t.chosen_node)) >= 4
+    tight = _solve("mcts", {"iterations": 1, "expansion_width": 3}, deep, arithmetic, policy, scorer,
+                   budget=Budget(max_generated_tokens=40))
+    for t in tight:
+        assert t.usage.generated_tokens <= 40  # committing never breaks the budget

@@ -34,11 +34,19 @@ def test_shipped_checkpoint_loads_in_transformers_with_equal_logits(name):
 
 
 def test_shipped_checkpoints_carry_a_training_summary():
-    for name in checkpoint.shipped_names():
+    names = checkpoint.shipped_names()
+    assert {"arithmetic", "countdown", "arithmetic-prm", "arithmetic-orm", "countdown-prm", "countdown-orm"} <= set(names)
+    for name in names:
         summary = checkpoint.load(name).summary
-        assert summary["task"] == name
         assert summary["loss_curve"][-1][1] < summary["loss_curve"][0][1]
-        assert summary["reproduce"].startswith("thinkscale train policy")
+        if "-" not in name:  # a policy
+            assert summary["task"] == name
+            assert summary["reproduce"].startswith("thinkscale train policy")
+        else:  # a reward model: which task, which kind, started from what, labelled how (train split only)
+            task, kind = name.split("-")
+            assert (summary["task"], summary["kind"]) == (task, kind)
+            assert summary["init"] == f"{task}-base" and summary["labels"]["split"] == "train"
+            assert summary["labels"]["kind"] == kind and summary["labels"]["policy"] == task
 
 
 def test_missing_file_is_named(tmp_path, arithmetic_checkpoint):

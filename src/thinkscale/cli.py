@@ -239,7 +239,8 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
                              threads=args.threads, warmup_steps=min(50, args.steps // 10 + 1))
     summary = train_prm(task.name, records, out, settings, init=args.init or policy_name, label_info=label_info,
                         kind=kind, target=getattr(args, "target", "hard"), head=args.head)
-    print(f"wrote {out}: {summary['steps']} steps in {summary['train_seconds']} s, final loss {summary['final_loss']:.4f}")
+    loss = "" if summary["final_loss"] is None else f", final loss {summary['final_loss']:.4f}"
+    print(f"wrote {out}: {summary['steps']} steps in {summary['train_seconds']} s{loss}")
     return 0
 
 
@@ -346,9 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--head", choices=["likelihood", "verdict"], default="likelihood",
                          help="likelihood: score a step by the lowest probability of its tokens (default); "
                               "verdict: predict a +/- label after each step (Math-Shepherd)")
-        cmd.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+        cmd.add_argument("--steps", type=int, default=200,
+                         help="optimizer steps (default 200; 0 keeps --init as it is, the untrained baseline)")
         cmd.add_argument("--batch-size", type=int, default=64, help="solutions per step (default 64)")
-        cmd.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+        cmd.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
         cmd.add_argument("--seed", type=int, default=0, help="seed for problems, sampling and training (default 0)")
         cmd.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
         cmd.add_argument("--out", help=f"checkpoint directory (default checkpoints/TASK-{kind})")

@@ -115,15 +115,16 @@ class ScorerConfig:
     """The reward model a strategy chooses by: a registered name and keyword arguments for it."""
 
     name: str = _checked(_registered(SCORERS))
-    options: dict[str, Any] = field(default_factory=dict)  # for confidence: checkpoint_name (default: the task's)
+    options: dict[str, Any] = field(default_factory=dict)  # checkpoint_name (default: the task's, or TASK-prm/-orm)
 
     def build(self, task_name: str) -> Any:
         from thinkscale.scorers import get_scorer
         from thinkscale.tiny.checkpoint import shipped_names
 
         options = dict(self.options)
-        if self.name == "confidence" and task_name in shipped_names():
-            options.setdefault("checkpoint_name", task_name)
+        default = task_name if self.name == "confidence" else f"{task_name}-{self.name}"
+        if default in shipped_names():  # the shipped model for this task, unless the config names one
+            options.setdefault("checkpoint_name", default)
         return get_scorer(self.name, **options)
 
 

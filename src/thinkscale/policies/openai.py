@@ -43,6 +43,7 @@ variable named by `api_key_env` (default OPENAI_API_KEY) and never logged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -163,6 +164,9 @@ class OpenAIPolicy(Policy):
 
     # -- one request, n samples ------------------------------------------------
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
+        if request.temperature == 0 and request.n > 1:  # greedy samples are all the same; vLLM refuses n > 1 here
+            one = await self._generate_one(dataclasses.replace(request, n=1))
+            return dataclasses.replace(one, generations=one.generations * request.n)
         generations: list[Generation] = []
         prompt_tokens, calls = None, 0
         if request.n == 1 or self.native_n is not False:

@@ -102,5 +102,11 @@ class BeamSearch:
                     budget: Budget, seed: int) -> Trace:
         s = self.settings
         trace = start_trace(problem, self.name, asdict(s), seed, scorer, task)
-        await grouped_search(task, policy, scorer, budget, seed, trace, s, groups=1, keep=s.width, grow=s.n // s.width)
+        groups, keep, grow = self.layout(s)
+        await grouped_search(task, policy, scorer, budget, seed, trace, s, groups=groups, keep=keep, grow=grow)
         return trace
+
+    @staticmethod
+    def layout(s: BeamSearchSettings) -> tuple[int, int, int]:
+        """(independent groups, paths each keeps, candidates each kept path grows): one beam of width paths."""
+        return 1, s.width, s.n // s.width

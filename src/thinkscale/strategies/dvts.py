@@ -9,27 +9,13 @@ settings say. Settings as beam search's (strategies/beam_search.py).
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from thinkscale.budget import Budget
-from thinkscale.policies.base import Policy
-from thinkscale.scorers.base import Scorer
-from thinkscale.strategies.beam_search import BeamSearchSettings, grouped_search
-from thinkscale.strategies.steps import start_trace
-from thinkscale.tasks.base import Problem, Task
-from thinkscale.trace import Trace
+from thinkscale.strategies.beam_search import BeamSearch, BeamSearchSettings
 
 
-class DVTS:
+class DVTS(BeamSearch):
     name = "dvts"
     Settings = BeamSearchSettings
 
-    def __init__(self, settings: BeamSearchSettings | None = None) -> None:
-        self.settings = settings or BeamSearchSettings()
-
-    async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: Scorer | None,
-                    budget: Budget, seed: int) -> Trace:
-        s = self.settings
-        trace = start_trace(problem, self.name, asdict(s), seed, scorer, task)
-        await grouped_search(task, policy, scorer, budget, seed, trace, s, groups=s.n // s.width, keep=1, grow=s.width)
-        return trace
+    @staticmethod
+    def layout(s: BeamSearchSettings) -> tuple[int, int, int]:
+        return s.n // s.width, 1, s.width

@@ -11,7 +11,10 @@ finished path is terminal: reaching it again backs up its value once more.
 The prior P is the policy's probability of each sibling step where the
 backend gives log-probabilities, else uniform. The search stops after
 `iterations`, when every path is finished, or when the budget cannot buy the
-next expansion; the answer is chosen among the finished solutions.
+next expansion. If no path has finished by then, it commits: it follows the
+child of highest value from the root, expanding where it must, to the end of
+one path (within the budget). The answer is chosen among the finished
+solutions.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from thinkscale.budget import Budget
 from thinkscale.policies.base import GenerationRequest, Policy
 from thinkscale.scorers.base import Scorer
 from thinkscale.strategies.base import account
-from thinkscale.strategies.steps import (StepSettings, choose, expand, score_paths, start_trace, step_seed,
-                                         step_tokens)
+from thinkscale.strategies.steps import (StepSettings, answered, choose, expand, score_paths, start_trace,
+                                         step_seed, step_tokens)
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import FINISH_STOP, Node, Trace
 
@@ -78,28 +81,57 @@ class MCTS:
             leaf = self._select(trace, stats)
             if leaf is None:
                 break  # every path is finished or dead
-            node = trace.nodes[leaf]
-            if node.terminal:
-                stats.backup(trace, leaf, node.scores[scorer.name] if node.finished else 0.0)
-                continue
-            if self._depth(trace, leaf) >= s.max_depth:
-                stats.children[leaf] = []  # dead end: too deep to finish
-                stats.backup(trace, leaf, 0.0)
-                continue
-            tokens = step_tokens(budget, trace, s.expansion_width, s.max_step_tokens)
-            if tokens < 1:
+            if not await self._visit(task, policy, scorer, budget, seed, trace, stats, leaf, salt=iteration):
                 break
-            (children,) = await expand(trace, task, policy, [(leaf, s.expansion_width, iteration)], tokens, s, seed)
-            stats.children[leaf] = [c.id for c in children]
-            self._set_priors(stats, children)
-            await score_paths(trace, task, scorer, [c for c in children if not c.terminal or c.finished], s)
-            for child in children:
-                value = await self._value(task, policy, scorer, budget, seed, trace, child)
-                stats.backup(trace, child.id, value)
-            if node.terminal:  # the parent turned out complete: back its own value up too
-                stats.backup(trace, leaf, node.scores.get(scorer.name, 0.0))
+        if not answered(trace):  # no path finished yet: commit to the best one and follow it to the end
+            await self._commit(task, policy, scorer, budget, seed, trace, stats)
         await choose(trace, task, scorer, s)
         return trace
+
+    async def _visit(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
+                     stats: _Stats, leaf: int, salt: int) -> bool:
+        """Expand `leaf` (or back up its value if it is finished); False when the budget cannot pay for it."""
+        s, node = self.settings, trace.nodes[leaf]
+        if node.terminal:
+            stats.backup(trace, leaf, node.scores[scorer.name] if node.finished else 0.0)
+            return True
+        if self._depth(trace, leaf) >= s.max_depth:
+            stats.children[leaf] = []  # dead end: too deep to finish
+            stats.backup(trace, leaf, 0.0)
+            return True
+        tokens = step_tokens(budget, trace, s.expansion_width, s.max_step_tokens)
+        if tokens < 1:
+            return False
+        (children,) = await expand(trace, task, policy, [(leaf, s.expansion_width, salt)], tokens, s, seed)
+        stats.children[leaf] = [c.id for c in children]
+        self._set_priors(stats, children)
+        await score_paths(trace, task, scorer, [c for c in children if not c.terminal or c.finished], s)
+        for child in children:
+            value = await self._value(task, policy, scorer, budget, seed, trace, child)
+            stats.backup(trace, child.id, value)
+        if node.terminal:  # the parent turned out complete: back its own value up too
+            stats.backup(trace, leaf, node.scores.get(scorer.name, 0.0))
+        return True
+
+    async def _commit(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
+                      stats: _Stats) -> None:
+        """Follow the best child by value from the root, expanding where needed, until a path finishes.
+
+        The iterations may end before any path reaches the end (few iterations,
+        deep problems); then the search commits to what it values most, as an
+        MCTS that plays its best move at every turn, within the budget.
+        """
+        cur, salt = trace.root.id, self.settings.iterations
+        while not trace.nodes[cur].terminal:
+            if cur not in stats.children:
+                salt += 1
+                if not await self._visit(task, policy, scorer, budget, seed, trace, stats, cur, salt):
+                    return
+                continue
+            kids = [k for k in stats.children[cur] if self._alive(trace, stats, k)]
+            if not kids:
+                return
+            cur = max(kids, key=lambda k: (stats.q(k), stats.visits.get(k, 0), -k))
 
     @staticmethod
     def _depth(trace: Trace, node_id: int) -> int:

@@ -112,7 +112,7 @@ async def expand(trace: Trace, task: Task, policy: Policy, asks: list[tuple[int,
                 if not parent.terminal:
                     _finish(trace, task, parent, FINISH_STOP)
                 continue
-            text = g.text + delimiter if g.stop_string is not None else g.text
+            text = g.text + (g.stop_string or "")  # a step keeps the delimiter it ended at
             child = trace.add(node_id, text, num_tokens=g.num_tokens, logprob=g.logprob)
             if g.ended:
                 _finish(trace, task, child, FINISH_STOP)

@@ -174,7 +174,8 @@ def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settin
     summary = {
         "task": task_name, "kind": kind, "target": target, "head": head, "init": str(start.path.name), "settings": asdict(settings),
         "records": len(records), "steps": settings.steps, "train_seconds": round(elapsed, 1),
-        "tokens_per_s": round(tokens / elapsed, 1), "final_loss": curve[-1][1], "loss_curve": curve,
+        "tokens_per_s": round(tokens / elapsed, 1) if tokens else 0.0,
+        "final_loss": curve[-1][1] if curve else None, "loss_curve": curve,
         "labels": label_info, "torch": torch.__version__,
     }
     out = checkpoint.save(model, tokenizer, out, summary)
