@@ -7,7 +7,6 @@ started here; the GGUF is converted once and cached under .cache/gguf/.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python[serv
 pytest.importorskip("gguf", reason="needs gguf: run `make test-llamacpp`")
 
 from thinkscale.tiny.gguf import cached_gguf, serve_llamacpp  # noqa: E402
+from served import check_step_generation, generate, texts
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "gguf"
 
@@ -46,20 +46,6 @@ def tiny():
 
 def served_policy(url, **options):
     return OpenAIPolicy(url, extra_body=LLAMACPP_PLAIN_SAMPLING, **options)
-
-
-def generate(policy, requests):
-    async def go():
-        try:
-            return await policy.generate(requests)
-        finally:
-            await policy.close()
-
-    return asyncio.run(go())
-
-
-def texts(results):
-    return [[(g.text, g.finish_reason, g.stop_string) for g in r.generations] for r in results]
 
 
 def test_llamacpp_reads_our_tokenizer_and_computes_our_logits(gguf_file, arithmetic_checkpoint):
@@ -98,26 +84,11 @@ def test_repeated_sampling_and_majority_vote_grade_the_same_as_the_tiny_policy(s
         assert [t.correct for t in served] == [t.correct for t in direct]
         assert [[n.correct for n in t.terminals()] for t in served] == \
                [[n.correct for n in t.terminals()] for t in direct]
-        assert all(t.usage.samples == 4 and t.usage.policy_calls == 4 for t in served)  # n ignored: 4 requests
-    assert policy.native_n is False  # llama-cpp-python's server ignores `n`; learnt from its answer
+        assert all(t.usage.samples == 4 and t.usage.policy_calls == 1 for t in served)  # greedy: asked once
 
 
 def test_step_generation_stops_at_the_delimiter(server, tiny, arithmetic):
-    requests = []
-    for e in arithmetic.examples("test", 8):
-        (whole,) = generate(tiny, [GenerationRequest(prompt=e.problem.prompt, temperature=0, max_tokens=96)])
-        first = arithmetic.split_steps(whole.generations[0].text)[0]
-        partial = e.problem.prompt + first + arithmetic.step_delimiter
-        requests.append(GenerationRequest(prompt=partial, temperature=0, max_tokens=64, stop=("\n",)))
-        requests.append(GenerationRequest(prompt=partial, temperature=0, max_tokens=1, stop=("\n",)))
-        requests.append(GenerationRequest(prompt=e.problem.prompt + whole.generations[0].text, temperature=0,
-                                          max_tokens=8, stop=("\n",)))  # a finished solution: it just ends
-    served = generate(served_policy(server), requests)
-    assert texts(served) == texts(generate(tiny, requests))
-    steps, cut, ends = ([r.generations[0] for r in served[i::3]] for i in range(3))
-    assert all(g.stop_string == "\n" and not g.ended and g.text and "\n" not in g.text for g in steps)
-    assert all(g.finish_reason == "length" for g in cut)
-    assert all(g.ended and g.text == "" for g in ends)  # llama.cpp does not say why; its tokens do
+    check_step_generation(served_policy(server), tiny, arithmetic)  # llama.cpp does not say why it stopped; its tokens do
 
 
 def test_beam_search_through_llamacpp_grades_the_same_as_the_tiny_policy(server, tiny, arithmetic):
@@ -134,10 +105,12 @@ def test_beam_search_through_llamacpp_grades_the_same_as_the_tiny_policy(server,
 def test_seeded_sampling_gives_distinct_samples(server, arithmetic):
     prompt = arithmetic.examples("test", 1)[0].problem.prompt
     request = GenerationRequest(prompt=prompt, n=6, temperature=1.0, max_tokens=96, seed=5)
-    first, again = generate(served_policy(server), [request]), generate(served_policy(server), [request])
+    policy = served_policy(server)
+    first, again = generate(policy, [request]), generate(served_policy(server), [request])
     assert len(first[0].generations) == 6 and texts(first) == texts(again)
     assert len({g.text for g in first[0].generations}) > 1
-
+    assert policy.native_n is False  # llama-cpp-python's server ignores `n`; learnt from its answer
+    assert first[0].backend_calls == 6
 
 def arithmetic_checkpoint_ids(tiny, prompt):
     return tiny.tokenizer.encode(prompt)

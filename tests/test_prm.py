@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from thinkscale.flywheel.step_labels import StepLabels, label_steps, read_jsonl, write_jsonl
 from thinkscale.policies import get_policy

@@ -15,15 +15,12 @@ and worker).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,10 +29,11 @@ import torch
 
 from thinkscale.budget import Budget
 from thinkscale.policies import GenerationRequest, get_policy
-from thinkscale.policies.openai import OpenAIPolicy
+from thinkscale.policies.openai import free_port, wait_until_serving
 from thinkscale.runner import run
 from thinkscale.strategies import get_strategy
 from thinkscale.tiny import checkpoint
+from served import check_step_generation, generate, texts
 
 pytestmark = pytest.mark.vllm
 
@@ -58,15 +56,9 @@ if VLLM_VERSION is None:
                 allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
+    port = free_port()
     command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(checkpoint.resolve("arithmetic")), "--served-model-name", "tiny",
                "--host", "127.0.0.1", "--port", str(port),
@@ -90,18 +82,7 @@ def server():
 
         try:
             url = f"http://127.0.0.1:{port}/v1"
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"vLLM's server exited with {process.returncode}:\n{tail()}")
-                try:
-                    with urllib.request.urlopen(f"{url}/models", timeout=2) as answer:
-                        if json.load(answer)["data"]:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                if time.monotonic() - started > STARTUP_S:
-                    raise RuntimeError(f"vLLM's server did not answer on {url} within {STARTUP_S:g}s:\n{tail()}")
-                time.sleep(0.5)
+            wait_until_serving(url, process, STARTUP_S, "vLLM's server", tail)
             print(f"vLLM {VLLM_VERSION} ready on {url} after {time.monotonic() - started:.1f}s")
             yield url
         finally:
@@ -132,20 +113,6 @@ def tiny():
 
 def served_policy(url, **options):
     return get_policy("openai", base_url=url, **options)
-
-
-def generate(policy, requests):
-    async def go():
-        try:
-            return await policy.generate(requests)
-        finally:
-            await policy.close()
-
-    return asyncio.run(go())
-
-
-def texts(results):
-    return [[(g.text, g.finish_reason, g.stop_string) for g in r.generations] for r in results]
 
 
 def post(url, path, body):
@@ -200,21 +167,7 @@ def test_native_n_one_request_for_all_samples(server, arithmetic):
 
 
 def test_step_generation_stops_at_the_delimiter(server, tiny, arithmetic):
-    requests = []
-    for e in arithmetic.examples("test", 8):
-        (whole,) = generate(tiny, [GenerationRequest(prompt=e.problem.prompt, temperature=0, max_tokens=96)])
-        first = arithmetic.split_steps(whole.generations[0].text)[0]
-        partial = e.problem.prompt + first + arithmetic.step_delimiter
-        requests.append(GenerationRequest(prompt=partial, temperature=0, max_tokens=64, stop=("\n",)))
-        requests.append(GenerationRequest(prompt=partial, temperature=0, max_tokens=1, stop=("\n",)))
-        requests.append(GenerationRequest(prompt=e.problem.prompt + whole.generations[0].text, temperature=0,
-                                          max_tokens=8, stop=("\n",)))  # a finished solution: it just ends
-    served = generate(served_policy(server), requests)
-    assert texts(served) == texts(generate(tiny, requests))
-    steps, cut, ends = ([r.generations[0] for r in served[i::3]] for i in range(3))
-    assert all(g.stop_string == "\n" and not g.ended and g.text and "\n" not in g.text for g in steps)
-    assert all(g.finish_reason == "length" for g in cut)
-    assert all(g.ended and g.text == "" for g in ends)  # vLLM says why it stopped: stop_reason null
+    check_step_generation(served_policy(server), tiny, arithmetic)  # vLLM says why it stopped: stop_reason, null at the end
 
 
 def test_repeated_sampling_and_majority_vote_at_temperature_0_grade_the_same_as_the_tiny_policy(

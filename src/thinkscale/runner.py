@@ -96,7 +96,6 @@ def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: P
     written = 0
 
     async def main() -> None:
-        nonlocal written
         for strategy_config in config.strategies:
             strategy, budget = strategy_config.build(), strategy_config.budget.to_budget()
             scorer = strategy_config.scorer.build(task.name) if strategy_config.scorer else None

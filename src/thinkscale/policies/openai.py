@@ -444,3 +444,39 @@ def _describe_transport_error(e: httpx.TransportError) -> str:
 def _excerpt(value: Any, limit: int = 200) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- servers started here (tests, benchmarks) ---------------------------------------
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(base_url: str, process: Any, timeout_s: float, name: str, tail: Any) -> None:
+    """Poll `base_url`/models until the server started as `process` lists a model.
+
+    RuntimeError, with the server's last output (`tail()`), if it exits first
+    or does not answer within `timeout_s`.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail()}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as answer:
+                if json.load(answer)["data"]:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer on {base_url} within {timeout_s:g}s:\n{tail()}")
+        time.sleep(0.3)

@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from thinkscale.policies.openai import free_port, wait_until_serving
 from thinkscale.tiny import checkpoint as checkpoints
 from thinkscale.tiny.tokenizer import BOS, PAD
 
@@ -140,12 +136,6 @@ def cached_gguf(name_or_path: str | Path, cache_dir: str | Path = ".cache/gguf")
     return target
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve_llamacpp(model: str | Path, threads: int = 1, context: int = 256, alias: str = "tiny",
                    startup_s: float = 120.0) -> Iterator[str]:
@@ -153,7 +143,7 @@ def serve_llamacpp(model: str | Path, threads: int = 1, context: int = 256, alia
 
     The server listens on 127.0.0.1 on a free port and is stopped on exit.
     """
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context),
                "--n_threads", str(threads), "--n_threads_batch", str(threads),
@@ -162,23 +152,13 @@ def serve_llamacpp(model: str | Path, threads: int = 1, context: int = 256, alia
                "--type_k", "0", "--type_v", "0"]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        def tail() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-2000:]
+
         try:
             url = f"http://127.0.0.1:{port}/v1"
-            deadline = time.monotonic() + startup_s
-            while True:
-                if server.poll() is not None:
-                    log.seek(0)
-                    tail = log.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"llama_cpp.server exited with {server.returncode}:\n{tail}")
-                try:
-                    with urllib.request.urlopen(f"{url}/models", timeout=2) as answer:
-                        if json.load(answer)["data"]:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server did not answer on {url} within {startup_s:g}s")
-                time.sleep(0.2)
+            wait_until_serving(url, server, startup_s, "llama_cpp.server", tail)
             yield url
         finally:
             server.terminate()

@@ -1,0 +1,40 @@
+"""What the tests of real servers (llama.cpp, vLLM) share: calling a policy, and the checks both must pass."""
+
+from __future__ import annotations
+
+import asyncio
+
+from thinkscale.policies import GenerationRequest
+
+
+def generate(policy, requests):
+    async def go():
+        try:
+            return await policy.generate(requests)
+        finally:
+            await policy.close()
+
+    return asyncio.run(go())
+
+
+def texts(results):
+    return [[(g.text, g.finish_reason, g.stop_string) for g in r.generations] for r in results]
+
+
+def check_step_generation(policy, tiny, arithmetic) -> None:
+    """A step stops at the delimiter and says so; a cut step says `length`; a finished solution just ends."""
+    requests = []
+    for e in arithmetic.examples("test", 8):
+        (whole,) = generate(tiny, [GenerationRequest(prompt=e.problem.prompt, temperature=0, max_tokens=96)])
+        first = arithmetic.split_steps(whole.generations[0].text)[0]
+        partial = e.problem.prompt + first + arithmetic.step_delimiter
+        requests.append(GenerationRequest(prompt=partial, temperature=0, max_tokens=64, stop=("\n",)))
+        requests.append(GenerationRequest(prompt=partial, temperature=0, max_tokens=1, stop=("\n",)))
+        requests.append(GenerationRequest(prompt=e.problem.prompt + whole.generations[0].text, temperature=0,
+                                          max_tokens=8, stop=("\n",)))  # a finished solution: it just ends
+    served = generate(policy, requests)
+    assert texts(served) == texts(generate(tiny, requests))
+    steps, cut, ends = ([r.generations[0] for r in served[i::3]] for i in range(3))
+    assert all(g.stop_string == "\n" and not g.ended and g.text and "\n" not in g.text for g in steps)
+    assert all(g.finish_reason == "length" for g in cut)
+    assert all(g.ended and g.text == "" for g in ends)
