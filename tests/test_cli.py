@@ -110,3 +110,15 @@ strategies:
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == data
     missing = thinkscale("compare", str(tmp_path / "nothing.yaml"))
     assert missing.returncode == 2 and "no such experiment file or run directory" in missing.stderr
+
+
+def test_reusing_labels_made_with_other_settings_is_refused(tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"problem_id": "p", "prompt": "1+2=\\n", "steps": ["3\\n"], "values": [1.0], "labels": [1]}\n')
+    (tmp_path / "labels.jsonl.meta.json").write_text(json.dumps(
+        {"kind": "prm", "problems": 1500, "samples": 4, "rollouts": 8, "split": "train", "policy": "arithmetic",
+         "seed": 0}))
+    result = thinkscale("train", "orm", "--task", "arithmetic", "--labels", str(labels), "--out", str(tmp_path / "m"))
+    assert result.returncode == 2
+    assert "was made with other settings (kind: 'prm' there, 'orm' asked" in result.stderr
+    assert "--relabel" in result.stderr and not (tmp_path / "m").exists()
