@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from thinkscale.budget import Budget
 from thinkscale.policies import GenerationRequest
+from thinkscale.runner import run
+from thinkscale.strategies import get_strategy
 
 
 def generate(policy, requests):
@@ -38,3 +41,19 @@ def check_step_generation(policy, tiny, arithmetic) -> None:
     assert all(g.stop_string == "\n" and not g.ended and g.text and "\n" not in g.text for g in steps)
     assert all(g.finish_reason == "length" for g in cut)
     assert all(g.ended and g.text == "" for g in ends)
+
+
+def check_votes_grade_like_tiny(policy, tiny, arithmetic, problems: int, n: int = 4) -> list:
+    """Greedy repeated sampling and majority vote through `policy` grade as through `tiny`; the served traces."""
+    examples = arithmetic.examples("test", problems)
+    traces = []
+    for name in ("majority_vote", "repeated_sampling"):
+        strategy = get_strategy(name, n=n, temperature=0, max_tokens=96)
+        served = run(examples, arithmetic, strategy, policy, Budget(), seed=0)
+        direct = run(examples, arithmetic, strategy, tiny, Budget(), seed=0)
+        assert [(t.chosen_answer, t.correct) for t in served] == [(t.chosen_answer, t.correct) for t in direct]
+        assert [[n.text for n in t.nodes] for t in served] == [[n.text for n in t.nodes] for t in direct]
+        assert [[n.correct for n in t.terminals()] for t in served] == \
+               [[n.correct for n in t.terminals()] for t in direct]
+        traces += served
+    return traces

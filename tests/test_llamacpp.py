@@ -23,7 +23,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python[serv
 pytest.importorskip("gguf", reason="needs gguf: run `make test-llamacpp`")
 
 from thinkscale.tiny.gguf import cached_gguf, serve_llamacpp  # noqa: E402
-from served import check_step_generation, generate, texts
+from served import check_step_generation, check_votes_grade_like_tiny, generate, texts
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "gguf"
 
@@ -74,17 +74,8 @@ def test_greedy_completions_equal_the_tiny_policy(server, tiny, arithmetic):
 
 
 def test_repeated_sampling_and_majority_vote_grade_the_same_as_the_tiny_policy(server, tiny, arithmetic):
-    examples = arithmetic.examples("test", 24)
-    policy = served_policy(server, concurrency=4)
-    for name in ("majority_vote", "repeated_sampling"):
-        strategy = get_strategy(name, n=4, temperature=0, max_tokens=96)
-        served = run(examples, arithmetic, strategy, policy, Budget(), seed=0)
-        direct = run(examples, arithmetic, strategy, tiny, Budget(), seed=0)
-        assert [t.chosen_answer for t in served] == [t.chosen_answer for t in direct]
-        assert [t.correct for t in served] == [t.correct for t in direct]
-        assert [[n.correct for n in t.terminals()] for t in served] == \
-               [[n.correct for n in t.terminals()] for t in direct]
-        assert all(t.usage.samples == 4 and t.usage.policy_calls == 1 for t in served)  # greedy: asked once
+    served = check_votes_grade_like_tiny(served_policy(server, concurrency=4), tiny, arithmetic, problems=24)
+    assert all(t.usage.samples == 4 and t.usage.policy_calls == 1 for t in served)  # greedy: asked once
 
 
 def test_step_generation_stops_at_the_delimiter(server, tiny, arithmetic):

@@ -33,7 +33,7 @@ from thinkscale.policies.openai import free_port, wait_until_serving
 from thinkscale.runner import run
 from thinkscale.strategies import get_strategy
 from thinkscale.tiny import checkpoint
-from served import check_step_generation, generate, texts
+from served import check_step_generation, check_votes_grade_like_tiny, generate, texts
 
 pytestmark = pytest.mark.vllm
 
@@ -75,14 +75,9 @@ def server():
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                    start_new_session=True)  # its own process group, stopped as one
-
-        def tail() -> str:
-            log.seek(0)
-            return log.read().decode(errors="replace")[-3000:]
-
         try:
             url = f"http://127.0.0.1:{port}/v1"
-            wait_until_serving(url, process, STARTUP_S, "vLLM's server", tail)
+            wait_until_serving(url, process, STARTUP_S, "vLLM's server", log)
             print(f"vLLM {VLLM_VERSION} ready on {url} after {time.monotonic() - started:.1f}s")
             yield url
         finally:
@@ -170,30 +165,10 @@ def test_step_generation_stops_at_the_delimiter(server, tiny, arithmetic):
     check_step_generation(served_policy(server), tiny, arithmetic)  # vLLM says why it stopped: stop_reason, null at the end
 
 
+@pytest.mark.parametrize("n", [1, 4])
 def test_repeated_sampling_and_majority_vote_at_temperature_0_grade_the_same_as_the_tiny_policy(
-        server, tiny, arithmetic):
-    examples = arithmetic.examples("test", 12)
-    policy = served_policy(server, concurrency=4)
-    for name in ("majority_vote", "repeated_sampling"):
-        strategy = get_strategy(name, n=4, temperature=0, max_tokens=96)
-        served = run(examples, arithmetic, strategy, policy, Budget(), seed=0)
-        direct = run(examples, arithmetic, strategy, tiny, Budget(), seed=0)
-        assert [t.chosen_answer for t in served] == [t.chosen_answer for t in direct]
-        assert [t.correct for t in served] == [t.correct for t in direct]
-        assert [[n.correct for n in t.terminals()] for t in served] == \
-               [[n.correct for n in t.terminals()] for t in direct]
-
-
-def test_repeated_sampling_and_majority_vote_at_temperature_0_with_one_sample(server, tiny, arithmetic):
-    """What vLLM serves at temperature 0 (n=1) grades as the tiny policy does, through runner.run."""
-    examples = arithmetic.examples("test", 12)
-    policy = served_policy(server, concurrency=4)
-    for name in ("majority_vote", "repeated_sampling"):
-        strategy = get_strategy(name, n=1, temperature=0, max_tokens=96)
-        served = run(examples, arithmetic, strategy, policy, Budget(), seed=0)
-        direct = run(examples, arithmetic, strategy, tiny, Budget(), seed=0)
-        assert [(t.chosen_answer, t.correct) for t in served] == [(t.chosen_answer, t.correct) for t in direct]
-        assert [[n.text for n in t.nodes] for t in served] == [[n.text for n in t.nodes] for t in direct]
+        n, server, tiny, arithmetic):
+    check_votes_grade_like_tiny(served_policy(server, concurrency=4), tiny, arithmetic, problems=12, n=n)
 
 
 def test_majority_vote_samples_natively(server, arithmetic):

@@ -457,12 +457,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_serving(base_url: str, process: Any, timeout_s: float, name: str, tail: Any) -> None:
+def wait_until_serving(base_url: str, process: Any, timeout_s: float, name: str, log: Any) -> None:
     """Poll `base_url`/models until the server started as `process` lists a model.
 
-    RuntimeError, with the server's last output (`tail()`), if it exits first
-    or does not answer within `timeout_s`.
+    RuntimeError, with the end of the server's output (the binary file `log`
+    it writes to), if it exits first or does not answer within `timeout_s`.
     """
+
+    def tail() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-3000:]
+
     import json
     import urllib.error
     import urllib.request

@@ -165,9 +165,6 @@ class DatasetTask(Task):
         """Every row of `split`, read afresh (the task keeps no references)."""
         raise NotImplementedError
 
-    def extract_answer(self, completion: str) -> str | None:
-        raise NotImplementedError
-
     def check(self, answer: str, reference: str) -> Verdict:
         """Whether a bare answer matches the reference; math equivalence unless a task says otherwise."""
         return math_equal(answer, reference)

@@ -152,13 +152,9 @@ def serve_llamacpp(model: str | Path, threads: int = 1, context: int = 256, alia
                "--type_k", "0", "--type_v", "0"]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        def tail() -> str:
-            log.seek(0)
-            return log.read().decode(errors="replace")[-2000:]
-
         try:
             url = f"http://127.0.0.1:{port}/v1"
-            wait_until_serving(url, server, startup_s, "llama_cpp.server", tail)
+            wait_until_serving(url, server, startup_s, "llama_cpp.server", log)
             yield url
         finally:
             server.terminate()
