@@ -28,24 +28,35 @@ import re
 import time
 
 
-def pool_stats(task, traces, ks):
-    """pass@k and majority@k per k, averaged over problems, and the mean tokens of one sample."""
+def pool_stats(task, examples, traces, ks):
+    """pass@k, majority@k and (where the task checks steps) valid pass@k per k, averaged over
+    problems, and the mean tokens of one sample.
+
+    Valid pass@k counts only right answers reached by valid steps: the most a
+    perfect step checker can find. The rest of pass@k is luck (a wrong step
+    that still lands on the right number).
+    """
     from thinkscale.analysis.passk import majority_at_k, pass_at_k
 
     cover = {k: 0.0 for k in ks}
     vote = {k: 0.0 for k in ks}
+    checks_steps = hasattr(task, "first_invalid_step")
+    valid = {k: 0.0 for k in ks}
     tokens = samples = 0
-    for t in traces:
+    for example, t in zip(examples, traces):
         terminals = list(t.terminals())
         right = {n.answer for n in terminals if n.correct}
         answers = [n.answer if n.finished else None for n in terminals]
+        sound = sum(1 for n in terminals if n.correct and checks_steps
+                    and task.first_invalid_step(example, t.solution(n.id)) is None)
         for k in ks:
             cover[k] += pass_at_k(len(terminals), sum(bool(n.correct) for n in terminals), k) / len(traces)
+            valid[k] += pass_at_k(len(terminals), sound, k) / len(traces)
             if task.votable:
                 vote[k] += majority_at_k(answers, right.__contains__, k) / len(traces)
         tokens += t.usage.generated_tokens
         samples += len(terminals)
-    return cover, (vote if task.votable else None), tokens / samples
+    return cover, (vote if task.votable else None), (valid if checks_steps else None), tokens / samples
 
 
 def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:
@@ -82,7 +93,7 @@ def bench_task(name: str, args) -> dict:
     ks = args.budgets
     started = time.perf_counter()
     pool = run(examples, task, get_strategy("repeated_sampling", n=max(ks)), policy, Budget(), seed=args.seed)
-    cover, vote, per_sample = pool_stats(task, pool, ks)
+    cover, vote, valid, per_sample = pool_stats(task, examples, pool, ks)
     print(f"\n== {name}: {len(examples)} test problems; repeated sampling pool of {max(ks)} "
           f"({per_sample:.1f} generated tokens a sample) in {time.perf_counter() - started:.0f} s", flush=True)
     by_label = {}
@@ -97,11 +108,13 @@ def bench_task(name: str, args) -> dict:
             print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
         result = compare(by_label, seed=args.seed)
         print(format_comparison(result, title))
-        print(f"{'k':>5} {'k samples (tokens)':>18} {'pass@k':>7} " + ("majority@k" if vote else ""))
+        print(f"{'k':>5} {'k samples (tokens)':>18} {'pass@k':>7} " + ("valid pass@k " if valid else "")
+              + ("majority@k" if vote else ""))
         for done in ks[:ks.index(k) + 1]:
-            print(f"{done:>5} {done * per_sample:18.0f} {cover[done]:7.3f} " + (f"{vote[done]:10.3f}" if vote else ""))
+            print(f"{done:>5} {done * per_sample:18.0f} {cover[done]:7.3f} "
+                  + (f"{valid[done]:12.3f} " if valid else "") + (f"{vote[done]:10.3f}" if vote else ""))
         print(flush=True)
-    return {"result": result, "cover": cover, "vote": vote, "per_sample": per_sample}
+    return {"result": result, "cover": cover, "vote": vote, "valid": valid, "per_sample": per_sample}
 
 
 def main() -> None:
@@ -129,6 +142,10 @@ def main() -> None:
         wbon = s["prm-weighted_best_of_n@64"]
         print(f"\narithmetic at N = 64: pass@64 {r['cover'][64]:.3f}, majority@64 {r['vote'][64]:.3f}, "
               f"verifier gap {gap:.3f}")
+        if r["valid"]:
+            print(f"valid pass@64 {r['valid'][64]:.3f}: picking only answers reached by valid steps closes at most "
+                  f"{(r['valid'][64] - r['vote'][64]) / gap:.2f} of the gap (a perfect step checker); "
+                  f"the rest of pass@64 is luck, right numbers after a wrong step")
         for label in ("prm-weighted_best_of_n@64", "prm-best_of_n@64", "prm-beam@64", "prm-dvts@64", "prm-mcts@64"):
             if label in s:
                 print(f"{label}: {s[label]['accuracy']:.3f} ({s[label]['generated_tokens']:.0f} tokens a problem)")

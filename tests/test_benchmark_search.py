@@ -25,3 +25,8 @@ def test_search_benchmark_prints_every_strategy_and_the_gap_line_last():
     assert "prm-weighted_best_of_n@4" not in out.split("== countdown")[1]  # countdown has no answer to vote on
     last = out.strip().splitlines()[-1]
     assert last.startswith("gap closed: ") and float(last.split(": ")[1]) <= 1.0
+    # arithmetic checks its steps: right answers reached by valid steps are a share of pass@64
+    row = next(line.split() for line in out.split("== countdown")[0].splitlines() if line.split()[:1] == ["64"])
+    _, _, cover, valid, vote = row
+    assert 0 <= float(valid) <= float(cover) and "valid pass@64" in out
+    assert "valid pass@k" not in out.split("== countdown")[1]

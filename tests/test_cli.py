@@ -122,3 +122,7 @@ def test_reusing_labels_made_with_other_settings_is_refused(tmp_path):
     assert result.returncode == 2
     assert "was made with other settings (kind: 'prm' there, 'orm' asked" in result.stderr
     assert "--relabel" in result.stderr and not (tmp_path / "m").exists()
+    # labels from before --completer existed were rolled out by their policy
+    other = thinkscale("train", "prm", "--task", "arithmetic", "--labels", str(labels), "--completer", "countdown",
+                       "--out", str(tmp_path / "m"))
+    assert other.returncode == 2 and "completer: 'arithmetic' there, 'countdown' asked" in other.stderr

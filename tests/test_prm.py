@@ -47,6 +47,18 @@ def test_step_labels_come_from_train_problems_and_rollouts(records, arithmetic):
     assert again == recs  # same seed, same labels
 
 
+def test_rollouts_come_from_the_completer_and_solutions_from_the_policy(records, arithmetic):
+    recs, examples = records
+    # the countdown policy cannot finish arithmetic: every step it continues from is worth 0
+    other = asyncio.run(label_steps(arithmetic, get_policy("tiny", checkpoint_name="arithmetic"), examples,
+                                    samples=2, rollouts=4, seed=3,
+                                    completer=get_policy("tiny", checkpoint_name="countdown")))
+    assert [(r.prompt, r.steps) for r in other] == [(r.prompt, r.steps) for r in recs]
+    assert [r.values[-1] for r in other] == [r.values[-1] for r in recs]  # the verdicts are the policy's
+    assert any(v > 0 for r in recs for v in r.values[:-1])
+    assert all(v == 0 for r in other for v in r.values[:-1])
+
+
 def test_step_labels_round_trip_and_bad_lines(records, tmp_path):
     recs, _ = records
     path = tmp_path / "labels.jsonl"
@@ -66,7 +78,7 @@ def test_prm_batches_mark_each_steps_last_token_or_what_each_step_teaches(arithm
     assert text == "(3+5)*2=\n8*2\n16\n"
     assert [ids[0, m].item() for m in marks] == [tok.ids["\n"]] * 2
     assert marks[-1] == len(tok.encode(text)) - 1
-    assert target[0, marks].tolist() == [1.0, 1.0]  # hard: a verified solution proves each of its steps
+    assert target[0, marks].tolist() == [1.0, 1.0]
     _, _, soft = prm_batch([r], tok, target="soft")
     assert soft[0, marks].tolist() == [0.5, 1.0]
     # likelihood head: a verified solution's steps are learnt token by token (token t predicted at t - 1) ...
@@ -77,16 +89,21 @@ def test_prm_batches_mark_each_steps_last_token_or_what_each_step_teaches(arithm
     # ... and a failed step marks the positions that predict its tokens, nothing else
     assert tok.decode([ids[1, t + 1].item() for t in failed[1].nonzero()[:, 0].tolist()]) == "17\n"
     assert not failed[0].any()
+    # a right answer after a step no continuation could finish is luck: that step fails, nothing is learnt
+    lucky = StepLabels("p", "(3+5)*2=\n", ["9*2\n", "16\n"], [0.0, 1.0], [0, 1])
+    ids, goal, failed = likelihood_batch([lucky], tok)
+    assert (goal == -100).all()
+    assert tok.decode([ids[0, t + 1].item() for t in failed[0].nonzero()[:, 0].tolist()]) == "9*2\n"
 
 
 def test_hard_targets_stop_at_the_first_error():
     wrong = StepLabels("p", "x", ["a\n", "b\n", "c\n", "d\n"], [0.5, 0.0, 0.25, 0.0], [1, 0, 1, 0])
     assert step_targets(wrong, "hard") == [1.0, 0.0, None, None]
     assert step_targets(wrong, "soft") == [0.5, 0.0, 0.25, 0.0]
-    right = StepLabels("p", "x", ["a\n", "b\n"], [0.0, 1.0], [0, 1])  # unlucky rollouts, verified solution
-    assert step_targets(right, "hard") == [1.0, 1.0]
+    lucky = StepLabels("p", "x", ["a\n", "b\n", "c\n"], [0.0, 1.0, 1.0], [0, 1, 1])  # right answer, dead step
+    assert step_targets(lucky, "hard") == [0.0, None, None]
     with pytest.raises(ValueError, match="unknown PRM target 'medium'"):
-        step_targets(right, "medium")
+        step_targets(lucky, "medium")
 
 
 @pytest.mark.parametrize("head", ["likelihood", "verdict"])

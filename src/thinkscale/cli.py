@@ -202,12 +202,17 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
     out = Path(args.out or f"checkpoints/{task.name}-{kind}")
     labels_path = Path(args.labels or f"{out}.labels.jsonl")
     rollouts = getattr(args, "rollouts", 0)
+    completer_name = getattr(args, "completer", None) or policy_name
     label_info = {"kind": kind, "problems": args.problems, "samples": args.samples, "rollouts": rollouts,
                   "split": "train", "policy": policy_name, "seed": args.seed}
+    if kind == "prm":
+        label_info["completer"] = completer_name
     meta_path = labels_path.with_name(labels_path.name + ".meta.json")
     started = time.perf_counter()
     if labels_path.exists() and not args.relabel:
         made_with = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if made_with and kind == "prm":  # label files from before --completer were made by the policy
+            made_with.setdefault("completer", made_with.get("policy"))
         if made_with is None:
             print(f"warning: {meta_path} is missing, so {labels_path} cannot be checked against these settings")
         differ = {k: (made_with.get(k), v) for k, v in label_info.items() if made_with.get(k) != v} if made_with else {}
@@ -224,8 +229,9 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
         desc = f"step labels ({rollouts} rollouts a step)" if kind == "prm" else "outcome labels"
         with tqdm(total=len(examples), desc=desc, unit="problem") as bar:
             if kind == "prm":
+                completer = None if completer_name == policy_name else TinyPolicy(completer_name, threads=args.threads)
                 job = label_steps(task, policy, examples, samples=args.samples, rollouts=rollouts, seed=args.seed,
-                                  on_done=lambda _: bar.update(1))
+                                  on_done=lambda _: bar.update(1), completer=completer)
             else:
                 job = label_outcomes(task, policy, examples, samples=args.samples, seed=args.seed,
                                      on_done=lambda _: bar.update(1))
@@ -341,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"solutions per problem (default {4 if kind == 'prm' else 8})")
         if kind == "prm":
             cmd.add_argument("--rollouts", type=int, default=8, help="continuations per step (default 8)")
+            cmd.add_argument("--completer", help="checkpoint that writes the rollouts (default: the policy); a "
+                                                 "stronger one labels fewer valid steps as failed")
             cmd.add_argument("--target", choices=["hard", "soft"], default="hard",
                              help="hard labels up to the first error (default) or the soft Monte-Carlo values "
                                   "(the verdict head learns soft values; the likelihood head splits at 1/2)")

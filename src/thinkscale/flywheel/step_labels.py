@@ -36,8 +36,14 @@ class StepLabels:
 
 
 async def label_example(task: Task, policy: Policy, example: Example, samples: int, rollouts: int,
-                        seed: int, max_tokens: int = 160) -> list[StepLabels]:
-    """Step labels for the finished solutions the policy writes for one problem."""
+                        seed: int, max_tokens: int = 160, completer: Policy | None = None) -> list[StepLabels]:
+    """Step labels for the finished solutions the policy writes for one problem.
+
+    The rollouts come from `completer` (default: the policy itself). A valid
+    step from which a weak policy seldom finishes gets value 0 from a few
+    rollouts; a stronger completer tells it from a wrong step more often.
+    """
+    completer = completer or policy
     prompt = example.problem.prompt
     base_seed = problem_seed(seed, example.problem.id)
     (result,) = await policy.generate([GenerationRequest(prompt, n=samples, max_tokens=max_tokens, seed=base_seed)])
@@ -52,7 +58,7 @@ async def label_example(task: Task, policy: Policy, example: Example, samples: i
         requests = [GenerationRequest(prompt + prefix, n=rollouts, max_tokens=max_tokens,
                                       seed=(base_seed + 7919 * (s_index + 1) + 104729 * (i + 1)) & 0x7FFFFFFF)
                     for i, prefix in enumerate(prefixes)]
-        results = await policy.generate(requests) if requests else []
+        results = await completer.generate(requests) if requests else []
         values = []
         for prefix, res in zip(prefixes, results):
             ok = sum(1 for g in res.generations
@@ -65,11 +71,14 @@ async def label_example(task: Task, policy: Policy, example: Example, samples: i
 
 async def label_steps(task: Task, policy: Policy, examples: list[Example], samples: int = 4, rollouts: int = 8,
                       seed: int = 0, on_done: Callable[[list[StepLabels]], None] | None = None,
-                      ) -> list[StepLabels]:
-    """Step labels for many problems; all of them run concurrently, batched below."""
+                      completer: Policy | None = None, concurrency: int = 128) -> list[StepLabels]:
+    """Step labels for many problems; `concurrency` of them at a time share the policy's batches
+    (all at once would keep a progress bar at zero until the very end)."""
+    gate = asyncio.Semaphore(concurrency)
 
     async def one(example: Example) -> list[StepLabels]:
-        records = await label_example(task, policy, example, samples, rollouts, seed)
+        async with gate:
+            records = await label_example(task, policy, example, samples, rollouts, seed, completer=completer)
         if on_done:
             on_done(records)
         return records

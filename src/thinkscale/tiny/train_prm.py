@@ -49,17 +49,16 @@ def step_targets(record: StepLabels, target: str) -> list[float | None]:
     "soft": the Monte-Carlo value itself (Math-Shepherd's soft estimation).
     "hard": 1 while some continuation still verifies, 0 at the first step from
     which none did, and nothing after it (the first error ends the labels, as in
-    PRM800K). A verified solution is its own proof that each of its steps could
-    still succeed, so all of its steps are 1. Soft values mostly teach how much
-    work is left, which ranks a wrong shortcut above an honest step; hard labels
-    up to the first error teach whether the step was valid.
+    PRM800K). This holds for verified solutions too: one that reaches the right
+    number through a wrong step is luck, and a completer that reasons correctly
+    from the wrong step finds it out. Soft values mostly teach how much work is
+    left, which ranks a wrong shortcut above an honest step; hard labels up to
+    the first error teach whether the step was valid.
     """
     if target == "soft":
         return list(record.values)
     if target != "hard":
         raise ValueError(f"unknown PRM target {target!r}; valid: soft, hard")
-    if record.values[-1] >= 1.0:
-        return [1.0] * len(record.values)
     out: list[float | None] = []
     for v in record.values:
         out.append(1.0 if v > 0 else 0.0)
@@ -90,8 +89,9 @@ def likelihood_batch(records: list[StepLabels], tokenizer: CharTokenizer, target
     goal = torch.full(batch.shape, IGNORE, dtype=torch.long)
     failed = torch.zeros(batch.shape, dtype=torch.bool)
     for i, ((ids, spans), r) in enumerate(zip(encoded, records)):
-        verified = r.values[-1] >= 1.0
-        for (start, end), t in zip(spans, step_targets(r, target)):
+        targets = step_targets(r, target)
+        verified = r.values[-1] >= 1.0 and all(t is not None and t >= 0.5 for t in targets)
+        for (start, end), t in zip(spans, targets):
             if verified:  # token t is predicted at position t - 1
                 goal[i, start - 1:end - 1] = torch.tensor(ids[start:end])
             elif t is not None and t < 0.5:
