@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     prm = train_sub.add_parser("prm", help="train a process reward model on Monte-Carlo step labels",
                                description="Label the steps of the policy's own solutions to train-split problems "
                                            "by Monte-Carlo rollouts (a step's value: the share of continuations "
-                                           "from it, written by --completer, that verify), then fine-tune a tiny-core model into a PRM that "
-                                           "predicts, after every step, whether the solution can still succeed.")
+                                           "from it, written by --completer, that verify), then fine-tune a "
+                                           "tiny-core model into a PRM that predicts, after every step, whether the "
+                                           "solution can still succeed.")
     orm = train_sub.add_parser("orm", help="train an outcome reward model on whole solutions and their verdicts",
                                description="Sample the policy's own solutions to train-split problems, grade them "
                                            "with the task's verifier, then fine-tune a tiny-core model into an ORM "
