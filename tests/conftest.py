@@ -38,3 +38,19 @@ def countdown():
     from thinkscale.tasks import get_task
 
     return get_task("countdown")
+
+
+@pytest.fixture(scope="module")
+def policy():
+    """The shipped arithmetic policy, one per test module (a tiny policy serves the event loops of its module)."""
+    from thinkscale.policies import get_policy
+
+    return get_policy("tiny", checkpoint_name="arithmetic")
+
+
+@pytest.fixture(scope="module")
+def confidence():
+    """The confidence scorer on the arithmetic policy's own log-probabilities."""
+    from thinkscale.scorers import get_scorer
+
+    return get_scorer("confidence", checkpoint_name="arithmetic")

@@ -17,11 +17,6 @@ from thinkscale.tiny.train_prm import likelihood_batch, prm_batch, step_targets,
 
 
 @pytest.fixture(scope="module")
-def policy():
-    return get_policy("tiny", checkpoint_name="arithmetic")
-
-
-@pytest.fixture(scope="module")
 def records(policy, arithmetic):
     examples = arithmetic.examples("train", 24, seed=3)
     return asyncio.run(label_steps(arithmetic, policy, examples, samples=2, rollouts=4, seed=3)), examples

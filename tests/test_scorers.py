@@ -10,21 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from thinkscale.budget import Budget
-from thinkscale.policies import get_policy
 from thinkscale.runner import run
-from thinkscale.scorers import aggregate, get_scorer
+from thinkscale.scorers import aggregate
 from thinkscale.scorers.base import split_steps
 from thinkscale.strategies import get_strategy
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return get_policy("tiny", checkpoint_name="arithmetic")
-
-
-@pytest.fixture(scope="module")
-def confidence():
-    return get_scorer("confidence", checkpoint_name="arithmetic")
 
 
 def test_aggregations_and_their_names():

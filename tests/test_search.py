@@ -8,9 +8,7 @@ import json
 import pytest
 
 from thinkscale.budget import Budget, BudgetExceeded
-from thinkscale.policies import get_policy
 from thinkscale.runner import run
-from thinkscale.scorers import get_scorer
 from thinkscale.strategies import get_strategy
 
 SEARCHES = [
@@ -21,16 +19,6 @@ SEARCHES = [
     ("mcts", {"iterations": 4, "expansion_width": 2, "rollouts": 2, "aggregation": "min"}),
 ]
 ALL = SEARCHES + [("best_of_n", {"n": 8}), ("weighted_best_of_n", {"n": 8}), ("majority_vote", {"n": 8})]
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return get_policy("tiny", checkpoint_name="arithmetic")
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return get_scorer("confidence", checkpoint_name="arithmetic")
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +38,8 @@ def _without_time(trace) -> dict:
 
 
 @pytest.mark.parametrize("name,settings", SEARCHES, ids=lambda x: x if isinstance(x, str) else json.dumps(x))
-def test_search_grows_a_tree_and_chooses_a_finished_solution(name, settings, examples, arithmetic, policy, scorer):
-    traces = _solve(name, settings, examples, arithmetic, policy, scorer)
+def test_search_grows_a_tree_and_chooses_a_finished_solution(name, settings, examples, arithmetic, policy, confidence):
+    traces = _solve(name, settings, examples, arithmetic, policy, confidence)
     assert any(t.correct for t in traces)  # it solves some of them
     for t, ex in zip(traces, examples):
         assert t.root.text == ex.problem.prompt and t.strategy == name
@@ -74,17 +62,17 @@ def test_search_grows_a_tree_and_chooses_a_finished_solution(name, settings, exa
 
 @pytest.mark.parametrize("name,settings", SEARCHES[:1] + SEARCHES[2:4],
                          ids=lambda x: x if isinstance(x, str) else json.dumps(x))
-def test_same_seed_same_trace(name, settings, examples, arithmetic, policy, scorer):
-    a = _solve(name, settings, examples[:3], arithmetic, policy, scorer, seed=4)
-    b = _solve(name, settings, examples[:3], arithmetic, policy, scorer, seed=4)
+def test_same_seed_same_trace(name, settings, examples, arithmetic, policy, confidence):
+    a = _solve(name, settings, examples[:3], arithmetic, policy, confidence, seed=4)
+    b = _solve(name, settings, examples[:3], arithmetic, policy, confidence, seed=4)
     assert [_without_time(t) for t in a] == [_without_time(t) for t in b]
-    c = _solve(name, settings, examples[:3], arithmetic, policy, scorer, seed=5)
+    c = _solve(name, settings, examples[:3], arithmetic, policy, confidence, seed=5)
     assert [_without_time(t)["nodes"] for t in a] != [_without_time(t)["nodes"] for t in c]
 
 
-def test_beam_search_keeps_width_paths_and_dvts_keeps_one_per_subtree(examples, arithmetic, policy, scorer):
-    (beam,) = _solve("beam_search", {"n": 8, "width": 2}, examples[:1], arithmetic, policy, scorer)
-    (dvts,) = _solve("dvts", {"n": 8, "width": 2}, examples[:1], arithmetic, policy, scorer)
+def test_beam_search_keeps_width_paths_and_dvts_keeps_one_per_subtree(examples, arithmetic, policy, confidence):
+    (beam,) = _solve("beam_search", {"n": 8, "width": 2}, examples[:1], arithmetic, policy, confidence)
+    (dvts,) = _solve("dvts", {"n": 8, "width": 2}, examples[:1], arithmetic, policy, confidence)
     for trace, first_calls in ((beam, 1), (dvts, 4)):
         depth = {0: 0}
         for n in trace.nodes[1:]:
@@ -107,9 +95,9 @@ def test_beam_search_keeps_width_paths_and_dvts_keeps_one_per_subtree(examples, 
 @pytest.mark.parametrize("budget", [Budget(max_generated_tokens=60), Budget(max_generated_tokens=200),
                                     Budget(max_samples=10), Budget(max_policy_calls=3)],
                          ids=["60tok", "200tok", "10samples", "3calls"])
-def test_no_strategy_ever_exceeds_its_budget(name, settings, budget, examples, arithmetic, policy, scorer):
+def test_no_strategy_ever_exceeds_its_budget(name, settings, budget, examples, arithmetic, policy, confidence):
     try:
-        traces = _solve(name, settings, examples[:3], arithmetic, policy, scorer, budget=budget)
+        traces = _solve(name, settings, examples[:3], arithmetic, policy, confidence, budget=budget)
     except BudgetExceeded as e:
         assert "smallest budget that works" in str(e) or "spent" in str(e) or "no room" in str(e)
         return
@@ -119,17 +107,17 @@ def test_no_strategy_ever_exceeds_its_budget(name, settings, budget, examples, a
 
 @pytest.mark.parametrize("name", ["beam_search", "dvts", "mcts"])
 def test_a_budget_too_small_for_one_step_is_refused_with_the_smallest_that_works(name, examples, arithmetic,
-                                                                                 policy, scorer):
+                                                                                 policy, confidence):
     settings = {"n": 8, "width": 2} if name != "mcts" else {"expansion_width": 4}
     with pytest.raises(BudgetExceeded, match=r"smallest budget that works is \d+ generated tokens"):
-        _solve(name, settings, examples[:1], arithmetic, policy, scorer, budget=Budget(max_generated_tokens=3))
+        _solve(name, settings, examples[:1], arithmetic, policy, confidence, budget=Budget(max_generated_tokens=3))
 
 
 @pytest.mark.parametrize("name", ["beam_search", "mcts"])
-def test_truncated_steps_never_become_answers(name, examples, arithmetic, policy, scorer):
+def test_truncated_steps_never_become_answers(name, examples, arithmetic, policy, confidence):
     settings = {"n": 4, "width": 2, "max_step_tokens": 2} if name == "beam_search" else \
         {"iterations": 4, "expansion_width": 2, "max_step_tokens": 2}
-    traces = _solve(name, settings, examples[3:], arithmetic, policy, scorer)  # harder problems: long first steps
+    traces = _solve(name, settings, examples[3:], arithmetic, policy, confidence)  # harder problems: long first steps
     for t in traces:
         for node in t.terminals():
             if node.finish_reason == "length":
@@ -138,7 +126,7 @@ def test_truncated_steps_never_become_answers(name, examples, arithmetic, policy
             assert t.nodes[t.chosen_node].finished
 
 
-def test_search_needs_a_scorer_that_fits_the_task(examples, arithmetic, countdown, policy, scorer):
+def test_search_needs_a_scorer_that_fits_the_task(examples, arithmetic, countdown, policy, confidence):
     with pytest.raises(ValueError, match="beam_search needs a scorer"):
         asyncio.run(get_strategy("beam_search").solve(examples[0].problem, arithmetic, policy, None, Budget(), 0))
     with pytest.raises(ValueError, match=r"n \(6\) must be a positive multiple of width \(4\)"):
@@ -149,13 +137,13 @@ def test_search_needs_a_scorer_that_fits_the_task(examples, arithmetic, countdow
         get_strategy("mcts", iteration=3)
 
 
-def test_mcts_with_too_few_iterations_still_follows_its_best_path_to_an_answer(arithmetic, policy, scorer):
+def test_mcts_with_too_few_iterations_still_follows_its_best_path_to_an_answer(arithmetic, policy, confidence):
     deep = [e for e in arithmetic.examples("test", 12, seed=2) if e.problem.difficulty == 7][:2]
-    traces = _solve("mcts", {"iterations": 1, "expansion_width": 3}, deep, arithmetic, policy, scorer)
+    traces = _solve("mcts", {"iterations": 1, "expansion_width": 3}, deep, arithmetic, policy, confidence)
     for t in traces:
         assert t.chosen_node is not None  # one expansion cannot reach the end of 7 steps; the commit phase does
         assert len(t.path(t.chosen_node)) >= 4
-    tight = _solve("mcts", {"iterations": 1, "expansion_width": 3}, deep, arithmetic, policy, scorer,
+    tight = _solve("mcts", {"iterations": 1, "expansion_width": 3}, deep, arithmetic, policy, confidence,
                    budget=Budget(max_generated_tokens=40))
     for t in tight:
         assert t.usage.generated_tokens <= 40  # committing never breaks the budget

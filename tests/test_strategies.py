@@ -15,11 +15,6 @@ from thinkscale.strategies.majority_vote import vote
 from thinkscale.tasks.base import Problem
 
 
-@pytest.fixture(scope="module")
-def policy():
-    return get_policy("tiny", checkpoint_name="arithmetic")
-
-
 class ProblemsSeen:
     """Wraps a strategy and records the objects that reach its `solve`."""
 
