@@ -1,6 +1,6 @@
 """Sampling throughput: thinkscale's engine against transformers' generate().
 
-    python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1]
+    python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
 
 Both sample the same prompts from the same shipped checkpoint with the same
 thread count, in the same run. Throughput counts generated tokens up to and
@@ -42,16 +42,17 @@ def run_transformers(model, prompts, samples, per_call, max_new_tokens, pad_id, 
     return tokens, time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="arithmetic")
     parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--problem-seed", type=int, default=0, help="which test problems are the prompts (default 0)")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-rows", type=int, default=1024, help="engine rows per batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     import torch
@@ -66,7 +67,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     ck = checkpoint.load(args.checkpoint)
     task = get_task(ck.summary.get("task", args.checkpoint))
-    prompts = [tuple(ck.tokenizer.encode(e.problem.prompt)) for e in task.examples("test", args.prompts)]
+    examples = task.examples("test", args.prompts, seed=args.problem_seed)
+    prompts = [tuple(ck.tokenizer.encode(e.problem.prompt)) for e in examples]
     pad_id, eos_id = ck.tokenizer.pad_id, ck.tokenizer.eos_id
     print(f"checkpoint {ck.path} ({ck.model.config.num_parameters():,} parameters); {args.prompts} prompts x "
           f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}")

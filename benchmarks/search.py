@@ -1,17 +1,47 @@
 """Reward models and search at equal compute, on the tiny core.
 
     python benchmarks/search.py [--tasks arithmetic,countdown] [--problems 200] [--budgets 4,16,64,256]
+        [--split test|dev] [--problem-seed 0] [--base-policy {task}-base]
 
-For each task, on its test split: repeated sampling gives pass@k (coverage,
-which needs the verifier) and majority@k (exact estimators over a pool of
-max(budgets) samples per problem). Then every strategy runs at each budget k,
-sized to spend about k samples' worth of generated tokens:
-best-of-k by the ORM, best-of-k and weighted best-of-k by the PRM, PRM beam search with n = k
+For each task: repeated sampling gives pass@k (coverage, which needs the
+verifier) and majority@k (exact estimators over a pool of max(budgets)
+samples per problem). Then every strategy runs at each budget k, sized to
+spend about k samples' worth of generated tokens: best-of-k by the ORM,
+best-of-k and weighted best-of-k by the PRM, PRM beam search with n = k
 (width sqrt(k)), DVTS with n = k (width 4), and MCTS with k iterations
 (expansion width 4). Each row reports what the strategy actually spent
 (generated tokens per problem, and FLOPs with the scorer's) beside its
 accuracy with a 90% bootstrap interval over problems, so budgets are matched
-by what was spent, not by N.
+by what was spent, not by N. The pool rows (pass@k, majority@k) report the
+FLOPs that k samples of the pool cost.
+
+The stronger model as the policy. The shipped PRM starts from `{task}-base`,
+a model of the same architecture trained about 6x longer than the shipped
+policy. The first question a skeptic asks is whether search with the small
+policy beats spending the same compute on that stronger model. So where
+`--base-policy` exists, the base model also runs as the policy: its pass@k
+and majority@k (from a pool of `--base-pool` samples, default 4 x the
+largest budget), and best-of-k and weighted best-of-k by the same PRM at the
+same budgets. Both models have the same size, so a token costs the same FLOPs
+(the script checks and prints it), and the rows at one budget k spend about
+the same FLOPs whichever model samples. Search spends more FLOPs than
+best-of-k at the same tokens (the PRM reads every partial path), so a last
+table sets each small-policy row beside the base model's majority vote over
+as many samples as that row's FLOPs buy.
+
+Choosing settings. The recipes and their settings (aggregation, widths,
+thresholds) are chosen on a dev set, never on the test split: `--split dev`
+draws problems from the train split (seed 1000 + `--problem-seed`), leaving
+out every problem the reward models' labels were made from (read from their
+`training.json`; `task.examples("train", 1500, seed=0)` for the shipped
+ones), checked by problem text. Dev problems are train-split problems, which
+the policies trained on: in a 400-problem arithmetic draw, 72 (mostly 2- and
+3-operation problems) appear verbatim in arithmetic-base's training stream,
+so dev accuracies run higher than test ones; use dev to choose and test to
+report. The settings above predate this rule (they were chosen on the test
+split); `--split dev` lets a reader redo the choice. `--problem-seed` picks
+which problems are drawn (default 0, the draw behind the README's numbers),
+so the numbers can be checked on a fresh draw.
 
 Arithmetic has a verifier gap at N = 64: pass@64 - majority@64. The last line
 is the share of that gap closed by PRM-weighted best-of-64:
@@ -22,10 +52,13 @@ best-of-N and search stand against pass@k.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
 import time
+
+DEV_SEED_OFFSET = 1000  # dev draws: task.examples("train", ..., seed=DEV_SEED_OFFSET + problem_seed)
 
 
 def pool_stats(task, examples, traces, ks):
@@ -59,6 +92,15 @@ def pool_stats(task, examples, traces, ks):
     return cover, (vote if task.votable else None), (valid if checks_steps else None), tokens / samples
 
 
+def pool_flops(traces, policy):
+    """FLOPs of k samples of a pool, as a function of k: the prompt once (a prefix cache), k samples' tokens."""
+    per_token = policy.flops_per_token()
+    samples = sum(t.usage.samples for t in traces)
+    generated = sum(t.usage.generated_tokens for t in traces) / samples
+    prompt = sum(t.usage.prompt_tokens for t in traces) / samples  # counted once per sample: one prompt's length
+    return lambda k: per_token * (prompt + k * generated)
+
+
 def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:
     """label -> (strategy, settings, scorer) at a budget of k samples' worth."""
     width = max(1, 2 ** round(math.log2(k) / 2))
@@ -76,6 +118,60 @@ def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:
     return out
 
 
+def base_strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:
+    """The base model as the policy: best-of-k (and weighted) by the same PRM, as the small policy's rows."""
+    rows = strategies_at(k, votable)
+    return {f"base-{label}": rows[label] for label in (f"prm-best_of_n@{k}", f"prm-weighted_best_of_n@{k}")
+            if label in rows}
+
+
+def labelled_problems(task, checkpoint_names) -> set[str]:
+    """Prompts of the train-split problems the reward models' labels were made from (their training.json)."""
+    from thinkscale.tiny.checkpoint import resolve
+
+    draws = set()  # (problems, seed): the PRM and the ORM were labelled on the same draw
+    for name in checkpoint_names:
+        path = resolve(name) / "training.json"
+        labels = json.loads(path.read_text()).get("labels") if path.exists() else None
+        if labels and labels.get("split") == "train":
+            draws.add((labels["problems"], labels["seed"]))
+    return {e.problem.prompt for problems, seed in draws for e in task.examples("train", problems, seed=seed)}
+
+
+def dev_examples(task, n: int, problem_seed: int, exclude: set[str]):
+    """`n` train-split problems none of which is in `exclude`, spread evenly over the difficulties as a draw is."""
+    drawn = task.examples("train", n + n // 4 + 16, seed=DEV_SEED_OFFSET + problem_seed)
+    by_difficulty: dict[int, list] = {d: [] for d in task.difficulties}
+    for e in drawn:
+        if e.problem.prompt not in exclude:
+            by_difficulty[e.problem.difficulty].append(e)
+    out = []
+    for i in range(n):
+        bucket = by_difficulty[task.difficulties[i % len(task.difficulties)]]
+        if not bucket:
+            raise RuntimeError(f"{task.name}: too few dev problems outside the reward models' label problems")
+        out.append(bucket.pop(0))
+    assert not {e.problem.prompt for e in out} & exclude
+    return out
+
+
+def base_policy_name(pattern: str | None, task_name: str, explicit: bool) -> str | None:
+    """The base checkpoint for `task_name`, or None (with a note) when the default names none that exists."""
+    from thinkscale.tiny.checkpoint import resolve
+
+    if not pattern or pattern == "none":
+        return None
+    name = pattern.format(task=task_name)
+    try:
+        resolve(name)
+    except ValueError:
+        if explicit:
+            raise
+        print(f"  (no {name} checkpoint: no base-policy rows for {task_name})")
+        return None
+    return name
+
+
 def bench_task(name: str, args) -> dict:
     from thinkscale.analysis.compare import compare, format_comparison
     from thinkscale.budget import Budget
@@ -86,70 +182,163 @@ def bench_task(name: str, args) -> dict:
     from thinkscale.tasks import get_task
 
     task = get_task(name)
-    examples = task.examples("test", args.problems)
+    reward_models = {kind: pattern.format(task=name) for kind, pattern in (("prm", args.prm), ("orm", args.orm))}
+    if args.split == "dev":
+        labelled = labelled_problems(task, reward_models.values())
+        examples = dev_examples(task, args.problems, args.problem_seed, labelled)
+        where = (f"dev problems (train split, seed {DEV_SEED_OFFSET + args.problem_seed}; none of the "
+                 f"{len(labelled)} problems the reward models were labelled on)")
+    else:
+        examples = task.examples("test", args.problems, seed=args.problem_seed)
+        where = f"test problems (seed {args.problem_seed})"
     policy = get_policy("tiny", checkpoint_name=name, threads=args.threads)
-    scorers = {kind: get_scorer(kind, checkpoint_name=pattern.format(task=name))
-               for kind, pattern in (("prm", args.prm), ("orm", args.orm))}
+    scorers = {kind: get_scorer(kind, checkpoint_name=checkpoint) for kind, checkpoint in reward_models.items()}
     ks = args.budgets
     started = time.perf_counter()
     pool = run(examples, task, get_strategy("repeated_sampling", n=max(ks)), policy, Budget(), seed=args.seed)
     cover, vote, valid, per_sample = pool_stats(task, examples, pool, ks)
-    print(f"\n== {name}: {len(examples)} test problems; repeated sampling pool of {max(ks)} "
+    flops_of = pool_flops(pool, policy)
+    print(f"\n== {name}: {len(examples)} {where}; repeated sampling pool of {max(ks)} "
           f"({per_sample:.1f} generated tokens a sample) in {time.perf_counter() - started:.0f} s", flush=True)
+    base = None
+    base_name = base_policy_name(args.base_policy, name, args.base_policy_given)
+    if base_name:
+        base = {"name": base_name, "policy": get_policy("tiny", checkpoint_name=base_name, threads=args.threads)}
+        pool_size = args.base_pool or 4 * max(ks)
+        same = base["policy"].flops_per_token() == policy.flops_per_token()
+        print(f"base policy {base_name}: {base['policy'].flops_per_token():.3e} FLOPs a token against the policy's "
+              f"{policy.flops_per_token():.3e} ({'the same' if same else 'NOT the same'}: "
+              f"{base['policy'].checkpoint.model.config.num_parameters():,} and "
+              f"{policy.checkpoint.model.config.num_parameters():,} parameters)", flush=True)
+        t0 = time.perf_counter()
+        base_pool = run(examples, task, get_strategy("repeated_sampling", n=pool_size), base["policy"], Budget(),
+                        seed=args.seed)
+        base.update(pool=pool_size, flops_of=pool_flops(base_pool, base["policy"]),
+                    stats=lambda some_ks: pool_stats(task, examples, base_pool, some_ks))
+        base["cover"], base["vote"], _, base["per_sample"] = base["stats"](ks)
+        print(f"base pool of {pool_size} ({base['per_sample']:.1f} generated tokens a sample) in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
     by_label = {}
-    title = f"{name}/test, PRM {args.prm.format(task=name)}, ORM {args.orm.format(task=name)}"
+    title = f"{name}/{args.split}, PRM {reward_models['prm']}, ORM {reward_models['orm']}"
     for k in ks:  # the table so far after each budget: a long run shows its results as it goes
-        for label, (strategy, settings, kind) in strategies_at(k, task.votable).items():
+        runs = [(label, spec, policy) for label, spec in strategies_at(k, task.votable).items()]
+        if base:
+            runs += [(label, spec, base["policy"]) for label, spec in base_strategies_at(k, task.votable).items()]
+        for label, (strategy, settings, kind), sampler in runs:
             if args.only and not re.search(args.only, label):
                 continue
             t0 = time.perf_counter()
-            by_label[label] = run(examples, task, get_strategy(strategy, **settings), policy, Budget(),
+            by_label[label] = run(examples, task, get_strategy(strategy, **settings), sampler, Budget(),
                                   scorer=scorers[kind], seed=args.seed)
             print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
-        result = compare(by_label, seed=args.seed)
-        print(format_comparison(result, title))
-        print(f"{'k':>5} {'k samples (tokens)':>18} {'pass@k':>7} " + ("valid pass@k " if valid else "")
-              + ("majority@k" if vote else ""))
+        if by_label:
+            result = compare(by_label, seed=args.seed)
+            print(format_comparison(result, title))
+        else:
+            result = {"strategies": {}}
+        print(f"{'k':>5} {'k samples (tokens)':>18} {'FLOPs':>9} {'pass@k':>7} "
+              + ("valid pass@k " if valid else "") + ("majority@k" if vote else ""))
         for done in ks[:ks.index(k) + 1]:
-            print(f"{done:>5} {done * per_sample:18.0f} {cover[done]:7.3f} "
+            print(f"{done:>5} {done * per_sample:18.0f} {flops_of(done):9.2e} {cover[done]:7.3f} "
                   + (f"{valid[done]:12.3f} " if valid else "") + (f"{vote[done]:10.3f}" if vote else ""))
         print(flush=True)
-    return {"result": result, "cover": cover, "vote": vote, "valid": valid, "per_sample": per_sample}
+    if base:
+        print_base(base, task, ks, result)
+    return {"result": result, "cover": cover, "vote": vote, "valid": valid, "per_sample": per_sample,
+            "base": base}
 
 
-def main() -> None:
+def print_base(base: dict, task, ks, result: dict) -> None:
+    """The base model's pool rows, and each small-policy row beside the base's vote at the same FLOPs."""
+    name, flops_of = base["name"], base["flops_of"]
+    rows = {label: s for label, s in result["strategies"].items() if not label.startswith("base-")}
+    # k': the most samples of the base whose FLOPs do not pass the row's, at most the pool
+    k_prime = {label: max((k for k in range(1, base["pool"] + 1) if flops_of(k) <= s["flops"]), default=1)
+               for label, s in rows.items()}
+    shown = sorted(set(ks) | set(k_prime.values()))
+    cover, vote, _, _ = base["stats"](shown)
+    print(f"{name} as the policy: pool of {base['pool']} samples a problem")
+    print(f"{'k':>5} {'k samples (tokens)':>18} {'FLOPs':>9} {'pass@k':>7} " + ("majority@k" if vote else ""))
+    for k in shown:
+        print(f"{k:>5} {k * base['per_sample']:18.0f} {flops_of(k):9.2e} {cover[k]:7.3f} "
+              + (f"{vote[k]:10.3f}" if vote else ""))
+    if not rows:
+        return
+    print(f"\nat equal FLOPs: each row of the small policy beside {name} sampling k' times, as many as the row's "
+          f"FLOPs buy (at most the pool of {base['pool']})")
+    width = max(len(label) for label in rows)
+    kind = "majority@k'" if vote else "pass@k'"
+    print(f"{'strategy':<{width}} {'FLOPs':>9} {'accuracy':>8} {'k-prime':>7} {'base FLOPs':>10} {'base ' + kind:>16}")
+    for label, s in sorted(rows.items(), key=lambda kv: (kv[1]["flops"], kv[0])):
+        k = k_prime[label]
+        value = (vote or cover)[k]
+        short = k == base["pool"] and flops_of(k) < 0.9 * s["flops"]
+        print(f"{label:<{width}} {s['flops']:9.2e} {s['accuracy']:8.3f} {k:>7} {flops_of(k):10.2e} {value:16.3f}"
+              + ("  (pool too small: fewer FLOPs)" if short else ""))
+    for k in ks:  # at one budget the two policies' best-of-k spend about the same
+        for label in (f"prm-best_of_n@{k}", f"prm-weighted_best_of_n@{k}"):
+            if label in rows and f"base-{label}" in result["strategies"]:
+                b = result["strategies"][f"base-{label}"]
+                print(f"{label}: policy {rows[label]['accuracy']:.3f} ({rows[label]['flops']:.2e} FLOPs), "
+                      f"{name} {b['accuracy']:.3f} ({b['flops']:.2e} FLOPs)")
+    print(flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[2:]))
     parser.add_argument("--tasks", default="arithmetic,countdown", help="comma-separated built-in tasks")
-    parser.add_argument("--problems", type=int, default=200, help="test problems per task (default 200)")
+    parser.add_argument("--problems", type=int, default=200, help="problems per task (default 200)")
+    parser.add_argument("--split", choices=("test", "dev"), default="test",
+                        help="test (report) or dev (train-split problems, none the reward models were labelled on: "
+                             "choose settings here)")
+    parser.add_argument("--problem-seed", type=int, default=0,
+                        help="which problems are drawn (default 0: the draw behind the README's numbers)")
     parser.add_argument("--budgets", default="4,16,64,256", help="budgets in samples' worth (default 4,16,64,256)")
     parser.add_argument("--prm", default="{task}-prm", help="PRM checkpoint; {task} is replaced (default {task}-prm)")
     parser.add_argument("--orm", default="{task}-orm", help="ORM checkpoint; {task} is replaced (default {task}-orm)")
+    parser.add_argument("--base-policy", default=None,
+                        help="the stronger model of the same size, run as the policy too; {task} is replaced "
+                             "(default {task}-base where it exists; 'none' for no base rows)")
+    parser.add_argument("--base-pool", type=int, default=None,
+                        help="samples a problem in the base policy's pool (default 4 x the largest budget)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed of every strategy")
     parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.budgets = [int(b) for b in args.budgets.split(",")]
+    args.base_policy_given = args.base_policy is not None
+    if args.base_policy is None:
+        args.base_policy = "{task}-base"
+    if args.base_pool is not None and args.base_pool < max(args.budgets):
+        parser.error(f"--base-pool {args.base_pool} is smaller than the largest budget {max(args.budgets)}")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     tasks = args.tasks.split(",")
     results = {name: bench_task(name, args) for name in tasks}
 
-    s = results.get("arithmetic", {}).get("result", {}).get("strategies", {})
+    r = results.get("arithmetic", {})
+    s = r.get("result", {}).get("strategies", {})
     if "prm-weighted_best_of_n@64" in s:
-        r = results["arithmetic"]
         gap = r["cover"][64] - r["vote"][64]
         wbon = s["prm-weighted_best_of_n@64"]
         print(f"\narithmetic at N = 64: pass@64 {r['cover'][64]:.3f}, majority@64 {r['vote'][64]:.3f}, "
               f"verifier gap {gap:.3f}")
-        if r["valid"]:
+        if r["valid"] and gap > 0:
             print(f"valid pass@64 {r['valid'][64]:.3f}: picking only answers reached by valid steps closes at most "
                   f"{(r['valid'][64] - r['vote'][64]) / gap:.2f} of the gap (a perfect step checker); "
                   f"the rest of pass@64 is luck, right numbers after a wrong step")
-        for label in ("prm-weighted_best_of_n@64", "prm-best_of_n@64", "prm-beam@64", "prm-dvts@64", "prm-mcts@64"):
+        for label in ("prm-weighted_best_of_n@64", "prm-best_of_n@64", "prm-beam@64", "prm-dvts@64", "prm-mcts@64",
+                      "base-prm-weighted_best_of_n@64", "base-prm-best_of_n@64"):
             if label in s:
-                print(f"{label}: {s[label]['accuracy']:.3f} ({s[label]['generated_tokens']:.0f} tokens a problem)")
-        print(f"gap closed: {(wbon['accuracy'] - r['vote'][64]) / gap:.2f}")
+                print(f"{label}: {s[label]['accuracy']:.3f} ({s[label]['generated_tokens']:.0f} tokens, "
+                      f"{s[label]['flops']:.2e} FLOPs a problem)")
+        if r["base"]:
+            b = r["base"]
+            print(f"{b['name']} as the policy at N = 64: pass@64 {b['cover'][64]:.3f}, "
+                  f"majority@64 {b['vote'][64]:.3f}")
+        print(f"gap closed: {(wbon['accuracy'] - r['vote'][64]) / gap:.2f}" if gap > 0
+              else "gap closed: nan (pass@64 = majority@64: no gap to close)")
 
 
 if __name__ == "__main__":

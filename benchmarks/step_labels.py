@@ -1,12 +1,13 @@
 """How often Monte-Carlo step labels are wrong, by who writes the rollouts.
 
     python benchmarks/step_labels.py [--problems 200] [--samples 8] [--rollouts 8] \
-        [--completer checkpoints/arithmetic-base]
+        [--completer arithmetic-base] [--problem-seed 1]
 
 The policy writes `--samples` solutions to each of `--problems` arithmetic
-train problems; each step is valued by `--rollouts` continuations, written
-once by the policy itself (the baseline, Math-Shepherd's setting) and once by
-`--completer`. Arithmetic can check every step (`first_invalid_step`), so the
+train problems (drawn with `--problem-seed`, default 1; the reward models'
+labels came from the draw with seed 0); each step is valued by `--rollouts`
+continuations, written once by the policy itself (the baseline,
+Math-Shepherd's setting) and once by `--completer`. Arithmetic can check every step (`first_invalid_step`), so the
 labels can be graded:
 
 - of the steps labelled as the first failure (no rollout verified), the share
@@ -28,7 +29,10 @@ import time
 
 def grade(task, records) -> dict[str, float]:
     """Share of first-failure labels on valid steps; lucky solutions caught; sound solutions flagged."""
-    from thinkscale.tiny.train_prm import step_targets
+    try:
+        from thinkscale.training.reward import step_targets
+    except ImportError:  # before the move out of tiny/
+        from thinkscale.tiny.train_prm import step_targets
 
     failed = failed_valid = lucky = lucky_caught = sound = sound_flagged = 0
     for r in records:
@@ -56,24 +60,29 @@ def _example(record):
     return Example(Problem(record.problem_id, record.prompt, 0), None)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[2:]))
     parser.add_argument("--problems", type=int, default=200, help="train problems (default 200)")
     parser.add_argument("--samples", type=int, default=8, help="solutions per problem (default 8)")
     parser.add_argument("--rollouts", type=int, default=8, help="continuations per step (default 8)")
-    parser.add_argument("--completer", default="checkpoints/arithmetic-base",
-                        help="checkpoint that writes the other rollouts (default checkpoints/arithmetic-base)")
+    parser.add_argument("--completer", default="arithmetic-base",
+                        help="checkpoint that writes the other rollouts (default arithmetic-base, shipped)")
+    parser.add_argument("--problem-seed", type=int, default=1,
+                        help="which train problems are drawn (default 1, the draw behind the README's numbers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    from thinkscale.flywheel.step_labels import label_steps
+    try:
+        from thinkscale.training.step_labels import label_steps
+    except ImportError:  # before the move out of flywheel/
+        from thinkscale.flywheel.step_labels import label_steps
     from thinkscale.policies.tiny import TinyPolicy
     from thinkscale.tasks import get_task
 
     task = get_task("arithmetic")
-    examples = task.examples("train", args.problems, seed=1)
+    examples = task.examples("train", args.problems, seed=args.problem_seed)
     policy = TinyPolicy("arithmetic", threads=args.threads)
     completer = TinyPolicy(args.completer, threads=args.threads)
     results = {}

@@ -1,10 +1,11 @@
 """Run-ledger throughput: thinkscale's RunStore against one JSON file per problem.
 
-    python benchmarks/store.py [--nodes 1000000] [--samples 64] [--dir /tmp]
+    python benchmarks/store.py [--nodes 1000000] [--samples 64] [--dir /tmp] [--problem-seed 0]
 
-Writes the same synthetic repeated-sampling traces (a root and `--samples`
-terminal completions each, ~40-character texts, log-probabilities, answers,
-verdicts and a full Usage) two ways, in the same run, on the same disk:
+Writes the same synthetic repeated-sampling traces (drawn with
+`--problem-seed`; a root and `--samples` terminal completions each,
+~40-character texts, log-probabilities, answers, verdicts and a full Usage)
+two ways, in the same run, on the same disk:
 
 - baseline: one JSON file per problem under a directory, as Large Language
   Monkeys keeps its samples (plain writes, no fsync, no atomicity);
@@ -73,10 +74,10 @@ def problems(count: int, samples: int, seed: int = 0):
         yield f"repeated_sampling/0/{trace.problem_id}", trace
 
 
-def write_json_files(directory: Path, count: int, samples: int) -> float:
+def write_json_files(directory: Path, count: int, samples: int, seed: int = 0) -> float:
     """The baseline: one JSON file per problem. Returns seconds spent."""
     directory.mkdir()
-    batch = list(problems(count, samples))  # shared nodes: cheap; built before the clock starts
+    batch = list(problems(count, samples, seed))  # shared nodes: cheap; built before the clock starts
     started = time.perf_counter()
     for _, trace in batch:
         record = {**trace.__dict__, "nodes": [n.__dict__ for n in trace.nodes], "usage": trace.usage.__dict__}
@@ -85,10 +86,10 @@ def write_json_files(directory: Path, count: int, samples: int) -> float:
     return time.perf_counter() - started
 
 
-def write_store(run_dir: Path, count: int, samples: int) -> float:
+def write_store(run_dir: Path, count: int, samples: int, seed: int = 0) -> float:
     from thinkscale.store import RunStore
 
-    batch = list(problems(count, samples))
+    batch = list(problems(count, samples, seed))
     started = time.perf_counter()
     with RunStore.open(run_dir, {"benchmark": "store", "problems": count, "samples": samples}) as store:
         for key, trace in batch:
@@ -122,13 +123,14 @@ def directory_mb(path: Path) -> float:
     return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file()) / 2**20
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=1_000_000, help="about this many nodes in all")
     parser.add_argument("--samples", type=int, default=64, help="terminal nodes per trace (plus the root)")
     parser.add_argument("--dir", default=None, help="where to write (default: the system temp dir)")
+    parser.add_argument("--problem-seed", type=int, default=0, help="which synthetic problems are drawn (default 0)")
     parser.add_argument("--report-pass", metavar="RUN_DIR", help=argparse.SUPPRESS)  # the subprocess's entry
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.report_pass:
         report_pass(args.report_pass, args.samples)
         return
@@ -138,12 +140,12 @@ def main() -> None:
     print(f"{nodes} nodes: {count} traces x ({args.samples} samples + root)", flush=True)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="thinkscale-bench-") as tmp:
         tmp = Path(tmp)
-        baseline_s = write_json_files(tmp / "json", count, args.samples)
+        baseline_s = write_json_files(tmp / "json", count, args.samples, args.problem_seed)
         baseline_rate = nodes / baseline_s
         print(f"baseline (one JSON file per problem): {baseline_rate:.0f} nodes/s "
               f"({baseline_s:.1f} s, {directory_mb(tmp / 'json'):.0f} MB in {count} files)", flush=True)
 
-        store_s = write_store(tmp / "run", count, args.samples)
+        store_s = write_store(tmp / "run", count, args.samples, args.problem_seed)
         store_rate = nodes / store_s
         print(f"thinkscale store: {store_s:.1f} s, {directory_mb(tmp / 'run'):.0f} MB; "
               f"ratio (store / baseline): {store_rate / baseline_rate:.2f}", flush=True)

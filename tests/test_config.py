@@ -112,6 +112,21 @@ def test_unknown_policy_option_is_checked_against_the_policy_constructor(tmp_pat
     assert "did you mean 'max_rows'?" in message and "valid keys: checkpoint_name, max_rows, threads" in message
 
 
+def test_every_policys_and_scorers_options_are_checked_by_name_and_type(tmp_path):
+    path = write(tmp_path, minimal() + "policy:\n  name: openai\n  options:\n    base_url: http://127.0.0.1:9/v1\n"
+                                       "    concurency: 8\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}:{line_of(path, 'concurency:')}: policy.options: unknown key 'concurency'")
+    assert "did you mean 'concurrency'?" in message and "flops_per_token" in message
+    path = write(tmp_path, minimal() + "policy:\n  name: openai\n  options: {concurrency: 0}\n")
+    assert error_of(path).endswith("policy.options.concurrency: must be at least 1, got 0")
+    path = write(tmp_path, minimal(strategies="strategies:\n  - name: best_of_n\n    scorer:\n      name: prm\n"
+                                             "      options: {checkpoint: arithmetic-prm}"))
+    message = error_of(path)
+    assert f"{path}:{line_of(path, 'checkpoint:')}: strategies[0].scorer.options: unknown key 'checkpoint'" in message
+    assert "did you mean 'checkpoint_name'?" in message
+
+
 def test_policy_option_of_the_wrong_type(tmp_path):
     path = write(tmp_path, minimal() + "policy:\n  options:\n    threads: four\n")
     assert error_of(path) == f"{path}:{line_of(path, 'four')}: policy.options.threads: expected an integer, got 'four'"

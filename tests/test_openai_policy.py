@@ -13,6 +13,7 @@ import asyncio
 import socket
 
 import pytest
+from tiny_openai_server import TinyOpenAIServer
 
 from thinkscale.budget import Budget
 from thinkscale.config import parse_config
@@ -20,8 +21,6 @@ from thinkscale.policies import GenerationRequest, get_policy
 from thinkscale.policies.openai import BackendError, OpenAIPolicy, _share
 from thinkscale.runner import run
 from thinkscale.strategies import get_strategy
-
-from tiny_openai_server import TinyOpenAIServer
 
 FAST = {"max_retries": 2, "backoff_s": 0.01}
 

@@ -8,12 +8,12 @@ import random
 
 import pytest
 
-from thinkscale.flywheel.step_labels import StepLabels, label_steps, read_jsonl, write_jsonl
 from thinkscale.policies import get_policy
 from thinkscale.scorers import aggregate, get_scorer
 from thinkscale.tasks.base import split_of
-from thinkscale.tiny.train import TrainSettings
-from thinkscale.tiny.train_prm import likelihood_batch, prm_batch, step_targets, train_prm
+from thinkscale.training.policy import TrainSettings
+from thinkscale.training.reward import likelihood_batch, prm_batch, step_targets, train_prm
+from thinkscale.training.step_labels import StepLabels, label_steps, read_jsonl, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_training_a_prm_lowers_its_loss_and_the_scorer_refuses_other_tasks(head,
 
 
 def test_orm_learns_from_whole_solutions_of_train_problems(policy, arithmetic, tmp_path):
-    from thinkscale.flywheel.step_labels import label_outcomes
+    from thinkscale.training.step_labels import label_outcomes
 
     examples = arithmetic.examples("train", 24, seed=5)
     recs = asyncio.run(label_outcomes(arithmetic, policy, examples, samples=4, seed=5))

@@ -3,7 +3,8 @@
 Each scenario runs the real `thinkscale run` in a subprocess. A small wrapper
 (written to tmp_path) injects the fault from outside the product code: it
 kills the process from inside a trace's transaction, or caps the database's
-size the way a full disk would.
+size with SQLite's max_page_count, which fails the next write as a full disk
+would (SQLITE_FULL). tests/test_disk_full.py fills a real filesystem instead.
 """
 
 from __future__ import annotations

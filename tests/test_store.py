@@ -15,8 +15,8 @@ import pytest
 
 import thinkscale.store as store_module
 from thinkscale.budget import Usage
-from thinkscale.store import (ConfigMismatchError, DuplicateTraceError, RunStore, StoreFullError, _SELECT,
-                              export)
+from thinkscale.export import export
+from thinkscale.store import _SELECT, ConfigMismatchError, DuplicateTraceError, RunStore, StoreFullError
 from thinkscale.trace import FINISH_LENGTH, FINISH_STOP, Trace
 
 CONFIG = {"task": "arithmetic", "strategy": "repeated_sampling", "samples": 4, "seed": 0}
@@ -28,7 +28,7 @@ def flat_trace(problem_id: str, samples: int = 4, strategy: str = "repeated_samp
                                                                       "stop": ["\n\n"]},
                   seed=1234, difficulty=3, chosen_answer="42", correct=True,
                   usage=Usage(generated_tokens=321, prompt_tokens=40, policy_calls=1, samples=samples,
-                              tool_cpu_s=0.125, flops=1.5e9, wall_s=0.031, dollars=1e-6))
+                              flops=1.5e9, wall_s=0.031))
     trace.add(None, f"Q{problem_id}: 6*7=?", num_tokens=9)
     for i in range(samples):
         last = i == samples - 1
@@ -88,7 +88,7 @@ def test_iter_traces_streams_in_insertion_order(tmp_path):
         assert next(stream).problem_id == "p3"
         assert [t.problem_id for t in stream] == ["p1", "p2"]
         for where in ("", "WHERE t.strategy = ?"):  # ordered by the b-trees themselves: no sort to materialise
-            plan = store._conn.execute("EXPLAIN QUERY PLAN " + _SELECT.format(where=where),
+            plan = store._conn.execute("EXPLAIN QUERY PLAN " + _SELECT.format(where=where, stopped_by="t.stopped_by"),
                                        ("x",) if where else ()).fetchall()
             assert not any("TEMP B-TREE" in row[-1] for row in plan), plan
 

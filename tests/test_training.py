@@ -8,7 +8,7 @@ from thinkscale.tasks import get_task
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.model import TinyConfig, TinyLlama
 from thinkscale.tiny.tokenizer import DEFAULT_VOCAB, CharTokenizer
-from thinkscale.tiny.train import TrainSettings, lm_batches, lm_loss, make_batch, train_policy, train_steps
+from thinkscale.training.policy import TrainSettings, lm_batches, lm_loss, make_batch, train_policy, train_steps
 
 SMALL = TinyConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 

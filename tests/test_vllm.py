@@ -26,14 +26,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from served import check_step_generation, check_votes_grade_like_tiny, generate, texts
 
 from thinkscale.budget import Budget
+from thinkscale.net import free_port, wait_until_serving
 from thinkscale.policies import GenerationRequest, get_policy
-from thinkscale.policies.openai import free_port, wait_until_serving
 from thinkscale.runner import run
 from thinkscale.strategies import get_strategy
 from thinkscale.tiny import checkpoint
-from served import check_step_generation, check_votes_grade_like_tiny, generate, texts
 
 pytestmark = pytest.mark.vllm
 

@@ -1,12 +1,22 @@
 """Budget and Usage: what compute a strategy may spend, and what it spent.
 
 Every strategy reports its Usage in the same units, so that strategies are
-compared at equal compute rather than at equal "N".
+compared at equal compute rather than at equal "N". Before any piece of work
+(a policy call, a scorer call) a strategy asks `Budget.afford` what it may
+cost; the answer is computed for the worst case of that work (every sample
+runs to its token limit, a server that ignores `n` gets one call per sample),
+so no strategy can pass a limit on any backend, only stop early.
+
+    budget = Budget(max_generated_tokens=2000, max_flops=1e9)
+    tokens = budget.afford(usage, Work(samples=8, max_tokens=48, calls=1, prompt_tokens=20,
+                                       flops_per_token=1.7e6))
+    # 0: not even one token each fits; else each of the 8 samples may generate up to `tokens`
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 
@@ -17,15 +27,12 @@ class Usage:
     generated_tokens: int = 0
     prompt_tokens: int = 0  # prompt tokens sent, counted once per sample
     cached_prompt_tokens: int = 0  # of those, how many a prefix cache could reuse
-    policy_calls: int = 0  # requests sent to the policy
+    policy_calls: int = 0  # requests sent to the backend (a server that ignores `n` gets one per sample)
     samples: int = 0  # completions received
     scorer_calls: int = 0
     scored_tokens: int = 0
-    tool_calls: int = 0
-    tool_cpu_s: float = 0.0
-    flops: float = 0.0  # estimate: 2 x parameters x tokens computed, policy and scorer
-    wall_s: float = 0.0
-    dollars: float = 0.0
+    flops: float = 0.0  # estimate: 2 x non-embedding parameters x tokens computed, policy and scorer
+    wall_s: float = 0.0  # time spent waiting on policy and scorer calls
 
     def __iadd__(self, other: "Usage") -> "Usage":
         for f in fields(self):
@@ -42,16 +49,56 @@ class Usage:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Usage":
-        return cls(**data)
+        # Ledgers written before 0.2 held tool_calls, tool_cpu_s and dollars, never filled (always 0).
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def forward_flops_per_token(parameters: int, embedding_parameters: int) -> float:
+    """The usual estimate of one token's forward pass: 2 x the parameters that are not the input embedding."""
+    return 2.0 * (parameters - embedding_parameters)
 
 
 class BudgetExceeded(ValueError):
-    """Raised when a strategy asks for more than its Budget allows."""
+    """Raised when a strategy cannot buy even its first piece of work within its Budget."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """One piece of work a strategy is about to ask for, described for its worst case.
+
+    `samples` generations of at most `max_tokens` tokens each, sent in at most
+    `calls` backend calls. FLOPs: the policy computes `prompt_tokens` prompt
+    tokens (already counted as the backend computes them: once with a prefix
+    cache, once per sample without) and every generated token at
+    `flops_per_token`; if the generations will be scored, the scorer then
+    reads each sample's prefix (`scored_prefix_tokens`, summed over the
+    samples) and its generated tokens at `scorer_flops_per_token`. A FLOPs rate of None means "unknown": a FLOPs
+    limit cannot be held for such work and is refused.
+    """
+
+    samples: int
+    max_tokens: int
+    calls: int = 1
+    prompt_tokens: int = 0
+    flops_per_token: float | None = 0.0
+    scored_prefix_tokens: int = 0
+    scorer_flops_per_token: float | None = 0.0
+
+    def flops(self, tokens: int) -> float:
+        """Worst-case FLOPs if each sample generates `tokens` tokens."""
+        policy = (self.flops_per_token or 0.0) * (self.samples * tokens + self.prompt_tokens)
+        scorer = (self.scorer_flops_per_token or 0.0) * (self.scored_prefix_tokens + self.samples * tokens)
+        return policy + scorer
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Limits on compute; None means unlimited. Checked against a Usage."""
+    """Limits on one strategy's compute for one problem; None means unlimited.
+
+    Every limit here is held by every strategy on every backend (`afford`);
+    there is no limit that some strategy ignores.
+    """
 
     max_generated_tokens: int | None = None
     max_samples: int | None = None
@@ -76,15 +123,57 @@ class Budget:
                 over.append(f"{counter} {getattr(usage, counter)} > {limit} {cap}")
         return over
 
-    def remaining_tokens(self, usage: Usage) -> int | None:
-        if self.max_generated_tokens is None:
-            return None
-        return max(0, self.max_generated_tokens - usage.generated_tokens)
+    def afford(self, usage: Usage, work: Work) -> int:
+        """The most tokens per sample (up to `work.max_tokens`) that `work` may use; 0 if it does not fit.
 
-    def remaining_samples(self, usage: Usage) -> int | None:
-        if self.max_samples is None:
-            return None
-        return max(0, self.max_samples - usage.samples)
+        The answer holds in the worst case: if every sample runs to that many
+        tokens and every call is made, `usage` plus the work stays within every
+        limit. Raises ValueError for a FLOPs limit with work whose FLOPs are
+        unknown (a backend that does not know its model's size).
+        """
+        return self.afford_why(usage, work)[0]
+
+    def afford_why(self, usage: Usage, work: Work) -> tuple[int, str | None]:
+        """`afford`, with the name of the limit that cut the work short (None when all of it fits)."""
+        if work.samples < 1 or work.max_tokens < 1:
+            raise ValueError(f"work must ask for at least one sample of one token, got {work}")
+        if self.max_wall_s is not None and usage.wall_s >= self.max_wall_s:
+            return 0, "max_wall_s"
+        if self.max_samples is not None and usage.samples + work.samples > self.max_samples:
+            return 0, "max_samples"
+        if self.max_policy_calls is not None and usage.policy_calls + work.calls > self.max_policy_calls:
+            return 0, "max_policy_calls"
+        tokens, why = work.max_tokens, None
+        if self.max_generated_tokens is not None:
+            fit = (self.max_generated_tokens - usage.generated_tokens) // work.samples
+            if fit < tokens:
+                tokens, why = fit, "max_generated_tokens"
+        if self.max_flops is not None:
+            if work.flops_per_token is None or (work.scorer_flops_per_token is None and work.scored_prefix_tokens):
+                raise ValueError("a max_flops budget needs FLOPs per token of the policy and the scorer; this "
+                                 "backend does not know its model's size (the openai policy takes "
+                                 "flops_per_token=2 x the served model's non-embedding parameters)")
+            left = self.max_flops - usage.flops
+            per_token = work.flops(1) - work.flops(0)
+            fit = math.floor((left - work.flops(0)) / per_token) if per_token else (tokens if left >= work.flops(0) else 0)
+            while fit > 0 and usage.flops + work.flops(fit) > self.max_flops:  # float rounding
+                fit -= 1
+            if fit < tokens:
+                tokens, why = fit, "max_flops"
+        return max(tokens, 0), why
+
+    def wall_left(self, usage: Usage) -> float | None:
+        """Seconds of waiting on calls still allowed, or None for no wall-time limit."""
+        return None if self.max_wall_s is None else max(0.0, self.max_wall_s - usage.wall_s)
+
+    def affords_scoring(self, usage: Usage, flops: float) -> bool:
+        """Whether one scorer call costing `flops` FLOPs fits the budget."""
+        if self.max_wall_s is not None and usage.wall_s >= self.max_wall_s:
+            return False
+        return self.max_flops is None or usage.flops + flops <= self.max_flops
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._LIMITS}
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.to_dict().items() if v is not None) or "unlimited"

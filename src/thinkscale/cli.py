@@ -15,23 +15,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 # -- shared pieces -------------------------------------------------------------
 
 def _execute(config: Any, fresh: bool) -> Path:
     """Run (or resume) an experiment into its store, with a progress bar."""
     from tqdm import tqdm
 
-    from thinkscale.policies import get_policy
     from thinkscale.runner import run_experiment
     from thinkscale.store import RunStore
     from thinkscale.tasks import get_task
 
     task = get_task(config.task)
-    options = dict(config.policy.options)
-    if config.policy.name == "tiny":
-        options.setdefault("checkpoint_name", task.name)
-    policy = get_policy(config.policy.name, **options)
+    policy = config.policy.build(task.name)
     total = config.problems * len(config.strategies) * len(config.seeds)
     with RunStore.open(config.output_path, config.to_dict(), fresh=fresh) as store:
         done = len(store.done_keys())
@@ -156,7 +151,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from thinkscale.store import export
+    from thinkscale.export import export
 
     suffix = "parquet" if args.format == "parquet" else "jsonl"
     out = Path(args.out) if args.out else Path(args.run_dir) / f"traces-{args.rows}.{suffix}"
@@ -167,7 +162,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
     from thinkscale.tasks import get_task
-    from thinkscale.tiny.train import TrainSettings, train_policy
+    from thinkscale.training.policy import TrainSettings, train_policy
 
     task = get_task(args.task)
     if args.steps is None and args.minutes is None:
@@ -185,62 +180,19 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 
 def cmd_train_reward(args: argparse.Namespace) -> int:
     """`train prm` and `train orm`: label the policy's own solutions to train problems, then fine-tune."""
-    import asyncio
-    import time
-
-    from tqdm import tqdm
-
-    from thinkscale.flywheel.step_labels import label_outcomes, label_steps, read_jsonl, write_jsonl
-    from thinkscale.policies.tiny import TinyPolicy
     from thinkscale.tasks import get_task
-    from thinkscale.tiny.train import TrainSettings
-    from thinkscale.tiny.train_prm import train_prm
+    from thinkscale.training.labels import label_settings, reward_labels
+    from thinkscale.training.policy import TrainSettings
+    from thinkscale.training.reward import train_prm
 
     task = get_task(args.task)
     kind = args.what
     policy_name = args.policy or task.name
     out = Path(args.out or f"checkpoints/{task.name}-{kind}")
     labels_path = Path(args.labels or f"{out}.labels.jsonl")
-    rollouts = getattr(args, "rollouts", 0)
-    completer_name = getattr(args, "completer", None) or policy_name
-    label_info = {"kind": kind, "problems": args.problems, "samples": args.samples, "rollouts": rollouts,
-                  "split": "train", "policy": policy_name, "seed": args.seed}
-    if kind == "prm":
-        label_info["completer"] = completer_name
-    meta_path = labels_path.with_name(labels_path.name + ".meta.json")
-    started = time.perf_counter()
-    if labels_path.exists() and not args.relabel:
-        made_with = json.loads(meta_path.read_text()) if meta_path.exists() else None
-        if made_with and kind == "prm":  # label files from before --completer were made by the policy
-            made_with.setdefault("completer", made_with.get("policy"))
-        if made_with is None:
-            print(f"warning: {meta_path} is missing, so {labels_path} cannot be checked against these settings")
-        differ = {k: (made_with.get(k), v) for k, v in label_info.items() if made_with.get(k) != v} if made_with else {}
-        if differ:
-            raise ValueError(f"{labels_path} was made with other settings ("
-                             + ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in differ.items())
-                             + "); pass --relabel to redo it or --labels for another file")
-        records = read_jsonl(labels_path)
-        print(f"reusing {len(records)} label records from {labels_path} (--relabel to redo them)")
-    else:
-        # Labels come from the train split only: the reward model is judged on the test split.
-        examples = task.examples("train", args.problems, seed=args.seed)
-        policy = TinyPolicy(policy_name, threads=args.threads)
-        desc = f"step labels ({rollouts} rollouts a step)" if kind == "prm" else "outcome labels"
-        with tqdm(total=len(examples), desc=desc, unit="problem") as bar:
-            if kind == "prm":
-                completer = None if completer_name == policy_name else TinyPolicy(completer_name, threads=args.threads)
-                job = label_steps(task, policy, examples, samples=args.samples, rollouts=rollouts, seed=args.seed,
-                                  on_done=lambda _: bar.update(1), completer=completer)
-            else:
-                job = label_outcomes(task, policy, examples, samples=args.samples, seed=args.seed,
-                                     on_done=lambda _: bar.update(1))
-            records = asyncio.run(job)
-        labels_path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(records, labels_path)
-        meta_path.write_text(json.dumps(label_info, indent=1))
-        label_info = {**label_info, "seconds": round(time.perf_counter() - started, 1)}
-        print(f"wrote {len(records)} label records to {labels_path} in {label_info['seconds']:.0f} s")
+    info = label_settings(kind, args.problems, args.samples, getattr(args, "rollouts", 0), policy_name,
+                          getattr(args, "completer", None), args.seed)
+    records, label_info = reward_labels(task, labels_path, info, threads=args.threads, relabel=args.relabel)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              threads=args.threads, warmup_steps=min(50, args.steps // 10 + 1))
     summary = train_prm(task.name, records, out, settings, init=args.init or policy_name, label_info=label_info,

@@ -30,29 +30,22 @@ copy here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import yaml
 
 from thinkscale.budget import Budget
 from thinkscale.policies import POLICIES
-from thinkscale.scorers import SCORERS
 from thinkscale.registry import Registry, unknown_name_error
+from thinkscale.scorers import SCORERS
 from thinkscale.strategies import STRATEGIES, get_strategy
 from thinkscale.tasks import TASKS
+from thinkscale.typed_yaml import ConfigError, KeyPath, Source, build_dataclass, convert, read_yaml, show, unknown_key
 
-KeyPath = tuple[str | int, ...]  # where a value sits: ("strategies", 1, "settings", "n")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be run; the message starts with `FILE:LINE: key:`."""
 
 
 # -- value checks, kept in field metadata -------------------------------------
@@ -152,7 +145,18 @@ class PolicyConfig:
     """The policy that generates: a registered name and keyword arguments for it."""
 
     name: str = _checked(_registered(POLICIES), default="tiny")
-    options: dict[str, Any] = field(default_factory=dict)  # for tiny: checkpoint_name, max_rows, threads
+    options: dict[str, Any] = field(default_factory=dict)  # the policy's constructor arguments, checked by name
+
+    def build(self, task_name: str) -> Any:
+        """The policy; a policy that takes a checkpoint gets the task's shipped one unless the config names one."""
+        from thinkscale.policies import get_policy
+        from thinkscale.tiny.checkpoint import shipped_names
+
+        options = dict(self.options)
+        if "checkpoint_name" in inspect.signature(POLICIES.load_class(self.name).__init__).parameters \
+                and task_name in shipped_names():
+            options.setdefault("checkpoint_name", task_name)
+        return get_policy(self.name, **options)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,222 +188,12 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "<config>") -> RunConfig:
         """Check and build a config from plain values (e.g. a stored `to_dict()`); errors name `source`."""
-        return _build_run(data, _Source(source, {}))
-
-
-# -- YAML that remembers where each value was ----------------------------------
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e9` as a float (YAML 1.1 wants `1.0e9`, which nobody writes)."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
-
-
-@dataclass
-class _Source:
-    """A config file's name and the 1-based line of each key (or list item) by its path."""
-
-    name: str
-    lines: dict[KeyPath, int]
-
-    def line(self, path: KeyPath) -> int | None:
-        while path not in self.lines and path:
-            path = path[:-1]  # a default, or a value built here: point at its parent
-        return self.lines.get(path)
-
-    def error(self, path: KeyPath, message: str, line: int | None = None) -> ConfigError:
-        line = line or self.line(path)
-        where = f"{self.name}:{line}" if line else self.name
-        return ConfigError(f"{where}: {_dotted(path)}: {message}" if path else f"{where}: {message}")
-
-
-def _dotted(path: KeyPath) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else part
-    return out
-
-
-def _read_yaml(text: str, source: _Source) -> Any:
-    """Plain dicts, lists and scalars, with each key's line recorded in `source.lines`."""
-    loader = _Loader(text)
-    on_stack: set[int] = set()
-
-    def walk(node: yaml.Node, path: KeyPath) -> Any:
-        source.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.ScalarNode):
-            return loader.construct_object(node, deep=True)
-        plain = "tag:yaml.org,2002:seq" if isinstance(node, yaml.SequenceNode) else "tag:yaml.org,2002:map"
-        if node.tag != plain:  # SafeLoader would refuse python/... tags; a config has no use for !!set and co.
-            raise source.error(path, f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1)
-        if id(node) in on_stack:
-            raise source.error(path, "an alias refers to itself; a config must be a tree", node.start_mark.line + 1)
-        on_stack.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            value: Any = [walk(item, path + (i,)) for i, item in enumerate(node.value)]
-        else:
-            loader.flatten_mapping(node)  # resolves `<<: *anchor` merges
-            value = {}
-            for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                if not isinstance(key, str):
-                    raise source.error(path, f"keys must be text, got {_show(key)}", line)
-                if key in value:
-                    raise source.error(path, f"key {key!r} appears twice (first at line {source.lines[path + (key,)]})",
-                                       line)
-                source.lines[path + (key,)] = line
-                value[key] = walk(value_node, path + (key,))
-        on_stack.discard(id(node))
-        return value
-
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            raise ConfigError(f"{source.name}: the file is empty; a config is a mapping with task:, output:, "
-                              f"strategies: and so on")
-        return walk(root, ())
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
-        raise ConfigError(f"{source.name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {e.problem}{context}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source.name}: invalid YAML: {e}") from None
-    finally:
-        loader.dispose()
-
-
-# -- checking values against field types -----------------------------------------
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return repr(value)
-
-
-def _quote_hint(value: Any) -> str:
-    """Why a value meant as text arrived as something else."""
-    if isinstance(value, bool):
-        return "; YAML reads yes/no/on/off as true/false, so quote it to mean the text"
-    if isinstance(value, (int, float)) or value is None:
-        return "; quote it to use it as text"
-    return ""
-
-
-def _describe(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    if hint in names:
-        return names[hint]
-    origin = typing.get_origin(hint)
-    if origin is list:
-        return "a list"
-    if origin is dict or dataclasses.is_dataclass(hint):
-        return "a mapping"
-    return str(hint)
-
-
-def _unknown_key(source: _Source, path: KeyPath, key: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return source.error(path, f"unknown key {key!r}{hint}; valid keys: {', '.join(sorted(valid)) or '(none)'}",
-                        source.lines.get(path + (key,)))
-
-
-def _plain(value: Any, path: KeyPath, source: _Source) -> Any:
-    """Refuse values that are not plain YAML data (dates, for one), so settings stay JSON-able."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise source.error(path, f"keys must be text, got {_show(k)}")
-            _plain(v, path + (k,), source)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _plain(v, path + (i,), source)
-    elif not isinstance(value, (str, int, float, bool, type(None))):
-        raise source.error(path, f"expected a number, string, true/false, list or mapping, got {value!r}; "
-                                 f"quote it to use it as text")
-    return value
-
-
-def _convert(hint: Any, value: Any, path: KeyPath, source: _Source) -> Any:
-    """`value` checked (and, int -> float, converted) against the type `hint`."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return _plain(value, path, source)
-    if origin in (typing.Union, types.UnionType):
-        others = [a for a in args if a is not type(None)]
-        if value is None and len(others) < len(args):
-            return None
-        if len(others) != 1:
-            raise TypeError(f"config fields support Optional[X] unions only, not {hint}")
-        return _convert(others[0], value, path, source)
-    if origin is Literal:
-        if value not in args:
-            raise source.error(path, f"expected one of {', '.join(map(repr, args))}, got {_show(value)}"
-                                     f"{_quote_hint(value)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise source.error(path, f"expected a list, got {_show(value)}")
-        return [_convert(args[0], item, path + (i,), source) for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise source.error(path, f"expected a mapping, got {_show(value)}")
-        return {k: _convert(args[1], v, path + (k,), source) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path, source)
-    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str),
-          bool: lambda v: isinstance(v, bool)}[hint](value)
-    if not ok:
-        quote = _quote_hint(value) if hint is str else ""
-        raise source.error(path, f"expected {_describe(hint)}, got {_show(value)}{quote}")
-    return float(value) if hint is float else value
-
-
-def _build(cls: type, data: Any, path: KeyPath, source: _Source, keep_given: bool = False) -> Any:
-    """An instance of dataclass `cls` from a mapping, every key and value checked.
-
-    With `keep_given`, return the checked mapping (only the keys given) instead
-    of the instance, once the instance has been built successfully.
-    """
-    if not isinstance(data, dict):
-        raise source.error(path, f"expected a mapping, got {_show(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            raise _unknown_key(source, path, key, list(fields))
-    missing = [name for name, f in fields.items() if name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise source.error(path, f"missing required key{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}")
-    values = {}
-    for key, value in data.items():
-        values[key] = _convert(hints[key], value, path + (key,), source)
-        check = fields[key].metadata.get("check")
-        problem = check(values[key]) if check else None
-        if problem:
-            raise source.error(path + (key,), problem)
-    try:
-        built = cls(**values)
-    except (TypeError, ValueError) as e:  # a settings class's own __post_init__ checks
-        raise source.error(path, str(e)) from None
-    return values if keep_given else built
+        return _build_run(data, Source(source, {}))
 
 
 # -- checks that need more than one field, or another module ----------------------
 
-def _check_settings(strategy: StrategyConfig, path: KeyPath, source: _Source) -> dict[str, Any]:
+def _check_settings(strategy: StrategyConfig, path: KeyPath, source: Source) -> dict[str, Any]:
     """The strategy's settings checked against its Settings dataclass, then by building it."""
     path = path + ("settings",)
     try:
@@ -408,7 +202,7 @@ def _check_settings(strategy: StrategyConfig, path: KeyPath, source: _Source) ->
         settings_cls = None
     settings = strategy.settings
     if settings_cls is not None and dataclasses.is_dataclass(settings_cls):
-        settings = _build(settings_cls, settings, path, source, keep_given=True)
+        settings = build_dataclass(settings_cls, settings, path, source, keep_given=True)
     try:
         get_strategy(strategy.name, **settings)
     except (TypeError, ValueError) as e:
@@ -416,37 +210,47 @@ def _check_settings(strategy: StrategyConfig, path: KeyPath, source: _Source) ->
     return settings
 
 
-def _check_policy_options(policy: PolicyConfig, path: KeyPath, source: _Source) -> dict[str, Any]:
-    """The tiny policy's options checked against TinyPolicy.__init__, and its checkpoint found."""
-    if policy.name != "tiny":
-        return policy.options  # other policies check their own options when built
-    from thinkscale.policies.tiny import TinyPolicy  # imports torch: only when a tiny policy is asked for
+def check_options(cls: type, given: dict[str, Any], path: KeyPath, source: Source) -> dict[str, Any]:
+    """Options for `cls(**options)` checked against its constructor's typed arguments, by name and type.
+
+    Policies and scorers take their settings as typed keyword arguments, so an
+    unknown key or a wrong type is refused here, before anything is loaded,
+    naming the line; a checkpoint name must resolve, and counts be at least 1.
+    """
     from thinkscale.tiny import checkpoint
 
-    path = path + ("options",)
-    params = {name: p for name, p in inspect.signature(TinyPolicy.__init__).parameters.items() if name != "self"}
-    hints = typing.get_type_hints(TinyPolicy.__init__)
+    params = {name: p for name, p in inspect.signature(cls.__init__).parameters.items()
+              if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+    hints = typing.get_type_hints(cls.__init__)
     options = {}
-    for key, value in policy.options.items():
+    for key, value in given.items():
         if key not in params:
-            raise _unknown_key(source, path, key, list(params))
-        options[key] = _convert(hints.get(key, Any), value, path + (key,), source)
+            raise unknown_key(source, path, key, list(params))
+        options[key] = convert(hints.get(key, Any), value, path + (key,), source)
     if "checkpoint_name" in options:
         try:
             checkpoint.resolve(options["checkpoint_name"])
         except ValueError as e:
             raise source.error(path + ("checkpoint_name",), str(e)) from None
-    for key in ("max_rows", "threads"):
+    for key in ("max_rows", "threads", "concurrency", "max_batch_rows"):
         if options.get(key) is not None and options[key] < 1:
             raise source.error(path + (key,), f"must be at least 1, got {options[key]}")
     return options
 
 
-def _build_run(data: Any, source: _Source) -> RunConfig:
+def _classes(name: str, lookup: Callable[[str], type], path: KeyPath, source: Source) -> type:
+    try:
+        return lookup(name)
+    except ImportError as e:
+        raise source.error(path, f"{name!r} needs a package that is not installed ({e.name}); see the README's "
+                                 f"extras (pip install 'thinkscale[hf]' for transformers)") from None
+
+
+def _build_run(data: Any, source: Source) -> RunConfig:
     if not isinstance(data, dict):
         raise source.error((), f"expected a mapping at the top level (task:, output:, strategies:, ...), "
-                               f"got {_show(data)}")
-    config: RunConfig = _build(RunConfig, data, (), source)
+                               f"got {show(data)}")
+    config: RunConfig = build_dataclass(RunConfig, data, (), source)
     strategies, seen = [], {}
     for i, strategy in enumerate(config.strategies):
         path = ("strategies", i)
@@ -459,14 +263,23 @@ def _build_run(data: Any, source: _Source) -> RunConfig:
                                       f"give each strategy a distinct `label:`")
         seen[label] = i
         strategies.append(dataclasses.replace(strategy, settings=_check_settings(strategy, path, source)))
-    policy = dataclasses.replace(config.policy, options=_check_policy_options(config.policy, ("policy",), source))
+    policy_cls = _classes(config.policy.name, POLICIES.load_class, ("policy", "name"), source)
+    policy = dataclasses.replace(config.policy, options=check_options(policy_cls, config.policy.options,
+                                                                      ("policy", "options"), source))
+    for i, strategy in enumerate(strategies):
+        if strategy.scorer is not None:
+            path = ("strategies", i, "scorer")
+            scorer_cls = _classes(strategy.scorer.name, SCORERS.load_class, path + ("name",), source)
+            scorer = dataclasses.replace(strategy.scorer, options=check_options(
+                scorer_cls, strategy.scorer.options, path + ("options",), source))
+            strategies[i] = dataclasses.replace(strategy, scorer=scorer)
     return dataclasses.replace(config, policy=policy, strategies=strategies)
 
 
 def parse_config(text: str, source: str = "<config>") -> RunConfig:
     """A RunConfig from YAML text; errors name `source` as the file."""
-    where = _Source(str(source), {})
-    return _build_run(_read_yaml(text, where), where)
+    where = Source(str(source), {})
+    return _build_run(read_yaml(text, where), where)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -7,7 +7,8 @@ should cost the user one glance, not a trip to the source.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterable, TypeVar
+import importlib
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 
@@ -26,6 +27,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
+        self._classes: dict[str, str] = {}  # name -> "module:Class", for register_class
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
@@ -35,6 +37,20 @@ class Registry(Generic[T]):
             return factory
 
         return decorator
+
+    def register_class(self, name: str, where: str) -> None:
+        """Register `name` as the class at `where` ("package.module:Class"), imported only when first used."""
+        def build(**options: Any) -> T:
+            return self.load_class(name)(**options)
+
+        self.register(name)(build)
+        self._classes[name] = where
+
+    def load_class(self, name: str) -> type:
+        """The class registered (by `register_class`) under `name`, imported now."""
+        self.get(name)  # an unknown name fails here, naming the closest
+        module, _, attr = self._classes[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
 
     def get(self, name: str) -> Callable[..., T]:
         try:

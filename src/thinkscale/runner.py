@@ -10,11 +10,11 @@ arrives together.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
+from thinkscale.seeds import problem_seed
 from thinkscale.strategies.base import Strategy
 from thinkscale.tasks.base import Example, Task
 from thinkscale.trace import Trace
@@ -22,16 +22,6 @@ from thinkscale.trace import Trace
 if TYPE_CHECKING:
     from thinkscale.config import RunConfig
     from thinkscale.store import RunStore
-
-
-def problem_seed(seed: int, problem_id: str) -> int:
-    """A distinct, reproducible sampling seed for one problem of a run.
-
-    It depends on the problem's id, not its position, so a resumed run that
-    solves only the missing problems draws exactly what it would have drawn.
-    """
-    digest = hashlib.sha256(f"{seed}/{problem_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def trace_key(label: str, seed: int, problem_id: str) -> str:

@@ -8,7 +8,7 @@ crash, a `kill -9` or a full disk without losing or duplicating a sample:
         for key, problem in work:              # key e.g. "strategy/seed/problem_id"
             if key not in done:
                 store.put_trace(key, solve(problem))
-    export("runs/arith", "arith.parquet", format="parquet", rows="solution")
+    export("runs/arith", "arith.parquet", format="parquet", rows="solution")   # export.py
 
 Each `put_trace` is one transaction holding the trace and all its nodes, so a
 trace is either wholly in the ledger or not at all; a resumed run skips
@@ -41,10 +41,10 @@ from thinkscale.budget import Usage
 from thinkscale.trace import Node, Trace
 
 __all__ = ["DB_NAME", "ConfigMismatchError", "DuplicateTraceError", "RunStore", "StoreFullError",
-           "config_fingerprint", "export"]
+           "config_fingerprint"]
 
 DB_NAME = "run.sqlite"
-SCHEMA_VERSION = 1  # kept in PRAGMA user_version; bump with a migration when the tables change
+SCHEMA_VERSION = 2  # kept in PRAGMA user_version; bump with a migration (_MIGRATIONS) when the tables change
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS runs (
@@ -66,7 +66,8 @@ _SCHEMA = [
         chosen_answer TEXT,
         correct INTEGER,
         usage TEXT NOT NULL,
-        chosen_node INTEGER
+        chosen_node INTEGER,
+        stopped_by TEXT
     )""",
     # iter_traces(strategy=...) walks this index; its implicit rowid keeps trace order.
     "CREATE INDEX IF NOT EXISTS traces_strategy ON traces (strategy)",
@@ -89,8 +90,11 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
 ]
 
+# From schema N - 1 to N: version 2 records the budget limit that cut a search short.
+_MIGRATIONS = {2: ["ALTER TABLE traces ADD COLUMN stopped_by TEXT"]}
+
 _INSERT_TRACE = ("INSERT INTO traces (key, problem_id, strategy, settings, seed, difficulty, chosen_answer, "
-                 "correct, usage, chosen_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 "correct, usage, chosen_node, stopped_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_NODE = ("INSERT INTO nodes (trace_id, node_id, parent, text, num_tokens, logprob, scores, terminal, "
                 "finish_reason, answer, correct) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # LEFT JOIN so that a trace without nodes still comes back; ORDER BY is served by
@@ -98,7 +102,7 @@ _INSERT_NODE = ("INSERT INTO nodes (trace_id, node_id, parent, text, num_tokens,
 # no temporary b-tree, rows stream straight off the cursor.
 _SELECT = ("SELECT t.id, t.key, t.problem_id, t.strategy, t.settings, t.seed, t.difficulty, t.chosen_answer, "
            "t.correct, t.usage, n.node_id, n.parent, n.text, n.num_tokens, n.logprob, n.scores, n.terminal, "
-           "n.finish_reason, n.answer, n.correct, t.chosen_node "
+           "n.finish_reason, n.answer, n.correct, t.chosen_node, {stopped_by} "
            "FROM traces t LEFT JOIN nodes n ON n.trace_id = t.id {where} ORDER BY t.id, n.node_id")
 
 
@@ -288,8 +292,14 @@ class RunStore:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{path} was written by a newer thinkscale (ledger schema {version}, "
                                    f"this one reads up to {SCHEMA_VERSION})")
+            fresh_file = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
             for statement in _SCHEMA:
                 conn.execute(statement)
+            if not fresh_file and version < SCHEMA_VERSION:
+                for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             stored = conn.execute("SELECT config, fingerprint FROM runs ORDER BY id LIMIT 1").fetchone()
             if stored is None:
                 conn.execute("INSERT INTO runs (config, fingerprint, code_version, git_commit, created) "
@@ -350,7 +360,7 @@ class RunStore:
                 trace_id = conn.execute(_INSERT_TRACE, (
                     key, trace.problem_id, trace.strategy, json.dumps(trace.settings), trace.seed,
                     trace.difficulty, trace.chosen_answer, trace.correct, json.dumps(vars(trace.usage)),
-                    trace.chosen_node,
+                    trace.chosen_node, trace.stopped_by,
                 )).lastrowid
                 conn.executemany(_INSERT_NODE, (_node_row(trace_id, node) for node in trace.nodes))
                 conn.execute("COMMIT")
@@ -401,7 +411,8 @@ class RunStore:
         return self._iter("WHERE t.strategy = ?", (strategy,))
 
     def _iter(self, where: str, params: tuple) -> Iterator[tuple[str, Trace]]:
-        cursor = self._conn.execute(_SELECT.format(where=where), params)
+        old = self._conn.execute("PRAGMA user_version").fetchone()[0] < 2  # a ledger read as it was written
+        cursor = self._conn.execute(_SELECT.format(where=where, stopped_by="NULL" if old else "t.stopped_by"), params)
         try:
             current, key, trace = None, None, None
             for row in cursor:
@@ -412,7 +423,7 @@ class RunStore:
                     trace = Trace(problem_id=row[2], strategy=row[3], settings=json.loads(row[4]), seed=row[5],
                                   difficulty=row[6], chosen_answer=row[7],
                                   correct=None if row[8] is None else bool(row[8]),
-                                  usage=Usage.from_dict(json.loads(row[9])), chosen_node=row[20])
+                                  usage=Usage.from_dict(json.loads(row[9])), chosen_node=row[20], stopped_by=row[21])
                 if row[10] is not None:  # NULL node columns: a trace with no nodes
                     trace.nodes.append(Node(
                         id=row[10], parent=row[11], text=row[12], num_tokens=row[13], logprob=row[14],
@@ -435,125 +446,3 @@ class RunStore:
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
-
-
-# ---------------------------------------------------------------------------
-# Exports: one row per node, or one row per solution (a terminal node's path).
-
-_TRACE_FIELDS = ("key", "problem_id", "strategy", "seed", "difficulty")
-
-
-def _trace_fields(key: str, trace: Trace) -> dict:
-    return {"key": key, "problem_id": trace.problem_id, "strategy": trace.strategy, "seed": trace.seed,
-            "difficulty": trace.difficulty}
-
-
-def _node_rows(key: str, trace: Trace) -> Iterator[dict]:
-    base = _trace_fields(key, trace)
-    for n in trace.nodes:
-        yield {**base, "node_id": n.id, "parent": n.parent, "text": n.text, "num_tokens": n.num_tokens,
-               "logprob": n.logprob, "scores": n.scores, "terminal": n.terminal,
-               "finish_reason": n.finish_reason, "answer": n.answer, "correct": n.correct}
-
-
-def _solution_rows(key: str, trace: Trace) -> Iterator[dict]:
-    """Each terminal node with its whole solution: the texts from the root's child down to it."""
-    base = _trace_fields(key, trace)
-    for node in trace.nodes:
-        if not node.terminal:
-            continue
-        path = trace.path(node.id)  # the root holds the prompt, not a step
-        logprobs = [p.logprob for p in path]
-        yield {**base, "node_id": node.id, "depth": len(path), "prompt": trace.root.text,
-               "text": "".join(p.text for p in path), "answer": node.answer, "correct": node.correct,
-               "finish_reason": node.finish_reason, "num_tokens": sum(p.num_tokens for p in path),
-               "logprob": None if None in logprobs else float(sum(logprobs)), "scores": node.scores,
-               "chosen": node.id == trace.chosen_node}
-
-
-def _arrow_schema(rows: str):
-    import pyarrow as pa
-
-    head = [("key", pa.string()), ("problem_id", pa.string()), ("strategy", pa.string()),
-            ("seed", pa.int64()), ("difficulty", pa.int64()), ("node_id", pa.int64())]
-    if rows == "node":
-        tail = [("parent", pa.int64()), ("text", pa.string()), ("num_tokens", pa.int64()),
-                ("logprob", pa.float64()), ("scores", pa.string()), ("terminal", pa.bool_()),
-                ("finish_reason", pa.string()), ("answer", pa.string()), ("correct", pa.bool_())]
-    else:
-        tail = [("depth", pa.int64()), ("prompt", pa.string()), ("text", pa.string()), ("answer", pa.string()),
-                ("correct", pa.bool_()), ("finish_reason", pa.string()), ("num_tokens", pa.int64()),
-                ("logprob", pa.float64()), ("scores", pa.string()), ("chosen", pa.bool_())]
-    return pa.schema(head + tail)
-
-
-def export(run_dir_or_store: str | os.PathLike | RunStore, out_path: str | os.PathLike,
-           format: str | None = None, rows: str = "node", strategy: str | None = None,
-           batch_rows: int = 10_000) -> int:
-    """Write a run's traces as Parquet or JSONL, streaming; returns the number of rows written.
-
-    Args:
-        run_dir_or_store: A run directory, or an open RunStore.
-        out_path: The file to write; it appears whole (written beside it, then renamed).
-        format: "parquet" or "jsonl"; None picks it from out_path's suffix.
-        rows: "node": one row per node, with its trace's key, problem_id, strategy,
-            seed and difficulty. "solution": one row per terminal node, with `text` the
-            concatenated texts of its path from the root's child down, `prompt` the
-            root's text, `num_tokens` summed along the path, `logprob` summed (None if
-            any step lacks one), and the trace fields.
-        strategy: Export only this strategy's traces.
-        batch_rows: Rows per Parquet row group.
-
-    `scores` is a JSON object in JSONL and its JSON text in Parquet (a string
-    column loads everywhere; scorer names differ between runs).
-    """
-    out_path = Path(out_path)
-    if format is None:
-        format = {".parquet": "parquet", ".jsonl": "jsonl"}.get(out_path.suffix)
-        if format is None:
-            raise ValueError(f"cannot tell the export format from {out_path.name!r}: pass format='parquet' or 'jsonl'")
-    if format not in ("parquet", "jsonl"):
-        raise ValueError(f"unknown export format {format!r}: expected 'parquet' or 'jsonl'")
-    if rows not in ("node", "solution"):
-        raise ValueError(f"unknown export rows {rows!r}: expected 'node' or 'solution'")
-    make_rows = _node_rows if rows == "node" else _solution_rows
-    if format == "parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError as e:
-            raise ImportError("exporting Parquet needs pyarrow: pip install pyarrow") from e
-        schema = _arrow_schema(rows)
-
-    owned = not isinstance(run_dir_or_store, RunStore)
-    store = RunStore.read(run_dir_or_store) if owned else run_dir_or_store
-    partial = out_path.with_name(out_path.name + ".partial")
-    written = 0
-    try:
-        if format == "jsonl":
-            with open(partial, "w", encoding="utf-8") as f:
-                for key, trace in store.iter_keyed(strategy):
-                    for row in make_rows(key, trace):
-                        f.write(json.dumps(row, ensure_ascii=False))
-                        f.write("\n")
-                        written += 1
-        else:
-            with pq.ParquetWriter(partial, schema) as writer:
-                batch: list[dict] = []
-                for key, trace in store.iter_keyed(strategy):
-                    for row in make_rows(key, trace):
-                        row["scores"] = json.dumps(row["scores"])
-                        batch.append(row)
-                    if len(batch) >= batch_rows:
-                        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                        written += len(batch)
-                        batch = []
-                if batch or written == 0:
-                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    written += len(batch)
-        os.replace(partial, out_path)
-    finally:
-        partial.unlink(missing_ok=True)
-        if owned:
-            store.close()
-    return written

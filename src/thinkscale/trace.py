@@ -56,6 +56,7 @@ class Trace:
     usage: Usage = field(default_factory=Usage)
     difficulty: int | None = None
     chosen_node: int | None = None  # the terminal node whose answer was chosen, where one node was
+    stopped_by: str | None = None  # the budget limit that cut the search short (e.g. "max_flops"), if one did
 
     def add(self, parent: int | None, text: str, **kwargs: Any) -> Node:
         node = Node(id=len(self.nodes), parent=parent, text=text, **kwargs)

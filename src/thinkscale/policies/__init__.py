@@ -6,27 +6,9 @@ from thinkscale.policies.base import Capabilities, Generation, GenerationRequest
 from thinkscale.registry import Registry
 
 POLICIES: Registry[Policy] = Registry("policy")
-
-
-@POLICIES.register("tiny")
-def _tiny(**kwargs) -> Policy:
-    from thinkscale.policies.tiny import TinyPolicy
-
-    return TinyPolicy(**kwargs)
-
-
-@POLICIES.register("openai")
-def _openai(**kwargs) -> Policy:
-    from thinkscale.policies.openai import OpenAIPolicy
-
-    return OpenAIPolicy(**kwargs)
-
-
-@POLICIES.register("transformers")
-def _transformers(**kwargs) -> Policy:
-    from thinkscale.policies.transformers import TransformersPolicy
-
-    return TransformersPolicy(**kwargs)
+POLICIES.register_class("tiny", "thinkscale.policies.tiny:TinyPolicy")
+POLICIES.register_class("openai", "thinkscale.policies.openai:OpenAIPolicy")
+POLICIES.register_class("transformers", "thinkscale.policies.transformers:TransformersPolicy")
 
 
 def get_policy(name: str, **kwargs) -> Policy:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from thinkscale.trace import FINISH_STOP
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -46,14 +48,14 @@ class GenerationRequest:
 class Generation:
     text: str
     num_tokens: int  # generated tokens, the end or stop token included
-    finish_reason: str  # "stop" (ended on its own or at a stop string) or "length" (cut off)
+    finish_reason: str  # FINISH_STOP (ended on its own or at a stop string) or FINISH_LENGTH (cut off)
     logprob: float | None = None  # sum over the generated tokens
     stop_string: str | None = None  # the stop string it ended at; None if it ended on its own or was cut off
 
     @property
     def ended(self) -> bool:
         """The model ended the whole completion (end token), not at a stop string or the token limit."""
-        return self.finish_reason == "stop" and self.stop_string is None
+        return self.finish_reason == FINISH_STOP and self.stop_string is None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,15 @@ class Policy(ABC):
     def flops_per_token(self) -> float | None:
         """Estimated FLOPs per token of a forward pass, where the model is known."""
         return None
+
+    def max_calls(self, request: GenerationRequest) -> int:
+        """Backend calls that `request` may take at most (a budget on calls holds against this)."""
+        return 1
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as a prompt; where the backend's tokenizer is not at hand, a bound (its UTF-8
+        bytes, plus room for special tokens)."""
+        return len(text.encode()) + 16
 
     async def close(self) -> None:
         return None

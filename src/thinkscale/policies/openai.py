@@ -52,8 +52,7 @@ from typing import Any
 
 import httpx
 
-from thinkscale.policies.base import (Capabilities, Generation, GenerationRequest, GenerationResult, Policy,
-                                      first_stop)
+from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy, first_stop
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +100,7 @@ class OpenAIPolicy(Policy):
         logprobs: bool = False,
         prefix_caching: bool = False,
         extra_body: dict[str, Any] | None = None,
+        flops_per_token: float | None = None,
     ) -> None:
         """
         Args:
@@ -117,6 +117,8 @@ class OpenAIPolicy(Policy):
             logprobs: ask for token log-probabilities (summed into Generation.logprob).
             prefix_caching: whether the server computes a prompt once for its n samples.
             extra_body: more fields for every request body (e.g. {"top_k": 20}).
+            flops_per_token: 2 x the served model's non-embedding parameters, so that usage counts
+                FLOPs and a FLOPs budget can be held (unknown, and refused by such a budget, if unset).
         """
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
@@ -139,6 +141,10 @@ class OpenAIPolicy(Policy):
         self.backoff_s = backoff_s
         self.logprobs = logprobs
         self.extra_body = dict(extra_body or {})
+        if flops_per_token is not None and flops_per_token <= 0:
+            raise ValueError(f"flops_per_token must be greater than 0, got {flops_per_token}")
+        self._flops_per_token = flops_per_token
+        self._prompt_overhead: int | None = None  # most tokens a prompt took beyond its UTF-8 bytes, once seen
         self.native_n: bool | None = None  # unknown until a server answers a request with n > 1
         self.capabilities = Capabilities(native_n=True, prefix_caching=prefix_caching, logprobs=logprobs)
         # Bound to the event loop that first uses them (asyncio.run makes a new loop each time).
@@ -156,6 +162,22 @@ class OpenAIPolicy(Policy):
     # -- the Policy contract -------------------------------------------------
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         return await _gather(self._generate_one(r) for r in requests)
+
+    def flops_per_token(self) -> float | None:
+        return self._flops_per_token
+
+    def count_tokens(self, text: str) -> int:
+        """A bound on the server's count: UTF-8 bytes (a byte-level tokenizer's most) plus the special
+        tokens seen added so far (16 before any answer; chat templates add more, so chat keeps 16 + 64)."""
+        if self.api == "chat":
+            return len(text.encode()) + 80
+        return len(text.encode()) + (16 if self._prompt_overhead is None else self._prompt_overhead)
+
+    def max_calls(self, request: GenerationRequest) -> int:
+        """One call, or on a server that ignores `n` one per sample (n + 1 while that is not yet known)."""
+        if request.n == 1 or request.temperature == 0 or self.native_n:
+            return 1
+        return request.n if self.native_n is False else request.n + 1
 
     async def close(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
@@ -187,6 +209,9 @@ class OpenAIPolicy(Policy):
                 generations.append(generation)
                 prompt_tokens = tokens if prompt_tokens is None else prompt_tokens
             calls += len(missing)
+        if prompt_tokens is not None and self.api == "completions":
+            overhead = prompt_tokens - len(request.prompt.encode())
+            self._prompt_overhead = max(overhead, self._prompt_overhead or 0)
         return GenerationResult(generations=tuple(generations), prompt_tokens=prompt_tokens, backend_calls=calls)
 
     def _learn_no_native_n(self, got: int, asked: int) -> None:
@@ -447,41 +472,3 @@ def _excerpt(value: Any, limit: int = 200) -> str:
 
 
 # -- servers started here (tests, benchmarks) ---------------------------------------
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_serving(base_url: str, process: Any, timeout_s: float, name: str, log: Any) -> None:
-    """Poll `base_url`/models until the server started as `process` lists a model.
-
-    RuntimeError, with the end of the server's output (the binary file `log`
-    it writes to), if it exits first or does not answer within `timeout_s`.
-    """
-
-    def tail() -> str:
-        log.seek(0)
-        return log.read().decode(errors="replace")[-3000:]
-
-    import json
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail()}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as answer:
-                if json.load(answer)["data"]:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not answer on {base_url} within {timeout_s:g}s:\n{tail()}")
-        time.sleep(0.3)

@@ -1,27 +1,22 @@
 """The `tiny` policy: the built-in tiny core behind the Policy contract.
 
-Requests from many concurrent coroutines are gathered into one engine batch:
-while the engine works on one batch (on the policy's own thread), new requests
-queue up and go together into the next. Each caller gets its results as soon as
-its own requests are done, while the batch runs on. Strategies never see this.
+Requests from many concurrent coroutines are gathered into one engine batch
+(policies/batching.py): while the engine works on one batch on the torch
+thread, new requests queue up and go together into the next. Each caller gets
+its results as soon as its own requests are done, while the batch runs on.
+Strategies never see this.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-
 import torch
 
+from thinkscale import torch_thread
 from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy
-from thinkscale.tiny import checkpoint, worker
-from thinkscale.tiny.engine import FINISH_STOP, Engine, SampleRequest, SamplingParams
-
-
-@dataclass
-class _Pending:
-    requests: list[GenerationRequest]
-    future: asyncio.Future
+from thinkscale.policies.batching import CallerBatcher
+from thinkscale.tiny import checkpoint
+from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams
+from thinkscale.trace import FINISH_STOP
 
 
 class TinyPolicy(Policy):
@@ -35,14 +30,16 @@ class TinyPolicy(Policy):
             ck = checkpoint.load(checkpoint_name)
             return ck, Engine(ck.model, max_rows=max_rows)
 
-        self.checkpoint, self.engine = worker.call(load)  # all torch work on one thread: see tiny/worker.py
+        self.checkpoint, self.engine = torch_thread.call(load)  # all torch work on one thread: see torch_thread.py
         self.tokenizer = self.checkpoint.tokenizer
-        self._queue: list[_Pending] = []
-        self._drainer: asyncio.Task | None = None
+        self._batcher = CallerBatcher(self._run_batch)
         self.on_samples_done = None  # optional callback(count), e.g. a progress bar
 
     def flops_per_token(self) -> float:
         return self.engine.flops_per_token()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
 
     # -- translation to and from the engine ----------------------------------
     def _stop_ids(self, stop: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -74,46 +71,17 @@ class TinyPolicy(Policy):
 
     # -- batching across callers ---------------------------------------------
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        if not requests:
-            return []
         limit = self.checkpoint.model.config.max_position_embeddings
         for r in requests:  # fail here, in the caller, not in a batch shared with others
             if len(self.tokenizer.encode(r.prompt)) >= limit:
                 raise ValueError(f"a prompt of {len(r.prompt) + 1} tokens does not fit the tiny core's {limit} positions")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(list(requests), future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        return await future
+        return await self._batcher.submit(requests)
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            await asyncio.sleep(0)  # let every coroutine that is ready add its requests
-            batch, self._queue = self._queue, []
-            flat = [(p, r) for p in batch for r in p.requests]
-            engine_requests = [self._to_engine(r) for _, r in flat]
-            results: dict[int, list] = {id(p): [None] * len(p.requests) for p in batch}
-            left = {id(p): len(p.requests) for p in batch}
-            slot: list[int] = []
-            for p in batch:
-                slot.extend(range(len(p.requests)))
+    def _run_batch(self, requests: list[GenerationRequest], deliver) -> None:
+        """On the torch thread: one engine batch; each request is delivered as soon as its samples are done."""
+        engine_requests = [self._to_engine(r) for r in requests]
 
-            def deliver(i: int, completions: list) -> None:
-                """Runs on the event loop: hand a caller its results once all of its requests are done."""
-                p, r = flat[i]
-                results[id(p)][slot[i]] = self._from_engine(r, completions, len(engine_requests[i].prompt_ids))
-                left[id(p)] -= 1
-                if left[id(p)] == 0 and not p.future.done():
-                    p.future.set_result(results[id(p)])
+        def request_done(i: int, completions: list) -> None:
+            deliver(i, self._from_engine(requests[i], list(completions), len(engine_requests[i].prompt_ids)))
 
-            def request_done(i: int, completions: list) -> None:  # engine thread
-                loop.call_soon_threadsafe(deliver, i, list(completions))
-
-            try:
-                await worker.run(self.engine.generate, engine_requests, self.on_samples_done, request_done)
-            except Exception as e:  # hand the error to every caller still waiting
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-            await asyncio.sleep(0)  # deliveries scheduled by the engine thread run before the next batch
+        self.engine.generate(engine_requests, self.on_samples_done, request_done)

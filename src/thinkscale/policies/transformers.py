@@ -22,23 +22,16 @@ completed it.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import transformers
 
-from thinkscale.policies.base import (Capabilities, Generation, GenerationRequest, GenerationResult, Policy,
-                                      first_stop)
-from thinkscale.tiny import worker
-
-
-@dataclass
-class _Pending:
-    request: GenerationRequest
-    future: asyncio.Future
+from thinkscale import torch_thread
+from thinkscale.budget import forward_flops_per_token
+from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy, first_stop
+from thinkscale.policies.batching import CallerBatcher
 
 
 class TransformersPolicy(Policy):
@@ -63,8 +56,7 @@ class TransformersPolicy(Policy):
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
         self.max_batch_rows = max_batch_rows
-        self._queue: list[_Pending] = []
-        self._drainer: asyncio.Task | None = None
+        self._batcher = CallerBatcher(self._run_batch)
 
         def load() -> tuple:
             from thinkscale.tiny.checkpoint import SHIPPED, shipped_names
@@ -79,7 +71,7 @@ class TransformersPolicy(Policy):
                 source, dtype=getattr(torch, kind), trust_remote_code=trust_remote_code).to(where).eval()
             return tokenizer, hf_model, where
 
-        self.tokenizer, self.model, self.device = worker.call(load)  # torch work on one thread: see tiny/worker.py
+        self.tokenizer, self.model, self.device = torch_thread.call(load)  # torch work on one thread: see torch_thread.py
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -96,7 +88,7 @@ class TransformersPolicy(Policy):
     def flops_per_token(self) -> float:
         """2 x (non-embedding parameters): the usual estimate of a forward pass."""
         embedding = self.model.get_input_embeddings().weight.numel()
-        return 2.0 * (sum(p.numel() for p in self.model.parameters()) - embedding)
+        return forward_flops_per_token(sum(p.numel() for p in self.model.parameters()), embedding)
 
     # -- prompts ---------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -106,6 +98,9 @@ class TransformersPolicy(Policy):
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template holds them
         return self.tokenizer(prompt)["input_ids"]
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.prompt_ids(text))
+
     # -- batching across callers ---------------------------------------------------
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         for r in requests:  # fail here, in the caller, not in a batch shared with others
@@ -113,27 +108,11 @@ class TransformersPolicy(Policy):
             if self.max_positions and length >= self.max_positions:
                 raise ValueError(f"a prompt of {length} tokens does not fit the model's {self.max_positions} "
                                  f"positions")
-        loop = asyncio.get_running_loop()
-        pending = [_Pending(r, loop.create_future()) for r in requests]
-        self._queue.extend(pending)
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        return list(await asyncio.gather(*(p.future for p in pending)))
+        return await self._batcher.submit(requests)
 
-    async def _drain(self) -> None:
-        while self._queue:
-            await asyncio.sleep(0)  # let every coroutine that is ready add its requests
-            batch, self._queue = self._queue, []
-            try:
-                results = await worker.run(self._generate_batch, [p.request for p in batch])
-            except Exception as e:  # hand the error to every caller of this batch
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            for p, result in zip(batch, results):
-                if not p.future.done():
-                    p.future.set_result(result)
+    def _run_batch(self, requests: list[GenerationRequest], deliver) -> None:
+        for i, result in enumerate(self._generate_batch(requests)):
+            deliver(i, result)
 
     # -- generation (on the torch thread) ------------------------------------------------
     def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

@@ -8,27 +8,9 @@ from thinkscale.registry import Registry
 from thinkscale.scorers.base import AGGREGATIONS, Scorer, Scores, aggregate
 
 SCORERS: Registry[Scorer] = Registry("scorer")
-
-
-@SCORERS.register("confidence")
-def _confidence(**options: Any) -> Scorer:
-    from thinkscale.scorers.confidence import ConfidenceScorer
-
-    return ConfidenceScorer(**options)
-
-
-@SCORERS.register("prm")
-def _prm(**options: Any) -> Scorer:
-    from thinkscale.scorers.prm import PRMScorer
-
-    return PRMScorer(**options)
-
-
-@SCORERS.register("orm")
-def _orm(**options: Any) -> Scorer:
-    from thinkscale.scorers.orm import ORMScorer
-
-    return ORMScorer(**options)
+SCORERS.register_class("confidence", "thinkscale.scorers.confidence:ConfidenceScorer")
+SCORERS.register_class("prm", "thinkscale.scorers.prm:PRMScorer")
+SCORERS.register_class("orm", "thinkscale.scorers.orm:ORMScorer")
 
 
 def get_scorer(name: str, **options: Any) -> Scorer:

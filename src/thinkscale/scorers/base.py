@@ -12,6 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from thinkscale.budget import forward_flops_per_token
 from thinkscale.registry import unknown_name_error
 
 
@@ -31,6 +32,14 @@ class Scorer(ABC):
 
     def check_task(self, task_name: str) -> None:
         """Refuse a task this scorer was not made for (a reward model trained on another format)."""
+
+    def flops_per_token(self) -> float | None:
+        """FLOPs to read one token, where the model is known (a FLOPs budget needs it)."""
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the scorer reads for `text` (a bound where it cannot count exactly)."""
+        return len(text.encode()) + 16
 
 
 def _prod(xs: list[float]) -> float:
@@ -87,17 +96,24 @@ class TinyFamilyScorer(Scorer):
     """
 
     def __init__(self, checkpoint_name: str) -> None:
-        from thinkscale.tiny import checkpoint, worker
+        from thinkscale import torch_thread
+        from thinkscale.tiny import checkpoint
 
-        self.checkpoint = worker.call(checkpoint.load, checkpoint_name)
+        self.checkpoint = torch_thread.call(checkpoint.load, checkpoint_name)
         self.tokenizer = self.checkpoint.tokenizer
         config = self.checkpoint.model.config
-        self._flops_per_token = 2.0 * (config.num_parameters() - config.vocab_size * config.hidden_size)
+        self._flops_per_token = forward_flops_per_token(config.num_parameters(), config.vocab_size * config.hidden_size)
+
+    def flops_per_token(self) -> float:
+        return self._flops_per_token
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
 
     async def score(self, prompt: str, solutions: list[str], step_delimiter: str) -> Scores:
-        from thinkscale.tiny import worker
+        from thinkscale import torch_thread
 
-        return await worker.run(self._score, prompt, solutions, step_delimiter)
+        return await torch_thread.run(self._score, prompt, solutions, step_delimiter)
 
     def _score(self, prompt: str, solutions: list[str], step_delimiter: str) -> Scores:
         import torch

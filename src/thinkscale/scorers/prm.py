@@ -1,8 +1,8 @@
 """The process reward model scorer: one score per step, from a tiny-family PRM.
 
 A verdict-head PRM gives P(+) after each step; a likelihood-head PRM gives
-the lowest probability it assigns any token of the step (tiny/train_prm.py).
-Trained by `thinkscale train prm` (see tiny/train_prm.py). A PRM knows one
+the lowest probability it assigns any token of the step (training/reward.py).
+Trained by `thinkscale train prm` (see training/reward.py). A PRM knows one
 task's format; asked to score another task it refuses by name. The solutions
 of one problem are scored together in one batch, so a score depends only on
 its problem's samples.
@@ -16,7 +16,7 @@ import math
 import torch
 
 from thinkscale.scorers.base import TinyFamilyScorer, token_logprobs
-from thinkscale.tiny.train_prm import REWARD_META, step_probabilities
+from thinkscale.scorers.reward_head import REWARD_META, step_probabilities
 
 
 class PRMScorer(TinyFamilyScorer):

@@ -1,25 +1,38 @@
-"""What every strategy shares: settings validation, the sampling call, the Trace.
+"""What every strategy shares: settings validation, the Search it works in, the Trace.
 
 A strategy is written for one problem as an async function of
 (problem, task, policy, scorer, budget, seed) and returns a Trace. It never
 sees the reference answer: it gets a `Problem`, and the task only for its
 format (prompt, steps, answer extraction), which holds no references.
+
+Every call a strategy makes goes through its `Search`: `afford` asks the
+Budget what the next generation may cost (worst case: every sample runs to
+its token limit, every backend call is made, the scorer reads every sample
+afterwards), `generate` and `score` make the call, add what it cost to the
+trace's Usage, and stop waiting when the wall-time budget runs out. So a
+strategy cannot overspend on any backend, whatever it does; where the budget
+ends a search early, `trace.stopped_by` names the limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from thinkscale.budget import Budget, BudgetExceeded, Usage
+from thinkscale.budget import Budget, BudgetExceeded, Work
 from thinkscale.policies.base import GenerationRequest, GenerationResult, Policy
 from thinkscale.tasks.base import Problem, Task
-from thinkscale.trace import Node, Trace
+from thinkscale.trace import FINISH_STOP, Node, Trace
 
 if TYPE_CHECKING:
-    from thinkscale.scorers.base import Scores
+    from thinkscale.scorers.base import Scorer, Scores
+
+# A call is given up this long before the wall-time budget ends, so that the
+# time spent noticing and cancelling it still fits inside the budget.
+WALL_MARGIN_S = 0.02
 
 
 def settings_from_dict(cls: type, data: dict[str, Any], where: str = "settings") -> Any:
@@ -51,74 +64,193 @@ class Strategy(Protocol):
                     budget: Budget, seed: int) -> Trace: ...
 
 
-def affordable(settings: SamplingSettings, budget: Budget, usage: Usage) -> tuple[int, int]:
-    """How many samples, and how many tokens each, fit in what is left of the budget.
+@dataclass
+class Search:
+    """One strategy's work on one problem: what it works with, and the Budget check before every call."""
 
-    Each sample is capped so that even if every one runs to its token limit
-    the budget holds: a strategy can never overspend, only stop early.
+    problem: Problem
+    task: Task
+    policy: Policy
+    scorer: "Scorer | None"
+    budget: Budget
+    seed: int
+    trace: Trace
+
+    @classmethod
+    def start(cls, name: str, settings: Any, problem: Problem, task: Task, policy: Policy, scorer: "Scorer | None",
+              budget: Budget, seed: int, needs_scorer: bool = False) -> "Search":
+        """A new Search with an empty trace (its root holds the prompt); refuses a missing or wrong scorer."""
+        if needs_scorer:
+            if scorer is None:
+                raise ValueError(f"{name} needs a scorer (one of the reward models); none was given")
+            scorer.check_task(task.name)
+        trace = Trace(problem_id=problem.id, strategy=name, settings=dataclasses.asdict(settings), seed=seed,
+                      difficulty=problem.difficulty)
+        trace.add(None, problem.prompt)
+        return cls(problem, task, policy, scorer, budget, seed, trace)
+
+    # -- what the budget allows ----------------------------------------------
+    def afford(self, requests: list[GenerationRequest], scored: bool = False) -> int:
+        """Tokens per sample (up to each request's max_tokens) that these requests may use; 0 if none.
+
+        `scored`: the generations will be read by the scorer afterwards, so its
+        cost is reserved too. 0 is recorded as the limit that stopped the search;
+        before anything was bought it is an error naming the smallest budget that works.
+        """
+        work = self._work(requests, scored)
+        tokens, why = self.budget.afford_why(self.trace.usage, work)
+        self.stop(why)
+        if tokens < 1:
+            if self.trace.usage.policy_calls == 0:
+                raise BudgetExceeded(
+                    f"the budget ({self.budget.describe()}) cannot buy the first {work.samples} samples ({why}); "
+                    f"the smallest budget that works is {work.samples} generated tokens, {work.samples} samples "
+                    f"and {work.calls} policy calls")
+        return tokens
+
+    def _work(self, requests: list[GenerationRequest], scored: bool) -> Work:
+        policy, scorer = self.policy, self.scorer if scored else None
+        counting = self.budget.max_flops is not None  # counting prompt tokens costs time: only when it matters
+        cached = policy.capabilities.prefix_caching
+        prompt = sum(policy.count_tokens(r.prompt) * (1 if cached else r.n) for r in requests) if counting else 0
+        prefix = sum(scorer.count_tokens(r.prompt) * r.n for r in requests) if counting and scorer else 0
+        return Work(samples=sum(r.n for r in requests), max_tokens=max(r.max_tokens for r in requests),
+                    calls=sum(policy.max_calls(r) for r in requests), prompt_tokens=prompt,
+                    flops_per_token=policy.flops_per_token(), scored_prefix_tokens=prefix,
+                    scorer_flops_per_token=scorer.flops_per_token() if scorer else 0.0)
+
+    def stop(self, why: str | None) -> None:
+        """Record the limit that ended the search early (the first one that did)."""
+        if why and self.trace.stopped_by is None:
+            self.trace.stopped_by = why
+
+    async def _within_wall(self, call: Any) -> tuple[Any, float]:
+        """Await `call` and time it; (None, 0) when the wall-time budget ran out first.
+
+        The wall-time budget is held as a deadline: the call is given up when
+        the time left runs out, and a result that arrives after it (the event
+        loop was late to notice) is dropped too. The time counted for a call
+        given up stops at the deadline; nothing it generated is kept or counted.
+        """
+        left = self.budget.wall_left(self.trace.usage)
+        started = time.perf_counter()
+        if left is None:
+            return await call, time.perf_counter() - started
+        if left <= WALL_MARGIN_S:
+            call.close()
+            self.stop("max_wall_s")
+            return None, 0.0
+        try:
+            value = await asyncio.wait_for(call, timeout=left - WALL_MARGIN_S)
+        except asyncio.TimeoutError:
+            value = None
+        elapsed = time.perf_counter() - started
+        if value is None or elapsed > left:
+            self.trace.usage.wall_s += min(elapsed, left)
+            self.stop("max_wall_s")
+            return None, 0.0
+        return value, elapsed
+
+    # -- calls ---------------------------------------------------------------
+    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
+        """One policy call for `requests` (sized by `afford`), accounted; None if the wall-time budget cut it."""
+        results, elapsed = await self._within_wall(self.policy.generate(requests))
+        if results is None:
+            return None
+        for result in results:
+            self.account(result, elapsed)
+            elapsed = 0.0  # the call's time is counted once
+        return results
+
+    def account(self, result: GenerationResult, seconds: float) -> None:
+        """Add one request's cost to the trace's Usage."""
+        usage, policy = self.trace.usage, self.policy
+        n = len(result.generations)
+        generated = sum(g.num_tokens for g in result.generations)
+        cached = policy.capabilities.prefix_caching
+        usage.generated_tokens += generated
+        usage.prompt_tokens += result.prompt_tokens * n
+        usage.cached_prompt_tokens += result.prompt_tokens * (n - 1) if cached else 0
+        usage.policy_calls += result.backend_calls
+        usage.samples += n
+        per_token = policy.flops_per_token()
+        if per_token:
+            usage.flops += per_token * (generated + result.prompt_tokens * (1 if cached else n))
+        usage.wall_s += seconds
+
+    async def score(self, solutions: list[str], prompt: str | None = None) -> "Scores | None":
+        """Score `solutions` in one scorer call, as many of them (from the first) as the budget affords.
+
+        The Scores cover a prefix of `solutions` (all of them unless the budget
+        ran short); None if it affords none.
+        """
+        scorer = self.scorer
+        prompt = self.problem.prompt if prompt is None else prompt
+        if not solutions:
+            return None
+        fits = len(solutions)
+        if self.budget.max_flops is not None:
+            per_token = scorer.flops_per_token()
+            if per_token is None:
+                raise ValueError(f"a max_flops budget needs the scorer's FLOPs per token; {scorer.name} does not know it")
+            tokens = [scorer.count_tokens(prompt + s) for s in solutions]
+            while fits and not self.budget.affords_scoring(self.trace.usage, per_token * sum(tokens[:fits])):
+                fits -= 1
+        if fits < len(solutions):
+            self.stop("max_flops")
+        if not fits:
+            return None
+        scores, elapsed = await self._within_wall(scorer.score(prompt, solutions[:fits], self.task.step_delimiter))
+        if scores is None:
+            return None
+        usage = self.trace.usage
+        usage.scorer_calls += 1
+        usage.scored_tokens += scores.scored_tokens
+        usage.flops += scores.flops
+        usage.wall_s += elapsed
+        return scores
+
+
+async def sample_whole(search: Search, settings: SamplingSettings, scored: bool = False) -> None:
+    """Draw whole completions under the budget and hang them under the trace's root.
+
+    `n` shrinks to what the sample and call limits allow, and to what the
+    FLOPs limit allows at all (fewer samples, not none); each sample's token
+    limit shrinks to what the token and FLOPs limits allow for those `n`.
     """
-    for limit in ("max_flops", "max_wall_s"):
-        if getattr(budget, limit) is not None:
-            raise ValueError(f"budget {limit} is not enforced by the sampling strategies yet; limit "
-                             f"max_generated_tokens, max_samples or max_policy_calls instead")
-    if budget.max_policy_calls is not None and usage.policy_calls >= budget.max_policy_calls:
-        raise BudgetExceeded(f"the budget's {budget.max_policy_calls} policy calls are spent")
+    trace, problem, budget = search.trace, search.problem, search.budget
+
+    def request(n: int, max_tokens: int = settings.max_tokens) -> GenerationRequest:
+        return GenerationRequest(prompt=problem.prompt, n=n, temperature=settings.temperature, top_p=settings.top_p,
+                                 max_tokens=max_tokens, seed=search.seed)
+
     n = settings.n
-    left_samples = budget.remaining_samples(usage)
-    if left_samples is not None:
-        n = min(n, left_samples)
-    max_tokens = settings.max_tokens
-    left_tokens = budget.remaining_tokens(usage)
-    if left_tokens is not None and n:
-        max_tokens = min(max_tokens, left_tokens // n)
-        if max_tokens < 1:
-            raise BudgetExceeded(f"a budget of {budget.max_generated_tokens} generated tokens cannot buy {n} samples; "
-                                 f"the smallest budget that works is {n} tokens")
-    if n < 1:
-        raise BudgetExceeded(f"the budget leaves no room for a sample ({budget.to_dict()})")
-    return n, max_tokens
-
-
-def account(usage: Usage, policy: Policy, result: GenerationResult, started: float) -> None:
-    """Add one policy call's cost to `usage`."""
-    n = len(result.generations)
-    generated = sum(g.num_tokens for g in result.generations)
-    cached = policy.capabilities.prefix_caching
-    usage.generated_tokens += generated
-    usage.prompt_tokens += result.prompt_tokens * n
-    usage.cached_prompt_tokens += result.prompt_tokens * (n - 1) if cached else 0
-    usage.policy_calls += result.backend_calls
-    usage.samples += n
-    per_token = policy.flops_per_token()
-    if per_token:
-        computed_prompt = result.prompt_tokens * (1 if cached else n)
-        usage.flops += per_token * (generated + computed_prompt)
-    usage.wall_s += time.perf_counter() - started
-
-
-def account_scorer(usage: Usage, scores: "Scores", started: float) -> None:
-    """Add one scorer call's cost to `usage`."""
-    usage.scorer_calls += 1
-    usage.scored_tokens += scores.scored_tokens
-    usage.flops += scores.flops
-    usage.wall_s += time.perf_counter() - started
-
-
-async def sample_whole(problem: Problem, task: Task, policy: Policy, settings: SamplingSettings,
-                       budget: Budget, seed: int, trace: Trace) -> None:
-    """Draw whole completions under the budget and hang them under the trace's root."""
-    n, max_tokens = affordable(settings, budget, trace.usage)
-    request = GenerationRequest(prompt=problem.prompt, n=n, temperature=settings.temperature,
-                                top_p=settings.top_p, max_tokens=max_tokens, seed=seed)
-    started = time.perf_counter()
-    (result,) = await policy.generate([request])
-    account(trace.usage, policy, result, started)
-    if not trace.nodes:
-        trace.add(None, problem.prompt, num_tokens=result.prompt_tokens)
+    if budget.max_samples is not None and n > budget.max_samples - trace.usage.samples > 0:
+        n = budget.max_samples - trace.usage.samples
+        search.stop("max_samples")
+    while n > 1:  # fewer samples, not none, where calls or FLOPs run short (a token limit shortens samples instead)
+        tokens, why = budget.afford_why(trace.usage, search._work([request(n)], scored))
+        if why != "max_policy_calls" and (tokens or why != "max_flops"):
+            break
+        n -= 1
+        search.stop(why)
+    tokens = search.afford([request(n)], scored)
+    if tokens < 1:
+        return
+    results = await search.generate([request(n, tokens)])
+    if results is None:
+        return
+    (result,) = results
+    trace.root.num_tokens = result.prompt_tokens
     for g in result.generations:
-        finished = g.finish_reason == "stop"
+        finished = g.finish_reason == FINISH_STOP
         trace.add(trace.root.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
-                  finish_reason=g.finish_reason, answer=task.extract_answer(g.text) if finished else None)
+                  finish_reason=g.finish_reason, answer=search.task.extract_answer(g.text) if finished else None)
+
+
+def answered(trace: Trace) -> list[Node]:
+    """Finished terminal nodes with an answer: the solutions a strategy may choose from."""
+    return [n for n in trace.terminals() if n.finished and n.answer is not None]
 
 
 def choose_best(candidates: list[Node], score_name: str) -> Node:

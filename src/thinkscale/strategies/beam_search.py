@@ -16,12 +16,13 @@ is DVTS (strategies/dvts.py).
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
 from thinkscale.scorers.base import Scorer
-from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths, start_trace, step_tokens
+from thinkscale.strategies.base import Search
+from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Node, Trace
 
@@ -40,54 +41,58 @@ class BeamSearchSettings(StepSettings):
             raise ValueError(f"lookahead must be >= 0, got {self.lookahead}")
 
 
-async def grouped_search(task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
-                         settings: BeamSearchSettings, groups: int, keep: int, grow: int) -> None:
+async def grouped_search(search: Search, settings: BeamSearchSettings, groups: int, keep: int, grow: int) -> None:
     """`groups` independent beams that each keep `keep` paths and grow each one `grow` ways per round."""
-    root = trace.root.id
+    root = search.trace.root.id
     frontiers: list[list[int]] = [[root] for _ in range(groups)]
     for _ in range(settings.max_depth):
         asks = [(g, node_id, keep * grow if node_id == root else grow)
                 for g, frontier in enumerate(frontiers) for node_id in frontier]
         if not asks:
             break
-        tokens = step_tokens(budget, trace, sum(n for _, _, n in asks), settings.max_step_tokens, calls=len(asks))
-        if tokens < 1:
-            break
-        grown = await expand(trace, task, policy, [(node_id, n, g) for g, node_id, n in asks], tokens, settings, seed)
+        grown = await expand(search, [(node_id, n, g) for g, node_id, n in asks], settings)
+        if grown is None:
+            break  # the budget cannot buy another round
         open_by_group: list[list[Node]] = [[] for _ in range(groups)]
         for (g, _, _), children in zip(asks, grown):
             open_by_group[g].extend(c for c in children if not c.terminal)
         candidates = [c for group in open_by_group for c in group]
-        rank = await _rank(task, policy, scorer, budget, seed, trace, candidates, settings)
+        rank = await _rank(search, candidates, settings)
         frontiers = [[c.id for c in sorted(group, key=lambda c: (-rank[c.id], c.id))[:keep]]
                      for group in open_by_group]
-    await choose(trace, task, scorer, settings)
+    await choose(search, settings)
 
 
-async def _rank(task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
-                candidates: list[Node], settings: BeamSearchSettings) -> dict[int, float]:
-    """Each candidate's ranking score: its path's, or with lookahead the score a few greedy steps on."""
-    await score_paths(trace, task, scorer, candidates, settings)
-    rank = {c.id: c.scores[scorer.name] for c in candidates}
+async def _rank(search: Search, candidates: list[Node], settings: BeamSearchSettings) -> dict[int, float]:
+    """Each candidate's ranking score: its path's, or with lookahead the score a few greedy steps on.
+
+    A candidate the budget could not pay to score ranks last.
+    """
+    name = search.scorer.name
+    await score_paths(search, candidates, settings)
+    rank = {c.id: c.scores.get(name, float("-inf")) for c in candidates}
     if not settings.lookahead or not candidates:
         return rank
+    trace = search.trace
     greedy = replace(settings, temperature=0.0)
     shadow = copy.copy(trace)  # rollouts grow a copy of the tree: they cost tokens but are not kept
     shadow.nodes = [copy.deepcopy(n) for n in trace.nodes]
+    shadow.usage = trace.usage  # what they cost is spent all the same
+    ahead = replace(search, trace=shadow)
     heads = {c.id: c.id for c in candidates}
     for _ in range(settings.lookahead):
         live = sorted({h for h in heads.values() if not shadow.nodes[h].terminal})
-        tokens = step_tokens(budget, shadow, len(live), settings.max_step_tokens, calls=len(live)) if live else 0
-        if tokens < 1:
+        grown = await expand(ahead, [(h, 1, -1) for h in live], greedy) if live else None
+        if grown is None:
             break
-        grown = await expand(shadow, task, policy, [(h, 1, -1) for h in live], tokens, greedy, seed)
         moved = {h: kids[0].id for h, kids in zip(live, grown) if kids}
         heads = {c: moved.get(h, h) for c, h in heads.items()}
     ends = [shadow.nodes[h] for h in sorted(set(heads.values())) if h >= len(trace.nodes)]
-    await score_paths(shadow, task, scorer, ends, settings)
+    await score_paths(ahead, ends, settings)
     for c, h in heads.items():
-        if h >= len(trace.nodes):
-            rank[c] = shadow.nodes[h].scores[scorer.name]
+        if h >= len(trace.nodes) and name in shadow.nodes[h].scores:
+            rank[c] = shadow.nodes[h].scores[name]
+    search.stop(shadow.stopped_by)
     return rank
 
 
@@ -101,10 +106,10 @@ class BeamSearch:
     async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: Scorer | None,
                     budget: Budget, seed: int) -> Trace:
         s = self.settings
-        trace = start_trace(problem, self.name, asdict(s), seed, scorer, task)
+        search = Search.start(self.name, s, problem, task, policy, scorer, budget, seed, needs_scorer=True)
         groups, keep, grow = self.layout(s)
-        await grouped_search(task, policy, scorer, budget, seed, trace, s, groups=groups, keep=keep, grow=grow)
-        return trace
+        await grouped_search(search, s, groups=groups, keep=keep, grow=grow)
+        return search.trace
 
     @staticmethod
     def layout(s: BeamSearchSettings) -> tuple[int, int, int]:

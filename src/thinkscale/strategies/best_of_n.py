@@ -7,13 +7,12 @@ is. The score of a solution is its step scores aggregated as the settings say
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
 from thinkscale.scorers.base import AGGREGATIONS, Scorer, aggregate
-from thinkscale.strategies.base import SamplingSettings, account_scorer, choose_best, sample_whole
+from thinkscale.strategies.base import SamplingSettings, Search, answered, choose_best, sample_whole
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Trace
 
@@ -36,20 +35,17 @@ class BestOfN:
 
     async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: Scorer | None,
                     budget: Budget, seed: int) -> Trace:
-        if scorer is None:
-            raise ValueError(f"{self.name} needs a scorer (one of the reward models); none was given")
-        scorer.check_task(task.name)
-        trace = Trace(problem_id=problem.id, strategy=self.name, settings=asdict(self.settings), seed=seed,
-                      difficulty=problem.difficulty)
-        await sample_whole(problem, task, policy, self.settings, budget, seed, trace)
-        candidates = [n for n in trace.terminals() if n.finished and n.answer is not None]
-        if candidates:
-            started = time.perf_counter()
-            scores = await scorer.score(problem.prompt, [n.text for n in candidates], task.step_delimiter)
-            account_scorer(trace.usage, scores, started)
-            for node, steps in zip(candidates, scores.per_step):
+        search = Search.start(self.name, self.settings, problem, task, policy, scorer, budget, seed,
+                              needs_scorer=True)
+        await sample_whole(search, self.settings, scored=True)
+        trace = search.trace
+        candidates = answered(trace)
+        scores = await search.score([n.text for n in candidates])
+        if scores is not None:  # the scores cover the candidates the budget paid to score
+            scored = candidates[:len(scores.per_step)]
+            for node, steps in zip(scored, scores.per_step):
                 node.scores[scorer.name] = aggregate(steps, self.settings.aggregation)
-            best = self.choose(candidates, scorer.name)
+            best = self.choose(scored, scorer.name)
             trace.chosen_answer, trace.chosen_node = best.answer, best.id
         return trace
 

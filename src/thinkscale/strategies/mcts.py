@@ -20,15 +20,14 @@ solutions.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 from thinkscale.budget import Budget
 from thinkscale.policies.base import GenerationRequest, Policy
 from thinkscale.scorers.base import Scorer
-from thinkscale.strategies.base import account
-from thinkscale.strategies.steps import (StepSettings, answered, choose, expand, score_paths, start_trace,
-                                         step_seed, step_tokens)
+from thinkscale.seeds import step_seed
+from thinkscale.strategies.base import Search, answered
+from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import FINISH_STOP, Node, Trace
 
@@ -75,57 +74,57 @@ class MCTS:
     async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: Scorer | None,
                     budget: Budget, seed: int) -> Trace:
         s = self.settings
-        trace = start_trace(problem, self.name, asdict(s), seed, scorer, task)
-        stats = _Stats()
+        search = Search.start(self.name, s, problem, task, policy, scorer, budget, seed, needs_scorer=True)
+        trace, stats = search.trace, _Stats()
         for iteration in range(s.iterations):
             leaf = self._select(trace, stats)
             if leaf is None:
                 break  # every path is finished or dead
-            if not await self._visit(task, policy, scorer, budget, seed, trace, stats, leaf, salt=iteration):
+            if not await self._visit(search, stats, leaf, salt=iteration):
                 break
         if not answered(trace):  # no path finished yet: commit to the best one and follow it to the end
-            await self._commit(task, policy, scorer, budget, seed, trace, stats)
-        await choose(trace, task, scorer, s)
+            await self._commit(search, stats)
+        await choose(search, s)
         return trace
 
-    async def _visit(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
-                     stats: _Stats, leaf: int, salt: int) -> bool:
+    async def _visit(self, search: Search, stats: _Stats, leaf: int, salt: int) -> bool:
         """Expand `leaf` (or back up its value if it is finished); False when the budget cannot pay for it."""
-        s, node = self.settings, trace.nodes[leaf]
+        s, trace, name = self.settings, search.trace, search.scorer.name
+        node = trace.nodes[leaf]
         if node.terminal:
-            stats.backup(trace, leaf, node.scores[scorer.name] if node.finished else 0.0)
+            stats.backup(trace, leaf, node.scores.get(name, 0.0) if node.finished else 0.0)
             return True
         if self._depth(trace, leaf) >= s.max_depth:
             stats.children[leaf] = []  # dead end: too deep to finish
             stats.backup(trace, leaf, 0.0)
             return True
-        tokens = step_tokens(budget, trace, s.expansion_width, s.max_step_tokens)
-        if tokens < 1:
+        grown = await expand(search, [(leaf, s.expansion_width, salt)], s)
+        if grown is None:
             return False
-        (children,) = await expand(trace, task, policy, [(leaf, s.expansion_width, salt)], tokens, s, seed)
+        (children,) = grown
         stats.children[leaf] = [c.id for c in children]
         self._set_priors(stats, children)
-        await score_paths(trace, task, scorer, [c for c in children if not c.terminal or c.finished], s)
+        await score_paths(search, [c for c in children if not c.terminal or c.finished], s)
         for child in children:
-            value = await self._value(task, policy, scorer, budget, seed, trace, child)
+            value = await self._value(search, child)
             stats.backup(trace, child.id, value)
         if node.terminal:  # the parent turned out complete: back its own value up too
-            stats.backup(trace, leaf, node.scores.get(scorer.name, 0.0))
+            stats.backup(trace, leaf, node.scores.get(name, 0.0))
         return True
 
-    async def _commit(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int, trace: Trace,
-                      stats: _Stats) -> None:
+    async def _commit(self, search: Search, stats: _Stats) -> None:
         """Follow the best child by value from the root, expanding where needed, until a path finishes.
 
         The iterations may end before any path reaches the end (few iterations,
         deep problems); then the search commits to what it values most, as an
         MCTS that plays its best move at every turn, within the budget.
         """
+        trace = search.trace
         cur, salt = trace.root.id, self.settings.iterations
         while not trace.nodes[cur].terminal:
             if cur not in stats.children:
                 salt += 1
-                if not await self._visit(task, policy, scorer, budget, seed, trace, stats, cur, salt):
+                if not await self._visit(search, stats, cur, salt):
                     return
                 continue
             kids = [k for k in stats.children[cur] if self._alive(trace, stats, k)]
@@ -172,35 +171,35 @@ class MCTS:
         for c, w in zip(children, weights):
             stats.prior[c.id] = w / total
 
-    async def _value(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int,
-                     trace: Trace, child: Node) -> float:
-        if child.terminal and not child.finished:
-            return 0.0  # truncated
+    async def _value(self, search: Search, child: Node) -> float:
+        """A new child's value: 0 if truncated or unscored, else its path's score or its rollouts' mean."""
+        score = child.scores.get(search.scorer.name)
+        if (child.terminal and not child.finished) or score is None:
+            return 0.0  # truncated, or the budget could not pay to score it
         if child.terminal or not self.settings.rollouts:
-            return child.scores[scorer.name]
-        return await self._rollout_value(task, policy, scorer, budget, seed, trace, child)
+            return score
+        return await self._rollout_value(search, child, score)
 
-    async def _rollout_value(self, task: Task, policy: Policy, scorer: Scorer, budget: Budget, seed: int,
-                             trace: Trace, child: Node) -> float:
+    async def _rollout_value(self, search: Search, child: Node, score: float) -> float:
         """Mean score of `rollouts` completions from `child`; finished ones join the tree as solutions."""
-        s = self.settings
-        max_tokens = step_tokens(budget, trace, s.rollouts, s.max_step_tokens * s.max_depth)
-        if max_tokens < 1:
-            return child.scores[scorer.name]  # the budget cannot buy the rollouts: the reward model's value
+        s, trace = self.settings, search.trace
         prefix = trace.solution(child.id)
-        request = GenerationRequest(prompt=trace.root.text + prefix, n=s.rollouts, max_tokens=max_tokens,
-                                    temperature=s.temperature, top_p=s.top_p,
-                                    seed=step_seed(seed, child.id, "rollout"))
-        started = time.perf_counter()
-        (result,) = await policy.generate([request])
-        account(trace.usage, policy, result, started)
+        request = GenerationRequest(prompt=trace.root.text + prefix, n=s.rollouts,
+                                    max_tokens=s.max_step_tokens * s.max_depth, temperature=s.temperature,
+                                    top_p=s.top_p, seed=step_seed(search.seed, child.id, "rollout"))
+        tokens = search.afford([request], scored=True)
+        results = await search.generate([replace(request, max_tokens=tokens)]) if tokens else None
+        if results is None:
+            return score  # the budget cannot buy the rollouts: the reward model's value
+        (result,) = results
         ends = []
         for g in result.generations:
             node = trace.add(child.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
                              finish_reason=g.finish_reason)
             if g.finish_reason == FINISH_STOP:
-                node.answer = task.extract_answer(prefix + g.text)
+                node.answer = search.task.extract_answer(prefix + g.text)
                 ends.append(node)
-        await score_paths(trace, task, scorer, ends, s)
-        values = [n.scores[scorer.name] if n.finished else 0.0 for n in trace.nodes[-len(result.generations):]]
+        await score_paths(search, ends, s)
+        name = search.scorer.name
+        values = [n.scores.get(name, 0.0) if n.finished else 0.0 for n in trace.nodes[-len(result.generations):]]
         return sum(values) / len(values)

@@ -6,11 +6,9 @@ the verifier. Majority vote and the reward-model strategies choose from it.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
-from thinkscale.strategies.base import SamplingSettings, sample_whole
+from thinkscale.strategies.base import SamplingSettings, Search, sample_whole
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Trace
 
@@ -24,7 +22,6 @@ class RepeatedSampling:
 
     async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: object,
                     budget: Budget, seed: int) -> Trace:
-        trace = Trace(problem_id=problem.id, strategy=self.name, settings=asdict(self.settings), seed=seed,
-                      difficulty=problem.difficulty)
-        await sample_whole(problem, task, policy, self.settings, budget, seed, trace)
-        return trace
+        search = Search.start(self.name, self.settings, problem, task, policy, scorer, budget, seed)
+        await sample_whole(search, self.settings)
+        return search.trace

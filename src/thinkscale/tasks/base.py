@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from thinkscale.verify.verdict import Verdict
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -28,12 +30,6 @@ class Example:
 
     problem: Problem
     reference: Any
-
-
-@dataclass(frozen=True)
-class Verdict:
-    correct: bool
-    reason: str = ""
 
 
 def split_of(text: str, test_share: int = 4) -> str:

@@ -17,11 +17,11 @@ hash of the question (`split_of`), skipping repeats.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any
 
 from thinkscale.registry import unknown_name_error
+from thinkscale.seeds import derive_seed
 from thinkscale.tasks.base import Example, Problem, Task, Verdict, split_of
 
 PREFIX = "reasoning_gym:"
@@ -61,8 +61,7 @@ class ReasoningGymTask(Task):
     def _draw(self, size: int, seed: int) -> Any:
         import reasoning_gym
 
-        digest = hashlib.sha256(f"{self.name}/{seed}".encode()).digest()
-        return reasoning_gym.create_dataset(self.dataset, size=size, seed=int.from_bytes(digest[:4], "big"),
+        return reasoning_gym.create_dataset(self.dataset, size=size, seed=derive_seed(self.name, seed, bits=32),
                                             **self.config)
 
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:

@@ -29,9 +29,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from thinkscale.budget import forward_flops_per_token
 from thinkscale.tiny.model import TinyLlama, apply_rope, rope_tables
+from thinkscale.trace import FINISH_LENGTH, FINISH_STOP
 
-FINISH_STOP, FINISH_LENGTH = "stop", "length"
 _M32 = 0xFFFFFFFF
 MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 12 rows with 2 threads)
 CHUNK = 32  # attention reduces over fixed chunks of cache positions
@@ -133,7 +134,7 @@ class Engine:
 
     def flops_per_token(self) -> float:
         """2 x (non-embedding parameters): the usual estimate of a forward pass."""
-        return 2.0 * (self.config.num_parameters() - self.config.vocab_size * self.config.hidden_size)
+        return forward_flops_per_token(self.config.num_parameters(), self.config.vocab_size * self.config.hidden_size)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps))

@@ -33,7 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
-from thinkscale.policies.openai import free_port, wait_until_serving
+from thinkscale.net import free_port, wait_until_serving
 from thinkscale.tiny import checkpoint as checkpoints
 from thinkscale.tiny.tokenizer import BOS, PAD
 

@@ -37,7 +37,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from thinkscale.tasks.base import Verdict
+from thinkscale.verify.verdict import Verdict
 
 DEFAULT_TIMEOUT_S = 5.0
 _STARTUP_TIMEOUT_S = 120.0  # importing sympy on a loaded machine; not part of any check's limit

@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from thinkscale.tasks.base import Verdict
+from thinkscale.verify.verdict import Verdict
 
 _SERVER = Path(__file__).with_name("_sandbox_server.py")
 _STARTUP_TIMEOUT_S = 60.0

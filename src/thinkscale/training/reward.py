@@ -32,15 +32,12 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from thinkscale.flywheel.step_labels import StepLabels
+from thinkscale.scorers.reward_head import BAD, GOOD, HEADS, REWARD_META, step_probabilities
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.model import TinyLlama
 from thinkscale.tiny.tokenizer import CharTokenizer
-from thinkscale.tiny.train import IGNORE, Batch, StepProgress, TrainSettings, train_steps
-
-GOOD, BAD = "+", "-"  # the label tokens of the verdict head
-REWARD_META = "reward_model.json"
-HEADS = ("likelihood", "verdict")
+from thinkscale.training.policy import IGNORE, Batch, StepProgress, TrainSettings, train_steps
+from thinkscale.training.step_labels import StepLabels
 
 
 def step_targets(record: StepLabels, target: str) -> list[float | None]:
@@ -118,12 +115,6 @@ def likelihood_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
         unlearn = -torch.log(-torch.expm1(weakest))  # -log(1 - p_min)
         return (learn + unlearn.sum()) / (count + rows.sum())
     return learn / count.clamp(min=1)
-
-
-def step_probabilities(model: TinyLlama, ids: torch.Tensor, good: int, bad: int) -> torch.Tensor:
-    """log P(+) and log P(-) at every position, over the two label tokens: (B, T, 2)."""
-    logits = model(ids)  # (B, T, vocab)
-    return F.log_softmax(logits[..., [good, bad]].float(), dim=-1)
 
 
 def prm_loss_for(good: int, bad: int):

@@ -1,4 +1,4 @@
-"""The one thread that runs the tiny core's torch work in a process.
+"""The one thread that runs all torch work of a process (tiny policy, transformers policy, scorers).
 
 Torch work split between two threads runs two OpenMP thread teams that fight
 over the cores (measured 1.5x slower on 2 cores), so the tiny policy and the

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from thinkscale.policies.base import GenerationRequest, Policy
-from thinkscale.runner import problem_seed
 from thinkscale.scorers.base import split_steps
+from thinkscale.seeds import problem_seed
 from thinkscale.tasks.base import Example, Task
 
 

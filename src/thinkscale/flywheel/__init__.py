@@ -1,1 +1,0 @@
-"""Turn search into training data: step labels for reward models (and, later, SFT and preference sets)."""

@@ -1,0 +1,78 @@
+"""One caller-batcher for the local policies (tiny core, transformers): many callers, one batch at a time.
+
+Strategies are written for one problem, and the runner solves many problems
+concurrently, so requests arrive from many coroutines at once. The batcher
+gathers whatever has arrived into one batch and runs it on the torch thread
+(torch_thread.py); requests that arrive meanwhile wait for the next batch.
+Each caller gets its results as soon as its own requests are done, while the
+batch runs on, and a failure is handed to the callers of that batch only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Callable
+
+from thinkscale import torch_thread
+from thinkscale.policies.base import GenerationRequest, GenerationResult
+
+Deliver = Callable[[int, GenerationResult], None]  # (index in the batch, its result); callable from any thread
+RunBatch = Callable[[list[GenerationRequest], Deliver], None]  # runs on the torch thread
+
+
+@dataclass
+class _Pending:
+    requests: list[GenerationRequest]
+    future: asyncio.Future
+    results: list[GenerationResult | None]
+    left: int
+
+
+class CallerBatcher:
+    """Gathers concurrent callers' requests into batches for `run_batch`, one batch at a time.
+
+    `run_batch(requests, deliver)` runs on the torch thread and calls
+    `deliver(i, result)` once for each request, in any order, as each finishes.
+    """
+
+    def __init__(self, run_batch: RunBatch) -> None:
+        self._run_batch = run_batch
+        self._queue: list[_Pending] = []
+        self._drainer: asyncio.Task | None = None
+
+    async def submit(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Results for `requests`, in order, once all of them are done."""
+        if not requests:
+            return []
+        pending = _Pending(list(requests), asyncio.get_running_loop().create_future(), [None] * len(requests),
+                           len(requests))
+        self._queue.append(pending)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await pending.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            await asyncio.sleep(0)  # let every coroutine that is ready add its requests
+            batch, self._queue = self._queue, []
+            flat = [(p, i) for p in batch for i in range(len(p.requests))]
+
+            def deliver_on_loop(k: int, result: GenerationResult) -> None:
+                p, i = flat[k]
+                p.results[i] = result
+                p.left -= 1
+                if p.left == 0 and not p.future.done():  # a caller that gave up (cancelled) is skipped
+                    p.future.set_result(p.results)
+
+            def deliver(k: int, result: GenerationResult) -> None:  # torch thread
+                loop.call_soon_threadsafe(deliver_on_loop, k, result)
+
+            try:
+                await torch_thread.run(self._run_batch, [p.requests[i] for p, i in flat], deliver)
+            except Exception as e:  # hand the error to every caller of this batch still waiting
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+            await asyncio.sleep(0)  # deliveries scheduled by the torch thread run before the next batch

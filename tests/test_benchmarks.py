@@ -1,0 +1,163 @@
+"""Every benchmark under benchmarks/ runs end to end at tiny sizes and prints its headline last.
+
+Each script runs as a subprocess, as a reader runs it, so a refactor that
+breaks one cannot pass silently. The sizes are the smallest that still go
+through every part of a script; the numbers mean nothing, the form does.
+The llama.cpp benchmark needs llama-cpp-python (marker `llamacpp`); the full
+search benchmark on a few problems is the slow tier.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+NUMBER = r"\d+(?:\.\d+)?"
+
+
+def bench(script: str, *args: str, timeout: float = 300) -> list[str]:
+    """Run benchmarks/`script` with `args` on one thread; its output lines (stderr shown on failure)."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout.strip().splitlines()
+
+
+def load(script: str):
+    """A benchmark script as a module (its work is inside main(), so importing it runs nothing)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{Path(script).stem}", BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def shipped(name: str) -> bool:
+    from thinkscale.tiny.checkpoint import shipped_names
+
+    return name in shipped_names()
+
+
+def test_every_benchmark_that_draws_problems_takes_a_problem_seed():
+    for script in sorted(BENCHMARKS.glob("*.py")):
+        source = script.read_text()
+        if ".examples(" in source or "def problems(" in source:
+            assert '"--problem-seed"' in source, script.name
+
+
+def test_sampling_benchmark():
+    lines = bench("sampling.py", "--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--max-rows", "8",
+                  "--threads", "1", "--device", "cpu", "--problem-seed", "3")
+    assert any(line.startswith("baseline: fastest transformers configuration") for line in lines)
+    assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]
+
+
+def test_store_benchmark():
+    lines = bench("store.py", "--nodes", "1000", "--samples", "4", "--problem-seed", "1")
+    assert any(line.startswith("report pass peak memory: ") for line in lines)
+    assert re.fullmatch(r"thinkscale store: \d+ nodes/s", lines[-1]), lines[-1]
+
+
+def test_search_benchmark_on_dev_problems_with_the_base_policy():
+    lines = bench("search.py", "--tasks", "arithmetic", "--problems", "4", "--budgets", "64", "--threads", "1",
+                  "--only", "prm-weighted", "--base-pool", "64", "--split", "dev", "--problem-seed", "5")
+    out = "\n".join(lines)
+    assert "4 dev problems (train split, seed 1005; none of the 1500 problems" in out
+    assert "prm-weighted_best_of_n@64" in out and "prm-beam@64" not in out
+    if shipped("arithmetic-base"):
+        assert "base policy arithmetic-base:" in out and "(the same: " in out  # FLOPs a token match
+        assert "base-prm-weighted_best_of_n@64" in out and "at equal FLOPs:" in out
+        assert re.search(rf"arithmetic-base as the policy at N = 64: pass@64 {NUMBER}, majority@64 {NUMBER}", out)
+    assert re.fullmatch(rf"gap closed: (-?{NUMBER}|nan \(pass@64 = majority@64: no gap to close\))", lines[-1]), \
+        lines[-1]
+
+
+def test_search_dev_problems_are_train_problems_the_reward_models_never_saw():
+    from thinkscale.tasks import get_task
+    from thinkscale.tasks.base import split_of
+
+    search = load("search.py")
+    task = get_task("arithmetic")
+    labelled = search.labelled_problems(task, ["arithmetic-prm", "arithmetic-orm"])
+    assert labelled == {e.problem.prompt for e in task.examples("train", 1500, seed=0)}
+    dev = search.dev_examples(task, 60, 0, labelled)
+    prompts = [e.problem.prompt for e in dev]
+    assert len(set(prompts)) == 60 and not set(prompts) & labelled
+    assert all(split_of(p) == "train" for p in prompts)
+    assert [e.problem.difficulty for e in dev] == [task.difficulties[i % len(task.difficulties)] for i in range(60)]
+    assert prompts != [e.problem.prompt for e in search.dev_examples(task, 60, 1, labelled)]
+
+
+def test_verify_code_benchmark():
+    lines = bench("verify_code.py", "--problems", "3", "--repeats", "1", "--workers", "1", "--problem-seed", "2")
+    assert re.fullmatch(r"agreement: 100% \(canonical 3/3, perturbed 3/3, mutants \d+/\d+\)", lines[-2]), lines[-2]
+    assert re.fullmatch(rf"ratio: {NUMBER} \(cold start included; warm {NUMBER}\)", lines[-1]), lines[-1]
+
+
+def test_verify_code_mutants_are_one_small_mistake_each():
+    import ast
+    import random
+
+    from thinkscale.tasks import get_task
+
+    verify_code = load("verify_code.py")
+    reference = get_task("humaneval").examples("test")[0].reference  # has_close_elements: loops, if, <
+    made = verify_code.mutants(reference, 10, random.Random(0))
+    operators = {operator for operator, _ in made}
+    assert {"boundary", "flip-equality", "flip-order", "drop-if"} <= operators
+    canonical = reference.prompt + reference.solution
+    for operator, program in made:
+        ast.parse(program)
+        assert program.startswith(reference.prompt) and program != canonical
+    boundary = next(program for operator, program in made if operator == "boundary")
+    assert "distance <= threshold" in boundary and "distance < threshold" in canonical
+
+
+def test_step_labels_benchmark():
+    lines = bench("step_labels.py", "--problems", "2", "--samples", "2", "--rollouts", "2", "--threads", "1",
+                  "--problem-seed", "4")
+    assert re.fullmatch(rf"valid steps labelled failed: policy {NUMBER}, completer {NUMBER}", lines[-1]), lines[-1]
+
+
+def test_backends_benchmark_reads_a_process_cpu_time():
+    backends = load("backends.py")
+    before = backends.process_cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    assert backends.process_cpu_seconds(os.getpid()) > before
+    usage = "\n".join(bench("backends.py", "--help"))  # parses its options without llama.cpp
+    assert "--problem-seed" in usage and "`overhead: N.NN`" in usage
+
+
+@pytest.mark.llamacpp
+def test_backends_benchmark():
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install -e '.[llamacpp]'")
+    pytest.importorskip("gguf", reason="needs gguf: pip install -e '.[llamacpp]'")
+    lines = bench("backends.py", "--problems", "2", "--n", "2", "--concurrency", "2", "--problem-seed", "1")
+    assert any(line.startswith("concurrency 1: ") and "server CPU" in line for line in lines)
+    assert any(line.startswith("baseline: the same run at concurrency 1") for line in lines)
+    assert re.fullmatch(rf"overhead: {NUMBER}", lines[-1]), lines[-1]
+
+
+@pytest.mark.slow
+def test_search_benchmark_prints_every_strategy_and_the_gap_line_last():
+    lines = bench("search.py", "--problems", "6", "--budgets", "4,64", "--threads", "1", timeout=1800)
+    out = "\n".join(lines)
+    for label in ("prm-best_of_n@64", "prm-weighted_best_of_n@64", "prm-beam@64", "prm-dvts@64", "prm-mcts@64",
+                  "orm-best_of_n@64", "== countdown"):
+        assert label in out, label
+    if shipped("arithmetic-base"):
+        assert "base-prm-best_of_n@64" in out.split("== countdown")[0]
+    assert "prm-weighted_best_of_n@4" not in out.split("== countdown")[1]  # countdown has no answer to vote on
+    assert lines[-1].startswith("gap closed: ") and float(lines[-1].split(": ")[1]) <= 1.0
+    # arithmetic checks its steps: right answers reached by valid steps are a share of pass@64
+    row = next(line.split() for line in out.split("== countdown")[0].splitlines() if line.split()[:1] == ["64"])
+    _, _, _, cover, valid, vote = row
+    assert 0 <= float(valid) <= float(cover) and "valid pass@64" in out
+    assert "valid pass@k" not in out.split("== countdown")[1]
