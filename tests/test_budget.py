@@ -103,3 +103,24 @@ def test_afford_holds_in_the_worst_case():
 def test_usage_reads_ledgers_that_held_unfilled_counters():
     old = {**Usage(generated_tokens=5).to_dict(), "tool_calls": 0, "tool_cpu_s": 0.0, "dollars": 0.0}
     assert Usage.from_dict(old) == Usage(generated_tokens=5)
+
+
+def test_a_listener_sees_every_node_generated_scored_and_the_one_chosen(policy, arithmetic, prm):
+    from thinkscale.strategies.base import SEARCH_EVENTS
+
+    problem = arithmetic.examples("test", 1)[0].problem
+    for name in STRATEGIES.names():
+        seen: list[tuple[str, int]] = []
+        token = SEARCH_EVENTS.set(lambda event, trace, nodes: seen.extend((event, n.id) for n in nodes))
+        try:
+            trace = asyncio.run(small_strategy(name).solve(problem, arithmetic, policy, prm, Budget(), 1))
+        finally:
+            SEARCH_EVENTS.reset(token)
+        generated = {i for event, i in seen if event == "generated"}
+        assert generated == {n.id for n in trace.nodes[1:]}, name  # every node but the root, once generated
+        scored = {i for event, i in seen if event == "scored"}
+        assert scored == {n.id for n in trace.nodes if prm.name in n.scores}, name
+        chosen = [i for event, i in seen if event == "chosen"]
+        assert len(chosen) == (trace.chosen_answer is not None), name
+        if trace.chosen_node is not None:
+            assert chosen == [trace.chosen_node], name

@@ -26,7 +26,7 @@ def flat_trace(problem_id: str, samples: int = 4, strategy: str = "repeated_samp
     """Repeated sampling: a root and `samples` terminal children, with every kind of field value."""
     trace = Trace(problem_id=problem_id, strategy=strategy, settings={"n": samples, "temperature": 0.7,
                                                                       "stop": ["\n\n"]},
-                  seed=1234, difficulty=3, chosen_answer="42", correct=True,
+                  seed=1234, difficulty=3, chosen_answer="42", correct=True, stopped_by="max_flops",
                   usage=Usage(generated_tokens=321, prompt_tokens=40, policy_calls=1, samples=samples,
                               flops=1.5e9, wall_s=0.031))
     trace.add(None, f"Q{problem_id}: 6*7=?", num_tokens=9)
@@ -77,6 +77,23 @@ def test_round_trip_is_exact(tmp_path):
         assert list(store.iter_traces(strategy="beam")) == [traces["beam/0/p1"]]
         assert store.config == CONFIG
         assert store.info["code_version"]
+
+
+def test_a_ledger_of_schema_1_is_read_as_it_is_and_migrated_when_a_run_resumes(tmp_path):
+    with RunStore.open(tmp_path, CONFIG) as store:
+        store.put_trace("k1", flat_trace("p1"))
+    conn = sqlite3.connect(tmp_path / "run.sqlite")  # as thinkscale 0.1 wrote it: no stopped_by column
+    conn.execute("ALTER TABLE traces DROP COLUMN stopped_by")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    with RunStore.read(tmp_path) as store:
+        old = store.get_trace("k1")
+    assert old.stopped_by is None and old.chosen_answer == "42" and len(old.nodes) == 5
+    with RunStore.open(tmp_path, CONFIG) as store:  # resuming migrates it
+        store.put_trace("k2", flat_trace("p2"))
+        assert store.get_trace("k2").stopped_by == "max_flops" and store.get_trace("k1").stopped_by is None
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
 
 
 def test_iter_traces_streams_in_insertion_order(tmp_path):

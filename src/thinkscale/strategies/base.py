@@ -19,16 +19,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from thinkscale.budget import Budget, BudgetExceeded, Work
 from thinkscale.policies.base import GenerationRequest, GenerationResult, Policy
 from thinkscale.tasks.base import Problem, Task
-from thinkscale.trace import FINISH_STOP, Node, Trace
+from thinkscale.trace import FINISH_LENGTH, FINISH_STOP, Node, Trace
 
 if TYPE_CHECKING:
     from thinkscale.scorers.base import Scorer, Scores
+
+# What a search did, as it happens: (event, trace, nodes) with event one of "generated" (new steps or
+# samples), "scored", "pruned" (dropped from a beam) and "chosen". Whoever runs a strategy and wants to
+# watch it (the server streams these) sets a listener in its context; strategies never see it.
+SearchListener = Callable[[str, Trace, "list[Node]"], None]
+SEARCH_EVENTS: ContextVar[SearchListener | None] = ContextVar("thinkscale_search_events", default=None)
 
 # A call is given up this long before the wall-time budget ends, so that the
 # time spent noticing and cancelling it still fits inside the budget.
@@ -75,6 +82,8 @@ class Search:
     budget: Budget
     seed: int
     trace: Trace
+    _shortened_by: str | None = None  # the limit that shortened the generation `afford` last sized
+    listener: SearchListener | None = None  # SEARCH_EVENTS of the context the search started in
 
     @classmethod
     def start(cls, name: str, settings: Any, problem: Problem, task: Task, policy: Policy, scorer: "Scorer | None",
@@ -87,20 +96,32 @@ class Search:
         trace = Trace(problem_id=problem.id, strategy=name, settings=dataclasses.asdict(settings), seed=seed,
                       difficulty=problem.difficulty)
         trace.add(None, problem.prompt)
-        return cls(problem, task, policy, scorer, budget, seed, trace)
+        return cls(problem, task, policy, scorer, budget, seed, trace, listener=SEARCH_EVENTS.get())
+
+    def emit(self, event: str, nodes: list[Node]) -> None:
+        """Tell the listener, if any, what just happened to `nodes`."""
+        if self.listener is not None and nodes:
+            self.listener(event, self.trace, nodes)
+
+    def choose(self, node: Node) -> None:
+        """Answer with `node`'s answer."""
+        self.trace.chosen_answer, self.trace.chosen_node = node.answer, node.id
+        self.emit("chosen", [node])
 
     # -- what the budget allows ----------------------------------------------
     def afford(self, requests: list[GenerationRequest], scored: bool = False) -> int:
         """Tokens per sample (up to each request's max_tokens) that these requests may use; 0 if none.
 
         `scored`: the generations will be read by the scorer afterwards, so its
-        cost is reserved too. 0 is recorded as the limit that stopped the search;
-        before anything was bought it is an error naming the smallest budget that works.
+        cost is reserved too. 0 is recorded as the limit that stopped the search
+        (before anything was bought it is an error naming the smallest budget
+        that works); a shortened limit is recorded if a sample then runs out of room.
         """
         work = self._work(requests, scored)
         tokens, why = self.budget.afford_why(self.trace.usage, work)
-        self.stop(why)
+        self._shortened_by = why if tokens else None  # shorter samples: it cut the search if one runs out of room
         if tokens < 1:
+            self.stop(why)
             if self.trace.usage.policy_calls == 0:
                 raise BudgetExceeded(
                     f"the budget ({self.budget.describe()}) cannot buy the first {work.samples} samples ({why}); "
@@ -157,6 +178,9 @@ class Search:
         results, elapsed = await self._within_wall(self.policy.generate(requests))
         if results is None:
             return None
+        if any(g.finish_reason == FINISH_LENGTH for result in results for g in result.generations):
+            self.stop(self._shortened_by)
+        self._shortened_by = None
         for result in results:
             self.account(result, elapsed)
             elapsed = 0.0  # the call's time is counted once
@@ -242,10 +266,11 @@ async def sample_whole(search: Search, settings: SamplingSettings, scored: bool 
         return
     (result,) = results
     trace.root.num_tokens = result.prompt_tokens
-    for g in result.generations:
-        finished = g.finish_reason == FINISH_STOP
+    search.emit("generated", [
         trace.add(trace.root.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
-                  finish_reason=g.finish_reason, answer=search.task.extract_answer(g.text) if finished else None)
+                  finish_reason=g.finish_reason,
+                  answer=search.task.extract_answer(g.text) if g.finish_reason == FINISH_STOP else None)
+        for g in result.generations])
 
 
 def answered(trace: Trace) -> list[Node]:

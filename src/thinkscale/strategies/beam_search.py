@@ -60,6 +60,8 @@ async def grouped_search(search: Search, settings: BeamSearchSettings, groups: i
         rank = await _rank(search, candidates, settings)
         frontiers = [[c.id for c in sorted(group, key=lambda c: (-rank[c.id], c.id))[:keep]]
                      for group in open_by_group]
+        kept = {node_id for frontier in frontiers for node_id in frontier}
+        search.emit("pruned", [c for c in candidates if c.id not in kept])
     await choose(search, settings)
 
 
@@ -78,7 +80,7 @@ async def _rank(search: Search, candidates: list[Node], settings: BeamSearchSett
     shadow = copy.copy(trace)  # rollouts grow a copy of the tree: they cost tokens but are not kept
     shadow.nodes = [copy.deepcopy(n) for n in trace.nodes]
     shadow.usage = trace.usage  # what they cost is spent all the same
-    ahead = replace(search, trace=shadow)
+    ahead = replace(search, trace=shadow, listener=None)  # rollouts are not part of the search's tree
     heads = {c.id: c.id for c in candidates}
     for _ in range(settings.lookahead):
         live = sorted({h for h in heads.values() if not shadow.nodes[h].terminal})

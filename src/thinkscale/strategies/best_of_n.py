@@ -45,8 +45,8 @@ class BestOfN:
             scored = candidates[:len(scores.per_step)]
             for node, steps in zip(scored, scores.per_step):
                 node.scores[scorer.name] = aggregate(steps, self.settings.aggregation)
-            best = self.choose(scored, scorer.name)
-            trace.chosen_answer, trace.chosen_node = best.answer, best.id
+            search.emit("scored", scored)
+            search.choose(self.choose(scored, scorer.name))
         return trace
 
     choose = staticmethod(choose_best)

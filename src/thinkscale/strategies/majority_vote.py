@@ -10,7 +10,7 @@ from collections import Counter
 
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
-from thinkscale.strategies.base import SamplingSettings
+from thinkscale.strategies.base import SamplingSettings, Search
 from thinkscale.strategies.repeated_sampling import RepeatedSampling
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Trace
@@ -33,6 +33,9 @@ class MajorityVote(RepeatedSampling):
         if not task.votable:
             raise ValueError(f"majority vote needs a task whose answers can be compared; {task.name} is graded "
                              f"on its steps. Use repeated_sampling (coverage) or a reward-model strategy.")
-        trace = await super().solve(problem, task, policy, scorer, budget, seed)
+        return await super().solve(problem, task, policy, scorer, budget, seed)
+
+    def decide(self, search: Search) -> None:
+        trace = search.trace
         trace.chosen_answer = vote(trace.answers())
-        return trace
+        search.emit("chosen", [n for n in trace.terminals() if n.finished and n.answer == trace.chosen_answer][:1])

@@ -192,13 +192,15 @@ class MCTS:
         if results is None:
             return score  # the budget cannot buy the rollouts: the reward model's value
         (result,) = results
-        ends = []
+        ends, added = [], []
         for g in result.generations:
             node = trace.add(child.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
                              finish_reason=g.finish_reason)
+            added.append(node)
             if g.finish_reason == FINISH_STOP:
                 node.answer = search.task.extract_answer(prefix + g.text)
                 ends.append(node)
+        search.emit("generated", added)
         await score_paths(search, ends, s)
         name = search.scorer.name
         values = [n.scores.get(name, 0.0) if n.finished else 0.0 for n in trace.nodes[-len(result.generations):]]

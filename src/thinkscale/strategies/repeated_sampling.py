@@ -24,4 +24,8 @@ class RepeatedSampling:
                     budget: Budget, seed: int) -> Trace:
         search = Search.start(self.name, self.settings, problem, task, policy, scorer, budget, seed)
         await sample_whole(search, self.settings)
+        self.decide(search)
         return search.trace
+
+    def decide(self, search: Search) -> None:
+        """Choose among the samples: repeated sampling chooses nothing (it is measured as coverage)."""

@@ -93,6 +93,7 @@ async def expand(search: Search, asks: list[tuple[int, int, object]], settings: 
                 child.terminal, child.finish_reason = True, FINISH_LENGTH  # truncated: never an answer
             children.append(child)
         out.append(children)
+    search.emit("generated", [c for children in out for c in children])
     return out
 
 
@@ -114,6 +115,7 @@ async def score_paths(search: Search, nodes: list[Node], settings: StepSettings)
     for node, steps in zip(nodes, scores.per_step):
         node.scores[name] = aggregate(steps, settings.aggregation)
         node.scores[f"{name}.step"] = steps[-1] if steps else float("-inf")
+    search.emit("scored", nodes[:len(scores.per_step)])
 
 
 async def choose(search: Search, settings: StepSettings) -> None:
@@ -122,5 +124,4 @@ async def choose(search: Search, settings: StepSettings) -> None:
     await score_paths(search, [n for n in answered(trace) if name not in n.scores], settings)
     candidates = [n for n in answered(trace) if name in n.scores]
     if candidates:
-        best = CHOOSERS[settings.choose](candidates, name)
-        trace.chosen_answer, trace.chosen_node = best.answer, best.id
+        search.choose(CHOOSERS[settings.choose](candidates, name))
