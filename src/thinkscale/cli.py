@@ -154,6 +154,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from thinkscale.export import export
 
     suffix = "parquet" if args.format == "parquet" else "jsonl"
+    if args.as_set:
+        from thinkscale.training.sets import export_training_set
+
+        out = Path(args.out) if args.out else Path(args.run_dir) / f"train-{args.as_set}.{suffix}"
+        rows = export_training_set(args.run_dir, out, args.as_set, format=args.format,
+                                   max_per_problem=args.max_per_problem, chat=args.chat)
+        print(f"wrote {rows} {args.as_set} rows to {out}")
+        return 0
     out = Path(args.out) if args.out else Path(args.run_dir) / f"traces-{args.rows}.{suffix}"
     rows = export(args.run_dir, out, format=args.format, rows=args.rows)
     print(f"wrote {rows} {args.rows} rows to {out}")
@@ -256,14 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     comp.set_defaults(func=cmd_compare)
 
-    export = sub.add_parser("export", help="write a run's traces as Parquet or JSONL",
+    export = sub.add_parser("export", help="write a run's traces, or training sets made of them, as Parquet or JSONL",
                             description="Write a run's traces, one row per node or one per solution, as Parquet "
-                                        "(pandas, datasets.load_dataset('parquet', ...)) or JSONL.")
+                                        "(pandas, datasets.load_dataset('parquet', ...)) or JSONL; or with --as, a "
+                                        "training set in the format TRL's trainers read: sft (prompt/completion: "
+                                        "verified solutions), preference (prompt/chosen/rejected: a verified "
+                                        "solution or step against a wrong one) or steps (prompt/completions/labels: "
+                                        "each step labelled by whether its subtree reached a verified answer). "
+                                        "Every row names its run, strategy, seed and problem; a run holding "
+                                        "problems of the test split is refused.")
     export.add_argument("run_dir", help="a run directory (holding run.sqlite)")
     export.add_argument("--format", choices=["parquet", "jsonl"], default="jsonl", help="file format (default jsonl)")
     export.add_argument("--rows", choices=["node", "solution"], default="solution",
                         help="one row per node or per solution (default solution)")
-    export.add_argument("--out", help="output file (default RUN_DIR/traces-ROWS.FORMAT)")
+    export.add_argument("--as", dest="as_set", choices=["sft", "preference", "steps"],
+                        help="write a training set instead of the traces")
+    export.add_argument("--max-per-problem", type=int, default=4,
+                        help="with --as: rows of each kind per problem and strategy at most (default 4)")
+    export.add_argument("--chat", action="store_true", help="with --as sft: chat `messages` instead of prompt/completion")
+    export.add_argument("--out", help="output file (default RUN_DIR/traces-ROWS.FORMAT, or RUN_DIR/train-SET.FORMAT)")
     export.set_defaults(func=cmd_export)
 
     train = sub.add_parser("train", help="train a tiny-core model", description="Train a tiny-core model from scratch.")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from thinkscale.store import RunStore
 from thinkscale.trace import Trace
 
-__all__ = ["export"]
+__all__ = ["export", "export_format", "write_rows"]
 
 
 _TRACE_FIELDS = ("key", "problem_id", "strategy", "seed", "difficulty")
@@ -87,53 +87,93 @@ def export(run_dir_or_store: str | os.PathLike | RunStore, out_path: str | os.Pa
     `scores` is a JSON object in JSONL and its JSON text in Parquet (a string
     column loads everywhere; scorer names differ between runs).
     """
-    out_path = Path(out_path)
-    if format is None:
-        format = {".parquet": "parquet", ".jsonl": "jsonl"}.get(out_path.suffix)
-        if format is None:
-            raise ValueError(f"cannot tell the export format from {out_path.name!r}: pass format='parquet' or 'jsonl'")
-    if format not in ("parquet", "jsonl"):
-        raise ValueError(f"unknown export format {format!r}: expected 'parquet' or 'jsonl'")
     if rows not in ("node", "solution"):
         raise ValueError(f"unknown export rows {rows!r}: expected 'node' or 'solution'")
     make_rows = _node_rows if rows == "node" else _solution_rows
+    format = export_format(out_path, format)
+    owned = not isinstance(run_dir_or_store, RunStore)
+    store = RunStore.read(run_dir_or_store) if owned else run_dir_or_store
+
+    def stream() -> Iterator[dict]:
+        for key, trace in store.iter_keyed(strategy):
+            for row in make_rows(key, trace):
+                if format == "parquet":
+                    row["scores"] = json.dumps(row["scores"])
+                yield row
+
+    try:
+        return write_rows(stream(), out_path, format, _arrow_schema(rows) if format == "parquet" else None,
+                          batch_rows)
+    finally:
+        if owned:
+            store.close()
+
+
+def export_format(out_path: str | os.PathLike, format: str | None) -> str:
+    """'parquet' or 'jsonl': as given, or from the file's suffix."""
+    if format is None:
+        format = {".parquet": "parquet", ".jsonl": "jsonl"}.get(Path(out_path).suffix)
+        if format is None:
+            raise ValueError(f"cannot tell the export format from {Path(out_path).name!r}: "
+                             f"pass format='parquet' or 'jsonl'")
+    if format not in ("parquet", "jsonl"):
+        raise ValueError(f"unknown export format {format!r}: expected 'parquet' or 'jsonl'")
+    return format
+
+
+def write_rows(rows: Iterable[dict], out_path: str | os.PathLike, format: str, schema: Any = None,
+               batch_rows: int = 10_000) -> int:
+    """Stream `rows` into a JSONL or Parquet file that appears whole (written beside it, then renamed).
+
+    Parquet takes `schema` (a pyarrow schema), or the schema of the first batch.
+    Returns the number of rows written.
+    """
+    out_path = Path(out_path)
     if format == "parquet":
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError as e:
             raise ImportError("exporting Parquet needs pyarrow: pip install pyarrow") from e
-        schema = _arrow_schema(rows)
-
-    owned = not isinstance(run_dir_or_store, RunStore)
-    store = RunStore.read(run_dir_or_store) if owned else run_dir_or_store
     partial = out_path.with_name(out_path.name + ".partial")
     written = 0
     try:
         if format == "jsonl":
             with open(partial, "w", encoding="utf-8") as f:
-                for key, trace in store.iter_keyed(strategy):
-                    for row in make_rows(key, trace):
-                        f.write(json.dumps(row, ensure_ascii=False))
-                        f.write("\n")
-                        written += 1
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False))
+                    f.write("\n")
+                    written += 1
         else:
-            with pq.ParquetWriter(partial, schema) as writer:
-                batch: list[dict] = []
-                for key, trace in store.iter_keyed(strategy):
-                    for row in make_rows(key, trace):
-                        row["scores"] = json.dumps(row["scores"])
-                        batch.append(row)
-                    if len(batch) >= batch_rows:
-                        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                        written += len(batch)
-                        batch = []
-                if batch or written == 0:
-                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            writer = None
+            try:
+                for batch in _batches(rows, batch_rows):
+                    table = pa.Table.from_pylist(batch, schema=schema)
+                    if writer is None:
+                        schema = table.schema
+                        writer = pq.ParquetWriter(partial, schema)
+                    writer.write_table(table)
                     written += len(batch)
+                if writer is None:
+                    if schema is None:
+                        raise ValueError(f"nothing to write to {out_path}: no rows, so no Parquet schema")
+                    writer = pq.ParquetWriter(partial, schema)
+                    writer.write_table(pa.Table.from_pylist([], schema=schema))
+            finally:
+                if writer is not None:
+                    writer.close()
         os.replace(partial, out_path)
     finally:
         partial.unlink(missing_ok=True)
-        if owned:
-            store.close()
     return written
+
+
+def _batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -99,6 +99,13 @@ class Task:
             out.append(Example(problem=problem, reference=reference))
         return out
 
+    def held_out(self, prompt: str) -> bool:
+        """Whether the problem behind `prompt` belongs to a held-out (test) split, judged by its content.
+
+        Training sets refuse such problems whatever their ids say.
+        """
+        return split_of(prompt) == "test"
+
     def training_stream(self, seed: int) -> Iterator[tuple[str, str]]:
         """An endless stream of (prompt, reference solution) from the train split."""
         rng = random.Random(f"{self.name}/stream/{seed}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import importlib.util
 import json
 import random
@@ -185,6 +186,15 @@ class DatasetTask(Task):
             rows = rows[:n]
         return [Example(Problem(id=f"{self.name}/{row.id}", prompt=self.prompt(row.question),
                                 difficulty=row.difficulty), row.answer) for row in rows]
+
+    def held_out(self, prompt: str) -> bool:
+        """Whether `prompt`'s text is one of the prompts of a split other than "train" (by content hash)."""
+        if self._held_out_hashes is None:
+            self._held_out_hashes = {hashlib.sha256(e.problem.prompt.encode()).digest()
+                                     for split in self.splits if split != "train" for e in self.examples(split)}
+        return hashlib.sha256(prompt.encode()).digest() in self._held_out_hashes
+
+    _held_out_hashes: set[bytes] | None = None
 
     def generate(self, rng: random.Random, difficulty: int) -> tuple[str, Any, str]:
         raise ValueError(f"{self.name} is a fixed dataset with no generator: it gives problems by examples(), "

@@ -92,6 +92,12 @@ class ReasoningGymTask(Task):
     def prompt(self, question: str) -> str:
         return self.template.replace("{question}", question)
 
+    def held_out(self, prompt: str) -> bool:
+        """The split of the question inside `prompt` (the template around it removed), as `examples` draws it."""
+        before, _, after = self.template.partition("{question}")
+        question = prompt.removeprefix(before).removesuffix(after)
+        return split_of(question) == "test"
+
     def generate(self, rng: random.Random, difficulty: int) -> tuple[str, Any, str]:
         raise ValueError(f"{self.name} has answers but no reference solutions to train a policy on")
 
