@@ -1,4 +1,4 @@
-"""Step-level search: beam search, DVTS and MCTS on the tiny core, under budgets."""
+"""Step-level search: beam search, DVTS, MCTS and particle filtering on the tiny core, under budgets."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ SEARCHES = [
     ("dvts", {"n": 8, "width": 2}),
     ("mcts", {"iterations": 8, "expansion_width": 3}),
     ("mcts", {"iterations": 4, "expansion_width": 2, "rollouts": 2, "aggregation": "min"}),
+    ("particle_filtering", {"n": 8}),
 ]
 ALL = SEARCHES + [("best_of_n", {"n": 8}), ("weighted_best_of_n", {"n": 8}), ("majority_vote", {"n": 8})]
 
@@ -60,7 +61,7 @@ def test_search_grows_a_tree_and_chooses_a_finished_solution(name, settings, exa
         assert t.usage.scorer_calls > 0 and t.usage.scored_tokens > 0
 
 
-@pytest.mark.parametrize("name,settings", SEARCHES[:1] + SEARCHES[2:4],
+@pytest.mark.parametrize("name,settings", SEARCHES[:1] + SEARCHES[2:4] + SEARCHES[5:],
                          ids=lambda x: x if isinstance(x, str) else json.dumps(x))
 def test_same_seed_same_trace(name, settings, examples, arithmetic, policy, confidence):
     a = _solve(name, settings, examples[:3], arithmetic, policy, confidence, seed=4)
@@ -147,3 +148,28 @@ def test_mcts_with_too_few_iterations_still_follows_its_best_path_to_an_answer(a
                    budget=Budget(max_generated_tokens=40))
     for t in tight:
         assert t.usage.generated_tokens <= 40  # committing never breaks the budget
+
+
+def test_particle_filtering_resamples_in_proportion_to_the_reward():
+    import random
+
+    from thinkscale.strategies.particle_filtering import effective_sample_size, systematic_resample, weights
+
+    w = weights([0.8, 0.2, 0.0, 0.8], temperature=1.0)
+    assert w == pytest.approx([0.8 / 1.8, 0.2 / 1.8, 0.0, 0.8 / 1.8])  # the PRM score as likelihood
+    assert weights([0.8, 0.2], temperature=0.5) == pytest.approx([0.64 / 0.68, 0.04 / 0.68])  # sharper
+    assert weights([0.0, 0.0], 1.0) == [0.5, 0.5]
+    assert effective_sample_size([0.25] * 4) == pytest.approx(4) and effective_sample_size([1, 0, 0]) == 1
+    picks = systematic_resample([0.5, 0.25, 0.0, 0.25], random.Random(3))
+    assert sorted(picks) == [0, 0, 1, 3]  # systematic: each particle gets floor or ceil of n * w copies
+    draws = [systematic_resample([0.7, 0.3], random.Random(i)).count(0) for i in range(200)]
+    assert set(draws) == {1, 2}
+
+
+def test_particle_filtering_keeps_its_population_and_prunes_by_weight(examples, arithmetic, policy, confidence):
+    (trace,) = _solve("particle_filtering", {"n": 6}, examples[:1], arithmetic, policy, confidence)
+    first = [n for n in trace.nodes if n.parent == 0]
+    assert len(first) == 6  # n particles grow from the prompt
+    depth = {n.id: len(trace.path(n.id)) for n in trace.nodes[1:]}
+    for d in range(1, max(depth.values()) + 1):
+        assert sum(1 for v in depth.values() if v == d) <= 6  # never more than n steps a round

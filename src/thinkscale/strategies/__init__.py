@@ -59,6 +59,13 @@ def _mcts(**settings: Any) -> Strategy:
     return MCTS(settings_from_dict(MCTS.Settings, settings, "mcts settings"))
 
 
+@STRATEGIES.register("particle_filtering")
+def _particle_filtering(**settings: Any) -> Strategy:
+    from thinkscale.strategies.particle_filtering import ParticleFiltering
+
+    return ParticleFiltering(settings_from_dict(ParticleFiltering.Settings, settings, "particle_filtering settings"))
+
+
 def get_strategy(name: str, **settings: Any) -> Strategy:
     return STRATEGIES.get(name)(**settings)
 
