@@ -21,10 +21,11 @@ import dataclasses
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from thinkscale.budget import Budget, BudgetExceeded, Work
 from thinkscale.policies.base import GenerationRequest, GenerationResult, Policy
+from thinkscale.seeds import derive_seed
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import FINISH_LENGTH, FINISH_STOP, Node, Trace
 
@@ -235,20 +236,36 @@ class Search:
         return scores
 
 
-async def sample_whole(search: Search, settings: SamplingSettings, scored: bool = False) -> None:
+async def sample_whole(search: Search, settings: SamplingSettings, scored: bool = False, wave: int | None = None,
+                       after_wave: Callable[[list[Node]], Awaitable[bool]] | None = None) -> None:
     """Draw whole completions under the budget and hang them under the trace's root.
 
-    `n` shrinks to what the sample and call limits allow, and to what the
+    All `n` in one request, or in waves of `wave` (the first with the trace's
+    seed, the next with seeds derived from it); after each wave,
+    `after_wave(its nodes)` may say stop (a stopping rule). Within a wave, the
+    count shrinks to what the sample and call limits allow, and to what the
     FLOPs limit allows at all (fewer samples, not none); each sample's token
-    limit shrinks to what the token and FLOPs limits allow for those `n`.
+    limit shrinks to what the token and FLOPs limits allow for that count.
     """
+    drawn, index = 0, 0
+    while drawn < settings.n:
+        size = min(wave or settings.n, settings.n - drawn)
+        seed = search.seed if index == 0 else derive_seed(search.seed, "wave", index)
+        new = await _draw_wave(search, settings, size, seed, scored)
+        if not new:
+            return  # the budget ended it
+        drawn, index = drawn + len(new), index + 1
+        if after_wave is not None and await after_wave(new):
+            return
+
+
+async def _draw_wave(search: Search, settings: SamplingSettings, n: int, seed: int, scored: bool) -> list[Node]:
     trace, problem, budget = search.trace, search.problem, search.budget
 
     def request(n: int, max_tokens: int = settings.max_tokens) -> GenerationRequest:
         return GenerationRequest(prompt=problem.prompt, n=n, temperature=settings.temperature, top_p=settings.top_p,
-                                 max_tokens=max_tokens, seed=search.seed)
+                                 max_tokens=max_tokens, seed=seed)
 
-    n = settings.n
     if budget.max_samples is not None and n > budget.max_samples - trace.usage.samples > 0:
         n = budget.max_samples - trace.usage.samples
         search.stop("max_samples")
@@ -260,17 +277,18 @@ async def sample_whole(search: Search, settings: SamplingSettings, scored: bool 
         search.stop(why)
     tokens = search.afford([request(n)], scored)
     if tokens < 1:
-        return
+        return []
     results = await search.generate([request(n, tokens)])
     if results is None:
-        return
+        return []
     (result,) = results
     trace.root.num_tokens = result.prompt_tokens
-    search.emit("generated", [
-        trace.add(trace.root.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
-                  finish_reason=g.finish_reason,
-                  answer=search.task.extract_answer(g.text) if g.finish_reason == FINISH_STOP else None)
-        for g in result.generations])
+    nodes = [trace.add(trace.root.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
+                       finish_reason=g.finish_reason,
+                       answer=search.task.extract_answer(g.text) if g.finish_reason == FINISH_STOP else None)
+             for g in result.generations]
+    search.emit("generated", nodes)
+    return nodes
 
 
 def answered(trace: Trace) -> list[Node]:

@@ -7,11 +7,14 @@ that appeared first, so the choice is a pure function of the samples.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
 from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
 from thinkscale.strategies.base import SamplingSettings, Search
 from thinkscale.strategies.repeated_sampling import RepeatedSampling
+from thinkscale.strategies.stopping import make_rule
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Trace
 
@@ -24,9 +27,24 @@ def vote(answers: list[str | None]) -> str | None:
     return next(a for a in answers if a is not None and counts[a] == best)
 
 
+@dataclass(frozen=True)
+class VoteSettings(SamplingSettings):
+    stopping: dict[str, Any] | None = None  # a stopping rule (strategies/stopping.py); n is then the most
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        make_rule(self.stopping, "majority_vote", has_scores=False)  # a bad rule fails here, by name
+
+
 class MajorityVote(RepeatedSampling):
     name = "majority_vote"
-    Settings = SamplingSettings
+    Settings = VoteSettings
+
+    def __init__(self, settings: VoteSettings | None = None) -> None:
+        super().__init__(settings or VoteSettings())
+
+    def rule(self) -> Any:
+        return make_rule(self.settings.stopping, self.name, has_scores=False)
 
     async def solve(self, problem: Problem, task: Task, policy: Policy, scorer: object,
                     budget: Budget, seed: int) -> Trace:
