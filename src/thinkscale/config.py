@@ -19,12 +19,12 @@ unknown key, a wrong type or a bad value raises `ConfigError` naming the file,
 the line and the key, and suggesting the closest valid key or name. Loading
 reads the file and nothing else; it never creates the output directory.
 
-The checks are driven by the dataclasses' field types (int, float, str, bool,
-Literal, Optional, list, dict[str, Any], nested dataclasses) plus a `check`
-in a field's metadata for values a type cannot rule out (problems >= 1).
-Strategy settings are checked against the strategy's own Settings dataclass
-and policy options against the policy's constructor, so their keys need no
-copy here.
+The checks are driven by the dataclasses' field types (typed_yaml.py reads
+the YAML with its lines and checks values against them) plus a `check` in a
+field's metadata for values a type cannot rule out (problems >= 1). Strategy
+settings are checked against the strategy's own Settings dataclass, and the
+options of every policy and scorer against its constructor's typed
+arguments, so their keys need no copy here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-
 from thinkscale.budget import Budget
 from thinkscale.policies import POLICIES
 from thinkscale.registry import Registry, unknown_name_error
@@ -45,7 +44,6 @@ from thinkscale.scorers import SCORERS
 from thinkscale.strategies import STRATEGIES, get_strategy
 from thinkscale.tasks import TASKS
 from thinkscale.typed_yaml import ConfigError, KeyPath, Source, build_dataclass, convert, read_yaml, show, unknown_key
-
 
 
 # -- value checks, kept in field metadata -------------------------------------
