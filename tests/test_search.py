@@ -173,3 +173,18 @@ def test_particle_filtering_keeps_its_population_and_prunes_by_weight(examples, 
     depth = {n.id: len(trace.path(n.id)) for n in trace.nodes[1:]}
     for d in range(1, max(depth.values()) + 1):
         assert sum(1 for v in depth.values() if v == d) <= 6  # never more than n steps a round
+
+
+@pytest.mark.parametrize("name,settings", [("beam_search", {"n": 4, "width": 2}), ("mcts", {"iterations": 12}),
+                                           ("particle_filtering", {"n": 4})])
+def test_a_finished_solution_above_stop_score_ends_the_search(name, settings, examples, arithmetic, policy,
+                                                               confidence):
+    full = _solve(name, settings, examples[:3], arithmetic, policy, confidence)
+    early = _solve(name, {**settings, "stop_score": 0.0}, examples[:3], arithmetic, policy, confidence)
+    for a, b in zip(full, early):
+        first = min((n.id for n in a.terminals() if n.finished and n.answer is not None), default=None)
+        if first is None:
+            continue
+        assert b.usage.generated_tokens <= a.usage.generated_tokens
+        assert b.chosen_answer is not None and len(b.nodes) <= len(a.nodes)
+        assert not any(n.id > first and n.parent == first for n in b.nodes)

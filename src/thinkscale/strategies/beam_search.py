@@ -22,7 +22,7 @@ from thinkscale.budget import Budget
 from thinkscale.policies.base import Policy
 from thinkscale.scorers.base import Scorer
 from thinkscale.strategies.base import Search
-from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths
+from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths, settled
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Node, Trace
 
@@ -56,6 +56,8 @@ async def grouped_search(search: Search, settings: BeamSearchSettings, groups: i
         open_by_group: list[list[Node]] = [[] for _ in range(groups)]
         for (g, _, _), children in zip(asks, grown):
             open_by_group[g].extend(c for c in children if not c.terminal)
+        if await settled(search, [c for children in grown for c in children], settings):
+            break  # a finished solution scores above stop_score
         candidates = [c for group in open_by_group for c in group]
         rank = await _rank(search, candidates, settings)
         frontiers = [[c.id for c in sorted(group, key=lambda c: (-rank[c.id], c.id))[:keep]]

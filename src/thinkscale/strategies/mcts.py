@@ -27,7 +27,7 @@ from thinkscale.policies.base import GenerationRequest, Policy
 from thinkscale.scorers.base import Scorer
 from thinkscale.seeds import step_seed
 from thinkscale.strategies.base import Search, answered
-from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths
+from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths, settled
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import FINISH_STOP, Node, Trace
 
@@ -82,6 +82,8 @@ class MCTS:
                 break  # every path is finished or dead
             if not await self._visit(search, stats, leaf, salt=iteration):
                 break
+            if await settled(search, [trace.nodes[c] for c in stats.children.get(leaf, [])] + [trace.nodes[leaf]], s):
+                break  # a finished solution scores above stop_score
         if not answered(trace):  # no path finished yet: commit to the best one and follow it to the end
             await self._commit(search, stats)
         await choose(search, s)

@@ -27,7 +27,7 @@ from thinkscale.policies.base import Policy
 from thinkscale.scorers.base import Scorer
 from thinkscale.seeds import derive_seed
 from thinkscale.strategies.base import Search
-from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths
+from thinkscale.strategies.steps import StepSettings, choose, expand, score_paths, settled
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import Trace
 
@@ -103,6 +103,8 @@ class ParticleFiltering:
                     particles[i] = children[0].id
             fresh = [trace.nodes[particles[i]] for i in open_]
             await score_paths(search, [n for n in fresh if name not in n.scores], s)
+            if await settled(search, fresh, s):
+                break  # a finished solution scores above stop_score
             scores = [trace.nodes[p].scores.get(name, 0.0) if self._alive(trace, p) else 0.0 for p in particles]
             w = weights(scores, s.likelihood_temperature)
             if effective_sample_size(w) < s.resample_ess * s.n or s.resample_ess == 1.0:

@@ -23,7 +23,7 @@ from thinkscale.seeds import step_seed
 from thinkscale.strategies.base import CHOOSERS, Search, answered
 from thinkscale.trace import FINISH_LENGTH, FINISH_STOP, Node
 
-__all__ = ["StepSettings", "answered", "choose", "expand", "score_paths", "step_seed"]
+__all__ = ["StepSettings", "answered", "choose", "expand", "score_paths", "settled", "step_seed"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class StepSettings:
     top_p: float = 1.0
     aggregation: str = "last"  # how a path's step scores become its score
     choose: str = "best"  # "best": the best-scoring solution; "weighted": scores summed per answer
+    stop_score: float | None = None  # stop once a finished solution's path scores at least this (off: None)
 
     def __post_init__(self) -> None:
         aggregate([1.0], self.aggregation)  # an unknown name fails here, naming the valid ones
@@ -116,6 +117,16 @@ async def score_paths(search: Search, nodes: list[Node], settings: StepSettings)
         node.scores[name] = aggregate(steps, settings.aggregation)
         node.scores[f"{name}.step"] = steps[-1] if steps else float("-inf")
     search.emit("scored", nodes[:len(scores.per_step)])
+
+
+async def settled(search: Search, nodes: list[Node], settings: StepSettings) -> bool:
+    """With `stop_score` set: score the finished solutions among `nodes`; True if one reaches it."""
+    if settings.stop_score is None:
+        return False
+    name = search.scorer.name
+    finished = [n for n in nodes if n.terminal and n.finished and n.answer is not None]
+    await score_paths(search, [n for n in finished if name not in n.scores], settings)
+    return any(n.scores.get(name, float("-inf")) >= settings.stop_score for n in finished)
 
 
 async def choose(search: Search, settings: StepSettings) -> None:
