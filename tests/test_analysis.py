@@ -183,6 +183,22 @@ def test_report_pools_the_seeds_of_a_problem_into_one_problem():
     assert summary["samples"] == 2 and summary["ks"] == [1, 2]
     # p1 pooled: 4 samples, 1 right -> pass@1 0.25; p2: 1 of 2 -> 0.5
     assert summary["groups"]["all"]["pass_at_k"][0] == pytest.approx((0.25 + 0.5) / 2)
+    assert 0 < summary["beta_forecast"]["predicted"] <= 1  # fitted on the pooled counts: 1 of 4, 1 of 2
+
+
+def test_beta_forecast_recovers_the_distribution_and_forecasts_from_few_samples():
+    from thinkscale.analysis.scaling import BetaCoverage, fit_beta_coverage
+
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.4, 1.2, size=2000)  # each problem's single-attempt success
+    fit = fit_beta_coverage(rng.binomial(16, p), [16] * p.size)  # 16 samples a problem seen
+    assert fit.alpha == pytest.approx(0.4, rel=0.15) and fit.beta == pytest.approx(1.2, rel=0.15)
+    truth = float(np.mean(1 - (1 - p) ** 256))
+    assert fit.predict(256) == pytest.approx(truth, abs=0.02)
+    exact = BetaCoverage(1.0, 1.0)  # uniform p: coverage(k) = 1 - 1 / (k + 1)
+    assert exact.predict(1) == pytest.approx(0.5) and exact.predict(np.array([3, 9])) == pytest.approx([0.75, 0.9])
+    with pytest.raises(ValueError, match="0 <= correct <= samples"):
+        fit_beta_coverage([3], [2])
 
 
 def _trace(pid: str, correct: bool, tokens: int, difficulty: int = 2, seed: int = 0):

@@ -13,7 +13,7 @@ from typing import Iterable
 import numpy as np
 
 from thinkscale.analysis.passk import majority_at_k, pass_at_k
-from thinkscale.analysis.scaling import fit_with_interval
+from thinkscale.analysis.scaling import fit_beta_coverage, fit_with_interval
 from thinkscale.trace import Trace
 
 
@@ -118,6 +118,9 @@ def summarize(traces: Iterable[Trace], votable: bool, extrapolate_to: int = 1024
     fit, predicted, (low, high) = fit_with_interval(overall, ks, at_k=extrapolate_to)
     summary["coverage_law"] = {"a": fit.a, "b": fit.b, "at_k": extrapolate_to, "predicted": predicted,
                                "interval_90": [low, high]}
+    beta = fit_beta_coverage([g.correct for g in graded], [g.n for g in graded])
+    summary["beta_forecast"] = {"alpha": beta.alpha, "beta": beta.beta, "at_k": extrapolate_to,
+                                "predicted": float(beta.predict(extrapolate_to))}
     return summary
 
 
@@ -139,6 +142,10 @@ def format_table(summary: dict, title: str) -> str:
     lines.append(f"coverage law (all problems): coverage ~ exp({law['a']:.3f} * k^{law['b']:.3f}); "
                  f"predicted coverage at k={law['at_k']}: {law['predicted']:.3f} "
                  f"(90% bootstrap interval over problems {law['interval_90'][0]:.3f}-{law['interval_90'][1]:.3f})")
+    if "beta_forecast" in summary:
+        beta = summary["beta_forecast"]
+        lines.append(f"distributional forecast (per-problem success ~ Beta({beta['alpha']:.3f}, {beta['beta']:.3f})): "
+                     f"predicted coverage at k={beta['at_k']}: {beta['predicted']:.3f}")
     return "\n".join(lines)
 
 

@@ -139,3 +139,51 @@ def fit_with_interval(
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(preds, [tail, 1.0 - tail]) if n_boot > 0 else (prediction, prediction)
     return fit, prediction, (min(float(low), prediction), max(float(high), prediction))
+
+
+@dataclass(frozen=True)
+class BetaCoverage:
+    """Coverage forecast from the distribution of per-problem single-attempt success (Schaeffer et al., 2025).
+
+    Each problem's chance p of being solved in one attempt is taken to follow
+    Beta(alpha, beta) over problems. A problem fails k attempts with
+    probability (1 - p)^k, so coverage(k) = 1 - E[(1 - p)^k]
+    = 1 - B(alpha, beta + k) / B(alpha, beta). The aggregate power law is what
+    this looks like from afar; fitting the distribution uses every sample of
+    every problem, not only the pooled curve.
+    """
+
+    alpha: float
+    beta: float
+
+    def predict(self, k: float | np.ndarray) -> float | np.ndarray:
+        from scipy.special import betaln
+
+        kk = np.asarray(k, dtype=float)
+        out = 1.0 - np.exp(betaln(self.alpha, self.beta + kk) - betaln(self.alpha, self.beta))
+        return float(out) if out.ndim == 0 else out
+
+
+def fit_beta_coverage(correct: Sequence[int] | np.ndarray, samples: Sequence[int] | np.ndarray) -> BetaCoverage:
+    """Maximum-likelihood Beta over per-problem success, from each problem's `correct` of `samples` attempts.
+
+    The counts are beta-binomial under the model, so the fit weighs each
+    problem by what its samples say (0 of 16 is not the same as 0 of 256).
+    """
+    from scipy.optimize import minimize
+    from scipy.stats import betabinom
+
+    c = np.asarray(correct, dtype=float)
+    n = np.asarray(samples, dtype=float)
+    if c.shape != n.shape or c.size == 0 or (c > n).any() or (c < 0).any():
+        raise ValueError("correct and samples must be equal-length counts with 0 <= correct <= samples")
+
+    def loss(log_params: np.ndarray) -> float:
+        a, b = np.exp(log_params)
+        return -float(betabinom.logpmf(c, n, a, b).sum())
+
+    mean = float(np.clip(c.sum() / n.sum(), 1e-3, 1 - 1e-3))
+    start = np.log([mean, 1 - mean])  # a weak prior-sized start: alpha + beta = 1
+    best = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
+    a, b = np.exp(best.x)
+    return BetaCoverage(alpha=float(a), beta=float(b))
