@@ -5,6 +5,7 @@
     thinkscale report RUN_DIR              # print and plot what a run measured
     thinkscale export RUN_DIR --format parquet
     thinkscale train policy --task arithmetic --minutes 9 --out ckpt/
+    thinkscale serve                       # an OpenAI-compatible reasoning server on 127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -210,6 +211,23 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    try:
+        from thinkscale.serve.auth import load_keys
+        from thinkscale.serve.config import load_serve_config
+        from thinkscale.serve.server import serve
+    except ImportError as e:
+        raise SystemExit(f"thinkscale serve needs the serve extra ({e.name} is not installed): "
+                         f"pip install 'thinkscale[serve]'") from None
+
+    config = load_serve_config(args.config)
+    flags = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    serve(dataclasses.replace(config, **flags), load_keys(args.api_key_file), log_level=args.log_level)
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,6 +355,29 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--labels", help="label JSONL to write, or reuse if it exists (default OUT.labels.jsonl)")
         cmd.add_argument("--relabel", action="store_true", help="redo the labels even if the file exists")
         cmd.set_defaults(func=cmd_train_reward)
+
+    srv = sub.add_parser("serve", help="an OpenAI-compatible server whose reasoning effort buys more search",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Serve models behind OpenAI's API: /v1/chat/completions, /v1/completions,\n"
+                                     "/v1/models, /health and /metrics. The model name picks the strategy\n"
+                                     "(beam_search:arithmetic; plain arithmetic is one sample), reasoning_effort buys\n"
+                                     "a budget, and a stream sends every step the search generates as reasoning\n"
+                                     "while it runs. With no arguments it serves the shipped tiny arithmetic core\n"
+                                     "and its reward models, offline, on 127.0.0.1:8000. See docs/serve.md.",
+                         epilog="example, with the openai client:\n"
+                                "  thinkscale serve &\n"
+                                "  client = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none')\n"
+                                "  client.chat.completions.create(model='beam_search:arithmetic', seed=0,\n"
+                                "      reasoning_effort='high', messages=[{'role': 'user', 'content': '(3+5)*(7-2)='}])")
+    srv.add_argument("--config", help="server config YAML: models, cap on any request's budget, effort table, "
+                                      "presets, limits (default: the tiny arithmetic core)")
+    srv.add_argument("--host", help="interface to bind (default 127.0.0.1; any other needs API keys)")
+    srv.add_argument("--port", type=int, help="port (default 8000)")
+    srv.add_argument("--api-key-file", help="file of API keys, one a line (also $THINKSCALE_API_KEYS, "
+                                            "comma-separated); none: open, loopback only")
+    srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                     help="uvicorn's log level (default info); keys are never logged")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -191,7 +191,7 @@ class RunConfig:
 
 # -- checks that need more than one field, or another module ----------------------
 
-def _check_settings(strategy: StrategyConfig, path: KeyPath, source: Source) -> dict[str, Any]:
+def check_settings(strategy: StrategyConfig, path: KeyPath, source: Source) -> dict[str, Any]:
     """The strategy's settings checked against its Settings dataclass, then by building it."""
     path = path + ("settings",)
     try:
@@ -260,7 +260,7 @@ def _build_run(data: Any, source: Source) -> RunConfig:
             raise source.error(where, f"label {label!r} is already used by strategies[{seen[label]}]{at}; "
                                       f"give each strategy a distinct `label:`")
         seen[label] = i
-        strategies.append(dataclasses.replace(strategy, settings=_check_settings(strategy, path, source)))
+        strategies.append(dataclasses.replace(strategy, settings=check_settings(strategy, path, source)))
     policy_cls = _classes(config.policy.name, POLICIES.load_class, ("policy", "name"), source)
     policy = dataclasses.replace(config.policy, options=check_options(policy_cls, config.policy.options,
                                                                       ("policy", "options"), source))

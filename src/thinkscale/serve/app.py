@@ -1,0 +1,241 @@
+"""The ASGI app: OpenAI's endpoints in front of thinkscale's strategies.
+
+    POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /health   GET /metrics
+
+A completion request goes: key checked (401), a place among the searches in
+flight taken (429), the body read within its size limit (413) and turned into
+a Plan (400/404 naming what is wrong), then the search runs in a task of its
+own (events.py). A stream sends each step or sample as a reasoning delta while
+the search goes on, then the chosen solution as content, then the usage; a
+whole response waits for the search and returns the same in one body. If the
+client goes away, the search is cancelled: it makes no further calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from thinkscale.budget import BudgetExceeded
+from thinkscale.serve.auth import Keys
+from thinkscale.serve.config import ServeConfig
+from thinkscale.serve.errors import APIError, bad_request
+from thinkscale.serve.events import SearchEvent, SearchRun
+from thinkscale.serve.limits import Gate, read_json
+from thinkscale.serve.metrics import Metrics
+from thinkscale.serve.models import ServedModel, load_models
+from thinkscale.serve.plan import make_plan, model_ids
+from thinkscale.serve.shapes import Shaper, chosen_solution, content_pieces
+
+log = logging.getLogger("thinkscale.serve")
+ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+
+
+def search_error(error: BaseException) -> APIError:
+    """What a failed search tells the client: its own words for a request it cannot serve, else a 500."""
+    if isinstance(error, BudgetExceeded):
+        return bad_request(str(error), "budget", "budget_too_small")
+    if isinstance(error, ValueError):
+        return bad_request(str(error))
+    log.error("search failed", exc_info=error)
+    return APIError(500, f"the search failed ({type(error).__name__}); the server's log has the details")
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class Flight:
+    """One request's place in the server, from its key check to its last byte; `land` is idempotent."""
+
+    def __init__(self, server: "Server", endpoint: str, key: str) -> None:
+        self.server, self.endpoint, self.key = server, endpoint, key
+        self.started = time.perf_counter()
+        self.strategy = ""
+        self.run: SearchRun | None = None
+        self._landed = False
+        server.gate.enter(key)
+
+    def start(self, run: SearchRun) -> None:
+        self.run, self.strategy = run, run.plan.strategy_name
+        self.server.metrics.in_flight.labels(self.strategy).inc()
+
+    def land(self, status: int, trace: Any = None) -> None:
+        if self._landed:
+            return
+        self._landed = True
+        metrics = self.server.metrics
+        self.server.gate.leave(self.key)
+        if self.run is not None:
+            metrics.in_flight.labels(self.strategy).dec()
+            if not self.run.task.done():
+                self.run.cancel()
+                metrics.cancelled.labels(self.strategy).inc()
+        if trace is not None:
+            metrics.generated_tokens.labels(self.strategy).inc(trace.usage.generated_tokens)
+            metrics.prompt_tokens.labels(self.strategy).inc(trace.usage.prompt_tokens)
+        metrics.requests.labels(self.endpoint, self.strategy, str(status)).inc()
+        metrics.latency.labels(self.endpoint, self.strategy).observe(time.perf_counter() - self.started)
+
+
+class Server:
+    """What the app holds: its config, the keys, the gate, the metrics and (once started) the models."""
+
+    def __init__(self, config: ServeConfig, keys: Keys) -> None:
+        self.config, self.keys = config, keys
+        self.gate = Gate(config.max_concurrent, config.max_concurrent_per_key, config.retry_after_s)
+        self.metrics = Metrics()
+        self.models: dict[str, ServedModel] = {}
+
+    def authorize(self, request: Request) -> str:
+        key = self.keys.check(request.headers.get("authorization"))
+        if key is None:
+            raise APIError(401, "a valid API key is required: send it as 'Authorization: Bearer KEY'", None,
+                           "invalid_api_key")
+        return key
+
+    async def complete(self, request: Request, kind: str) -> Response:
+        flight = Flight(self, ENDPOINTS[kind], self.authorize(request))
+        try:
+            body = await read_json(request, self.config.max_body_bytes)
+            prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+            response_id = prefix + uuid.uuid4().hex
+            plan = make_plan(self.config, self.models, body, kind, response_id)
+            flight.start(SearchRun(plan))
+            shaper = Shaper(kind, response_id, body["model"], self.config.reasoning_fields)
+            if plan.stream:
+                return await self._stream(request, flight, shaper)
+            return await self._whole(request, flight, shaper)
+        except APIError as e:
+            flight.land(e.status)
+            raise
+        except BaseException:
+            flight.land(500)
+            raise
+
+    async def _whole(self, request: Request, flight: Flight, shaper: Shaper) -> Response:
+        run = flight.run
+        gone = asyncio.create_task(_disconnected(request))
+        try:
+            await asyncio.wait({run.task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not run.task.done():  # the client hung up: stop the search (land cancels it)
+            flight.land(499)
+            return Response(status_code=499)
+        try:
+            trace = await run.trace()
+        except Exception as e:
+            raise search_error(e) from None
+        reasoning = "".join([event.text async for event in run.events()])
+        flight.land(200, trace)
+        return JSONResponse(shaper.body(run.plan, trace, reasoning))
+
+    async def _stream(self, request: Request, flight: Flight, shaper: Shaper) -> Response:
+        run = flight.run
+        first = await run.first()
+        if first is None:  # over before any event: a refusal still gets its status, not a broken stream
+            try:
+                await run.trace()
+            except Exception as e:
+                raise search_error(e) from None
+        stream = self._events(flight, shaper, first)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(flight.land, 499))
+
+    async def _events(self, flight: Flight, shaper: Shaper, first: SearchEvent | None) -> AsyncIterator[str]:
+        run, status, trace = flight.run, 499, None
+        try:
+            if shaper.kind == "chat":
+                yield sse(shaper.role())
+            if first is not None:
+                yield sse(shaper.reasoning(first))
+                self.metrics.first_reasoning.labels(flight.strategy).observe(time.perf_counter() - flight.started)
+                async for event in run.events():
+                    yield sse(shaper.reasoning(event))
+            try:
+                trace = await run.trace()
+            except Exception as e:
+                error = search_error(e)
+                status = error.status
+                yield sse(error.body())
+                return
+            for piece in content_pieces(chosen_solution(trace) or ""):
+                yield sse(shaper.content(piece))
+            yield sse(shaper.finish(trace))
+            yield sse(shaper.usage_chunk(run.plan, trace))
+            yield sse("[DONE]")
+            status = 200
+        finally:
+            flight.land(status, trace)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body was read already: the next message says so)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(config: ServeConfig, keys: Keys | None = None) -> FastAPI:
+    """The app serving `config`'s models; they load when the app starts (its lifespan), in its event loop."""
+    server = Server(config, keys or Keys([]))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.models = load_models(config)
+        log.info("serving %s", ", ".join(server.models))
+        yield
+        for model in server.models.values():
+            await model.close()
+
+    app = FastAPI(title="thinkscale serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def refused(request: Request, error: APIError) -> Response:
+        return error.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        return APIError(error.status_code, message, None, None, dict(error.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> Response:
+        log.error("request failed", exc_info=error)
+        return APIError(500, f"internal error ({type(error).__name__}); the server's log has the details").response()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await server.complete(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await server.complete(request, "completion")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        server.authorize(request)
+        return JSONResponse({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "thinkscale"} for name in model_ids(config)]})
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok", "models": list(server.models), "in_flight": server.gate.in_flight})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        server.authorize(request)
+        return Response(server.metrics.exposition(), media_type=server.metrics.content_type)
+
+    return app

@@ -1,0 +1,94 @@
+"""A search run for one request: the strategy solving in a task of its own, its events forwarded as they happen.
+
+The strategy is the offline one, untouched: the run sets `SEARCH_EVENTS` (the
+listener every `Search` reads when it starts) inside its own task, so only this
+request's search reports to it, and each event (a step or sample generated,
+scored, pruned, the one chosen) is copied at once into an asyncio.Queue that
+the response reads while the search goes on. Cancelling the run (the client
+hung up) cancels the strategy's coroutine: it makes no further calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from thinkscale.serve.plan import Plan
+from thinkscale.strategies.base import SEARCH_EVENTS
+from thinkscale.trace import Node, Trace
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """One node's part in one event, as it was when the event happened."""
+
+    event: str  # "generated", "scored", "pruned" or "chosen"
+    node: int
+    parent: int | None
+    branch: int | None  # the node's ancestor just below the root: nodes that share it share their first step
+    text: str  # reasoning this event adds: a generated step or sample (ending in a newline), else ""
+    tokens: int
+    score: float | None
+    answer: str | None
+    finish_reason: str | None
+
+    def extra(self) -> dict:
+        """The documented `thinkscale` field of a streamed reasoning delta."""
+        return {"event": self.event, "node": self.node, "parent": self.parent, "branch": self.branch,
+                "score": self.score, "tokens": self.tokens, "answer": self.answer,
+                "finish_reason": self.finish_reason}
+
+
+def branch_of(trace: Trace, node: Node) -> int | None:
+    while node.parent is not None and node.parent != 0:
+        node = trace.nodes[node.parent]
+    return node.id if node.parent is not None else None
+
+
+def event_of(event: str, trace: Trace, node: Node, scorer: str | None) -> SearchEvent:
+    text = ""
+    if event == "generated":
+        text = node.text if node.text.endswith("\n") else node.text + "\n"
+    score = node.scores.get(scorer) if scorer else next(iter(node.scores.values()), None)
+    return SearchEvent(event, node.id, node.parent, branch_of(trace, node), text,
+                       node.num_tokens if event == "generated" else 0, score, node.answer, node.finish_reason)
+
+
+class SearchRun:
+    """`plan`'s search, started now in its own task; read `events()` as they come, then `trace()`."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._queue: asyncio.Queue[SearchEvent | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._solve())
+
+    async def _solve(self) -> Trace:
+        SEARCH_EVENTS.set(self._listen)  # this task's context only: other requests' searches do not see it
+        plan = self.plan
+        try:
+            return await plan.strategy.solve(plan.problem, plan.model.task, plan.model.policy, plan.scorer,
+                                             plan.budget.to_budget(), plan.seed)
+        finally:
+            self._queue.put_nowait(None)
+
+    def _listen(self, event: str, trace: Trace, nodes: list[Node]) -> None:
+        for node in nodes:
+            self._queue.put_nowait(event_of(event, trace, node, self.plan.scorer_name))
+
+    async def events(self) -> AsyncIterator[SearchEvent]:
+        """Every event of the search, as it happens, until the search ends (then `trace()` is ready)."""
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def first(self) -> SearchEvent | None:
+        """The first event, or None when the search ended (or failed) without one."""
+        return await self._queue.get()
+
+    async def trace(self) -> Trace:
+        """The finished Trace; raises what the strategy raised."""
+        return await self.task
+
+    def cancel(self) -> None:
+        if not self.task.done():
+            self.task.cancel()

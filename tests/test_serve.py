@@ -1,0 +1,390 @@
+"""`thinkscale serve` end to end: the real server on 127.0.0.1, the official openai client, the tiny core.
+
+Two servers run in background threads for the module: `main` (an API key, room
+for 16 concurrent streams) and `tight` (open, one search at a time, a small
+body limit) for the refusals that need tight limits. Answers are checked
+against the same strategy solved offline with the same seed and budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import openai
+import pytest
+
+from thinkscale.config import BudgetConfig
+from thinkscale.net import free_port
+from thinkscale.serve.config import ServeConfig, load_serve_config
+from thinkscale.serve.server import build_server
+from thinkscale.strategies import get_strategy
+from thinkscale.tasks import Problem
+
+KEY = "test-key-0123"
+PROBLEMS = ["(3+5)*(7-2)=", "(8-3)*(2+4)-7=", "9*4-(6+2)*3=", "7+8*(9-6)-5*2="]
+
+
+@contextmanager
+def running(config: ServeConfig, keys: list[str]):
+    """A real server for `config` on a free port in a thread of its own; its base URL."""
+    server = build_server(dataclasses.replace(config, port=free_port()), keys, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def main():
+    config = dataclasses.replace(load_serve_config(None), max_concurrent_per_key=32)
+    with running(config, [KEY]) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tight():
+    config = dataclasses.replace(load_serve_config(None), max_concurrent=1, max_body_bytes=2048)
+    with running(config, []) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(main):
+    return openai.OpenAI(base_url=f"{main}/v1", api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def scorers():
+    from thinkscale.scorers import get_scorer
+
+    return {"prm": get_scorer("prm", checkpoint_name="arithmetic-prm")}
+
+
+@pytest.fixture(scope="module")
+def offline(policy, scorers, arithmetic):
+    """offline(problem text, plan) -> the Trace of the same strategy, settings, budget and seed, in process."""
+
+    def solve_all(cases):
+        async def go():
+            return await asyncio.gather(*(
+                get_strategy(p["strategy"], **p["settings"]).solve(
+                    Problem("offline", text + "\n", 0), arithmetic, policy, scorers.get(p["scorer"]),
+                    BudgetConfig(**p["budget"]).to_budget(), p["seed"])
+                for text, p in cases))
+
+        return asyncio.run(go())
+
+    return solve_all
+
+
+def chosen_id(trace) -> int:
+    """The node whose answer was chosen (majority vote chooses an answer: its first solution)."""
+    if trace.chosen_node is not None:
+        return trace.chosen_node
+    return next(n.id for n in trace.terminals() if n.finished and n.answer == trace.chosen_answer)
+
+
+def solution(trace) -> str:
+    return trace.solution(chosen_id(trace))
+
+
+def generated(trace) -> str:
+    return "".join(n.text if n.text.endswith("\n") else n.text + "\n" for n in trace.nodes[1:])
+
+
+def read_stream(stream):
+    """(reasoning, content, [thinkscale event fields], usage chunk) of a chat or completion stream."""
+    reasoning, content, events, last = "", "", [], None
+    for chunk in stream:
+        last = chunk
+        for choice in chunk.choices:
+            extra = (choice.delta if hasattr(choice, "delta") else choice).model_extra or {}
+            reasoning += extra.get("reasoning_content") or ""
+            assert (extra.get("reasoning") or "") == (extra.get("reasoning_content") or "")
+            if "thinkscale" in extra:
+                events.append(extra["thinkscale"])
+            content += (choice.delta.content if hasattr(choice, "delta") else choice.text) or ""
+    return reasoning, content, events, last
+
+
+# -- answers -------------------------------------------------------------------------
+
+STRATEGIES = [("arithmetic", {}), ("majority_vote:arithmetic", {"n": 4}), ("best_of_n:arithmetic", {"n": 4}),
+              ("beam_search:arithmetic", {"n": 4, "width": 2})]
+
+
+@pytest.mark.parametrize("model,settings", STRATEGIES)
+def test_chat_answers_equal_the_offline_strategy_streamed_or_not(client, offline, model, settings):
+    problem, seed = PROBLEMS[1], 7
+    whole = client.chat.completions.create(model=model, seed=seed, messages=[{"role": "user", "content": problem}],
+                                           extra_body={"settings": settings} if settings else None)
+    plan = whole.model_extra["thinkscale"]
+    assert plan["seed"] == seed and plan["settings"] == (settings or {"n": 1})
+    (trace,) = offline([(problem, plan)])
+    message = whole.choices[0].message
+    assert message.content == solution(trace) and plan["answer"] == trace.chosen_answer is not None
+    assert message.model_extra["reasoning_content"] == message.model_extra["reasoning"] == generated(trace)
+    assert whole.usage.completion_tokens_details.reasoning_tokens == trace.usage.generated_tokens > 0
+    assert whole.usage.prompt_tokens == trace.usage.prompt_tokens
+
+    stream = client.chat.completions.create(model=model, seed=seed, stream=True,
+                                            messages=[{"role": "user", "content": problem}],
+                                            extra_body={"settings": settings} if settings else None)
+    reasoning, content, events, last = read_stream(stream)
+    assert (reasoning, content) == (generated(trace), solution(trace))
+    assert last.usage.completion_tokens_details.reasoning_tokens == trace.usage.generated_tokens
+    assert last.usage.completion_tokens == trace.usage.generated_tokens
+    assert [e["node"] for e in events if e["event"] == "chosen"] == [chosen_id(trace)]
+    assert {e["event"] for e in events} >= {"generated", "chosen"}
+
+
+def test_completions_sync_and_async_equal_offline(main, client, offline):
+    problem, settings = PROBLEMS[2], {"n": 4, "width": 2}
+    whole = client.completions.create(model="beam_search:arithmetic", prompt=problem, seed=3,
+                                      extra_body={"settings": settings})
+    (trace,) = offline([(problem, whole.model_extra["thinkscale"])])
+    assert whole.choices[0].text == solution(trace)
+    assert whole.usage.completion_tokens_details.reasoning_tokens == trace.usage.generated_tokens
+
+    async def streamed():
+        async with openai.AsyncOpenAI(base_url=f"{main}/v1", api_key=KEY, max_retries=0) as aclient:
+            stream = await aclient.completions.create(model="beam_search:arithmetic", prompt=problem, seed=3,
+                                                      stream=True, extra_body={"settings": settings})
+            return [chunk async for chunk in stream]
+
+    reasoning, content, _, last = read_stream(asyncio.run(streamed()))
+    assert (reasoning, content) == (generated(trace), solution(trace))
+    assert last.usage.completion_tokens_details.reasoning_tokens == trace.usage.generated_tokens
+
+
+def test_reasoning_effort_buys_its_tables_search_and_budget(client, offline):
+    reply = client.chat.completions.create(model="arithmetic", seed=5, reasoning_effort="low",
+                                           messages=[{"role": "user", "content": PROBLEMS[0]}])
+    plan = reply.model_extra["thinkscale"]
+    assert (plan["strategy"], plan["settings"]) == ("beam_search", {"n": 4, "width": 2})
+    assert plan["budget"]["max_generated_tokens"] == 800 and plan["reasoning_effort"] == "low"
+    (trace,) = offline([(PROBLEMS[0], plan)])
+    assert reply.choices[0].message.content == solution(trace)
+    # the effort's budget applies to a strategy named by the model too; max_completion_tokens lowers it
+    reply = client.chat.completions.create(model="majority_vote:arithmetic", seed=5, reasoning_effort="minimal",
+                                           max_completion_tokens=100, extra_body={"settings": {"n": 2}},
+                                           messages=[{"role": "user", "content": PROBLEMS[0]}])
+    plan = reply.model_extra["thinkscale"]
+    assert plan["budget"]["max_generated_tokens"] == 100 and reply.usage.completion_tokens <= 100
+
+
+def test_the_first_reasoning_arrives_while_the_search_runs(client):
+    stream = client.chat.completions.create(model="beam_search:arithmetic", seed=1, stream=True,
+                                            messages=[{"role": "user", "content": PROBLEMS[3]}],
+                                            extra_body={"settings": {"n": 4, "width": 2}})
+    arrivals = []
+    for chunk in stream:
+        extra = chunk.choices[0].delta.model_extra if chunk.choices else {}
+        kind = "reasoning" if extra.get("reasoning_content") else "content" if chunk.choices and \
+            chunk.choices[0].delta.content else "other"
+        arrivals.append((time.perf_counter(), kind, (extra.get("thinkscale") or {}).get("event")))
+    reasoning = [t for t, kind, _ in arrivals if kind == "reasoning"]
+    first_content = next(t for t, kind, _ in arrivals if kind == "content")
+    rounds = sum(1 for (_, _, a), (_, _, b) in zip(arrivals, arrivals[1:]) if a != "generated" and b == "generated")
+    assert len(reasoning) >= 8 and rounds >= 3  # one burst of steps per round of the beam, not one at the end
+    assert reasoning[-1] - reasoning[0] > 0.01 and reasoning[0] < first_content
+
+
+def test_sixteen_concurrent_streams_each_get_their_own_answer(main, offline):
+    problems = [(PROBLEMS[i % 4], 100 + i) for i in range(16)]
+
+    async def one(aclient, problem, seed):
+        stream = await aclient.chat.completions.create(
+            model="majority_vote:arithmetic", seed=seed, stream=True, messages=[{"role": "user", "content": problem}],
+            extra_body={"settings": {"n": 4}})
+        return read_stream([chunk async for chunk in stream])
+
+    async def go():
+        async with openai.AsyncOpenAI(base_url=f"{main}/v1", api_key=KEY, max_retries=0) as aclient:
+            return await asyncio.gather(*(one(aclient, p, s) for p, s in problems))
+
+    served = asyncio.run(go())
+    plans = [last.model_extra["thinkscale"] for *_, last in served]
+    traces = offline([(p, plan) for (p, _), plan in zip(problems, plans)])
+    assert [plan["seed"] for plan in plans] == [s for _, s in problems]
+    assert [content for _, content, _, _ in served] == [solution(t) for t in traces]
+    assert [plan["answer"] for plan in plans] == [t.chosen_answer for t in traces]
+
+
+# -- the other endpoints ---------------------------------------------------------------
+
+def test_models_health_and_metrics(main, client):
+    ids = [m.id for m in client.models.list().data]
+    assert {"arithmetic", "beam_search:arithmetic", "majority_vote:arithmetic", "best_of_n:arithmetic"} <= set(ids)
+    assert "repeated_sampling:arithmetic" not in ids
+    health = httpx.get(f"{main}/health").json()
+    assert health["status"] == "ok" and health["models"] == ["arithmetic"]
+    client.chat.completions.create(model="arithmetic", seed=0, messages=[{"role": "user", "content": PROBLEMS[0]}])
+    text = httpx.get(f"{main}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    for name in ('thinkscale_requests_total{endpoint="/v1/chat/completions",status="200",strategy="majority_vote"}',
+                 'thinkscale_generated_tokens_total{strategy="majority_vote"}',
+                 'thinkscale_request_seconds_count', 'thinkscale_searches_in_flight{strategy="majority_vote"} 0.0',
+                 'thinkscale_first_reasoning_seconds_count'):
+        assert name in text, name
+
+
+# -- refusals ------------------------------------------------------------------------
+
+def chat(**overrides):
+    return {"model": "arithmetic", "messages": [{"role": "user", "content": PROBLEMS[0]}], **overrides}
+
+
+BAD = [
+    ("malformed JSON", b'{"model": "arithmetic", "messages": [', 400, "not valid JSON"),
+    ("missing messages", {"model": "arithmetic"}, 400, "'messages' is required"),
+    ("no user message", chat(messages=[{"role": "system", "content": "hi"}]), 400, "no user message"),
+    ("unknown model", chat(model="arithmetc"), 404, "Did you mean 'arithmetic'"),
+    ("unknown strategy", chat(model="beam_serch:arithmetic"), 404, "Did you mean 'beam_search'"),
+    ("unknown setting", chat(model="beam_search:arithmetic", settings={"widht": 2}), 400,
+     "unknown key 'widht' (did you mean 'width'?)"),
+    ("wrong type", chat(model="majority_vote:arithmetic", settings={"n": "4"}), 400, "expected an integer"),
+    ("unknown budget key", chat(budget={"max_tokens": 5}), 400, "unknown key 'max_tokens'"),
+    ("unknown parameter", chat(setings={"n": 2}), 400, "Did you mean 'settings'?"),
+    ("bad reasoning_effort", chat(reasoning_effort="maximal"), 400, "reasoning_effort must be one of none, minimal"),
+    ("budget over the cap", chat(budget={"max_generated_tokens": 10**6}), 400, "over the server's cap of 16384"),
+    ("budget too small", chat(model="beam_search:arithmetic", budget={"max_generated_tokens": 2}), 400,
+     "cannot buy the first 16 samples"),
+    ("unreadable", chat(messages=[{"role": "user", "content": "what is three plus five?"}]), 400,
+     "'0123456789+-*/()=,>\\n '"),
+    ("tools", chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "'tools' is not supported"),
+    ("n", chat(n=3), 400, "n must be 1"),
+]
+
+
+@pytest.mark.parametrize("why,body,status,says", BAD, ids=[b[0] for b in BAD])
+def test_each_bad_request_gets_a_clean_error_and_the_server_keeps_serving(main, client, why, body, status, says):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    for stream in (False, True):
+        if stream and isinstance(body, dict):
+            content = json.dumps({**body, "stream": True}).encode()
+        answer = httpx.post(f"{main}/v1/chat/completions", content=content, timeout=30,
+                            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        assert answer.status_code == status, answer.text
+        error = answer.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and says in error["message"], error
+    reply = client.chat.completions.create(model="arithmetic", seed=0, messages=[{"role": "user",
+                                                                                    "content": PROBLEMS[0]}])
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_the_openai_client_raises_by_status(client):
+    with pytest.raises(openai.NotFoundError, match="Did you mean"):
+        client.chat.completions.create(model="beam_serch:arithmetic", messages=[{"role": "user", "content": "1+1="}])
+    with pytest.raises(openai.BadRequestError, match="unknown key 'widht'"):
+        client.chat.completions.create(model="beam_search:arithmetic", messages=[{"role": "user", "content": "1+1="}],
+                                       extra_body={"settings": {"widht": 2}})
+
+
+def test_wrong_or_missing_key_is_401_and_never_echoed(main):
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Basic {KEY}"}):
+        answer = httpx.post(f"{main}/v1/chat/completions", json=chat(), headers=headers)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_api_key"
+        assert "wrong-key" not in answer.text
+    assert httpx.get(f"{main}/v1/models").status_code == 401
+    assert httpx.get(f"{main}/health").status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{main}/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_a_body_over_the_limit_is_413(tight):
+    answer = httpx.post(f"{tight}/v1/chat/completions", json=chat(padding="x" * 4000))
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+
+
+def test_too_many_concurrent_requests_is_429_then_a_client_hanging_up_frees_its_place(tight):
+    body = chat(model="beam_search:arithmetic", seed=0, stream=True, messages=[{"role": "user",
+                                                                              "content": PROBLEMS[3]}])
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{tight}/v1/chat/completions", json=body) as first:
+            assert first.status_code == 200
+            lines = first.iter_lines()  # kept: an abandoned iterator closes the connection
+            next(lines)  # the search is running
+            refused = httpx.post(f"{tight}/v1/chat/completions", json=chat())
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"]["code"] == "too_many_concurrent_requests"
+        # hung up mid-stream: the search is cancelled and its place freed
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{tight}/health").json()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(f"{tight}/health").json()["in_flight"] == 0
+    assert 'thinkscale_searches_cancelled_total{strategy="beam_search"} 1.0' in httpx.get(f"{tight}/metrics").text
+    assert httpx.post(f"{tight}/v1/chat/completions", json=chat(seed=0)).status_code == 200
+
+
+# -- the command ---------------------------------------------------------------------
+
+def test_serve_command_answers_offline_and_stops_gracefully_on_sigterm(tmp_path):
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THINKSCALE_API_KEYS": KEY}
+    with open(tmp_path / "serve.log", "w+b") as log:
+        process = subprocess.Popen([sys.executable, "-m", "thinkscale.cli", "serve", "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+        _serve_then_sigterm(port, process, log)
+    log = (tmp_path / "serve.log").read_text()
+    assert "POST /v1/chat/completions" in log and KEY not in log  # requests are logged, keys never
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _serve_then_sigterm(port: int, process: subprocess.Popen, log) -> None:
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(f"http://127.0.0.1:{port}"):
+            assert process.poll() is None and time.monotonic() < deadline, log.seek(0) or log.read().decode()
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+        stream = client.chat.completions.create(model="beam_search:arithmetic", seed=0, stream=True,
+                                                messages=[{"role": "user", "content": PROBLEMS[3]}])
+        first = next(iter(stream))
+        process.send_signal(signal.SIGTERM)  # in flight: it finishes, then the server exits
+        _, content, _, last = read_stream(stream)
+        assert first.choices[0].delta.role == "assistant" and content and last.usage.completion_tokens > 0
+        assert process.wait(timeout=30) == -signal.SIGTERM  # uvicorn stops gracefully, then dies of the signal
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_refuses_an_open_server_off_loopback_and_a_config_over_its_cap(tmp_path):
+    env = {**os.environ, "THINKSCALE_API_KEYS": ""}
+    result = subprocess.run([sys.executable, "-m", "thinkscale.cli", "serve", "--host", "0.0.0.0"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2 and "without API keys" in result.stderr
+    config = tmp_path / "serve.yaml"
+    config.write_text("cap: {max_generated_tokens: 1000}\n")
+    result = subprocess.run([sys.executable, "-m", "thinkscale.cli", "serve", "--config", str(config)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "effort.low.budget: max_generated_tokens 800" not in result.stderr  # low fits; medium's 1600 does not
+    assert "effort.medium.budget: max_generated_tokens 1600 is over the server's cap of 1000" in result.stderr
+    help_text = subprocess.run([sys.executable, "-m", "thinkscale.cli", "serve", "--help"], capture_output=True,
+                               text=True, timeout=60).stdout
+    assert "usage: thinkscale serve" in help_text and "--api-key-file" in help_text
