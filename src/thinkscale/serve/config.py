@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
 from thinkscale.config import BudgetConfig, PolicyConfig, StrategyConfig, check_settings
 from thinkscale.registry import unknown_name_error
 from thinkscale.scorers import SCORERS
@@ -74,7 +73,8 @@ def _effort(strategy: str, tokens: int, **settings: Any) -> EffortConfig:
 # search with n=16, width=4 spent at most 1,118 tokens on the hardest of 6 test problems (2,224 at n=32).
 DEFAULT_EFFORT = {
     "none": _effort("majority_vote", 160, n=1),
-    "minimal": _effort("majority_vote", 640, n=4),
+    "minimal": _effort("majority_vote", 640, n=8,  # up to 8 samples, stopping once the vote is settled
+                       stopping={"rule": "adaptive_consistency", "confidence": 0.9, "wave": 2}),
     "low": _effort("beam_search", 800, n=4, width=2),
     "medium": _effort("beam_search", 1600, n=8, width=2),
     "high": _effort("beam_search", 3200, n=16, width=4),
