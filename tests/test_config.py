@@ -145,7 +145,7 @@ def test_unknown_setting_in_second_strategy_names_its_own_line(tmp_path):
               samples: 8
         """)
     assert error_of(path) == (f"{path}:{line_of(path, 'samples')}: strategies[1].settings: unknown key 'samples'; "
-                              f"valid keys: max_tokens, n, temperature, top_p")
+                              f"valid keys: max_tokens, n, stopping, temperature, top_p")
 
 
 def test_strategy_setting_type_and_value_errors(tmp_path):
