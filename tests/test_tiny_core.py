@@ -35,12 +35,13 @@ def test_shipped_checkpoint_loads_in_transformers_with_equal_logits(name):
 
 def test_shipped_checkpoints_carry_a_training_summary():
     names = checkpoint.shipped_names()
-    assert {"arithmetic", "countdown", "arithmetic-prm", "arithmetic-orm", "countdown-prm", "countdown-orm"} <= set(names)
+    assert {"arithmetic", "countdown", "arithmetic-base", "arithmetic-prm", "arithmetic-orm", "countdown-prm",
+            "countdown-orm"} <= set(names)
     for name in names:
         summary = checkpoint.load(name).summary
         assert summary["loss_curve"][-1][1] < summary["loss_curve"][0][1]
-        if "-" not in name:  # a policy
-            assert summary["task"] == name
+        if not name.endswith(("-prm", "-orm")):  # a policy (arithmetic-base: the one the reward models start from)
+            assert summary["task"] == name.split("-")[0]
             assert summary["reproduce"].startswith("thinkscale train policy")
         else:  # a reward model: which task, which kind, started from what, labelled how (train split only)
             task, kind = name.split("-")
