@@ -59,6 +59,20 @@ def test_sampling_benchmark():
     assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]
 
 
+def test_adaptive_benchmark():
+    lines = bench("adaptive.py", "--problems", "3", "--dev-problems", "3", "--n", "4", "--particles", "2",
+                  "--problem-seed", "2")
+    assert any(line.startswith("  chosen on dev: confidence") for line in lines)
+    assert any(line.startswith("  particle_filtering@2: accuracy") for line in lines)
+    assert re.fullmatch(rf"samples saved: {NUMBER}x at [+-]{NUMBER} pt", lines[-1]), lines[-1]
+
+
+def test_forecast_benchmark():
+    lines = bench("forecast.py", "--problems", "3", "--samples", "8", "--fit-samples", "2", "--problem-seed", "1")
+    assert any(line.startswith("pass@8: measured") for line in lines)
+    assert re.fullmatch(rf"forecast error at k=8: beta {NUMBER} pt, power law {NUMBER} pt", lines[-1]), lines[-1]
+
+
 def test_store_benchmark():
     lines = bench("store.py", "--nodes", "1000", "--samples", "4", "--problem-seed", "1")
     assert any(line.startswith("report pass peak memory: ") for line in lines)
