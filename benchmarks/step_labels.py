@@ -29,10 +29,7 @@ import time
 
 def grade(task, records) -> dict[str, float]:
     """Share of first-failure labels on valid steps; lucky solutions caught; sound solutions flagged."""
-    try:
-        from thinkscale.training.reward import step_targets
-    except ImportError:  # before the move out of tiny/
-        from thinkscale.tiny.train_prm import step_targets
+    from thinkscale.training.reward import step_targets
 
     failed = failed_valid = lucky = lucky_caught = sound = sound_flagged = 0
     for r in records:
@@ -74,10 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
 
-    try:
-        from thinkscale.training.step_labels import label_steps
-    except ImportError:  # before the move out of flywheel/
-        from thinkscale.flywheel.step_labels import label_steps
+    from thinkscale.training.step_labels import label_steps
     from thinkscale.policies.tiny import TinyPolicy
     from thinkscale.tasks import get_task
 
