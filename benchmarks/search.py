@@ -242,10 +242,31 @@ def bench_task(name: str, args) -> dict:
             print(f"{done:>5} {done * per_sample:18.0f} {flops_of(done):9.2e} {cover[done]:7.3f} "
                   + (f"{valid[done]:12.3f} " if valid else "") + (f"{vote[done]:10.3f}" if vote else ""))
         print(flush=True)
+    print_flop_ratios(result, ks)
     if base:
         print_base(base, task, ks, result)
     return {"result": result, "cover": cover, "vote": vote, "valid": valid, "per_sample": per_sample,
             "base": base}
+
+
+def flop_ratios(result: dict, k: int) -> dict[str, float]:
+    """Each step search's FLOPs per generated token over PRM best-of-k's, at budget k (scorer FLOPs included)."""
+    rows = result["strategies"]
+    bon = rows.get(f"prm-best_of_n@{k}")
+    if not bon or not bon["generated_tokens"]:
+        return {}
+    per_token = bon["flops"] / bon["generated_tokens"]
+    return {label: rows[label]["flops"] / rows[label]["generated_tokens"] / per_token
+            for label in (f"prm-beam@{k}", f"prm-dvts@{k}", f"prm-mcts@{k}")
+            if label in rows and rows[label]["generated_tokens"]}
+
+
+def print_flop_ratios(result: dict, ks) -> None:
+    """The FLOP ratio at equal generated tokens: what a step search pays beyond sampling whole solutions."""
+    lines = [f"  {label}: {ratio:.2f}x" for k in ks for label, ratio in flop_ratios(result, k).items()]
+    if lines:
+        print("FLOPs per generated token, policy and PRM, against PRM best-of-k at the same k:")
+        print("\n".join(lines), flush=True)
 
 
 def print_base(base: dict, task, ks, result: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams, reference_generate
 
@@ -76,3 +77,89 @@ def test_prompt_too_long_is_refused(arithmetic_checkpoint):
     engine = Engine(arithmetic_checkpoint.model)
     with pytest.raises(ValueError, match="does not fit"):
         engine.generate([SampleRequest(tuple([1] * 300))])
+
+
+def _positions(kv, length, head_dim=32):
+    """(layers, 2, chunks, H, CHUNK * D) keys (transposed in each chunk) and values -> each (layers, H, length, D)."""
+    layers, _, chunks, heads, flat = kv.shape
+    chunk = flat // head_dim
+    keys = kv[:, 0].view(layers, chunks, heads, head_dim, chunk).permute(0, 2, 1, 4, 3)
+    values = kv[:, 1].view(layers, chunks, heads, chunk, head_dim).permute(0, 2, 1, 3, 4)
+    return [t.reshape(layers, heads, chunks * chunk, head_dim)[:, :, :length] for t in (keys, values)]
+
+
+def _same_positions(a, b, length):
+    return all(torch.equal(x, y) for x, y in zip(_positions(a, length), _positions(b, length)))
+
+
+def _step_rounds(engine, prompts, newline, rounds=4):
+    """A step search in miniature: each round continues the first sample of each path by one step."""
+    frontier, drawn = list(prompts), []
+    for depth in range(rounds):
+        reqs = [SampleRequest(p, n=3, params=SamplingParams(max_tokens=30, stop_ids=(newline,), seed=10 * depth + i),
+                              cache_scope="search") for i, p in enumerate(frontier)]
+        results = engine.generate(reqs)
+        drawn.append([[(c.token_ids, c.logprob) for c in r] for r in results])
+        frontier = [p + r[0].token_ids for p, r in zip(frontier, results) if r[0].token_ids[-1] == newline]
+    return drawn, results
+
+
+def test_the_prefix_cache_changes_what_is_computed_never_a_sample(arithmetic_checkpoint, arithmetic):
+    tok, model = arithmetic_checkpoint.tokenizer, arithmetic_checkpoint.model
+    prompts = [tuple(tok.encode(e.problem.prompt)) for e in arithmetic.examples("test", 6)]
+    plain, _ = _step_rounds(Engine(model), prompts, tok.ids["\n"])
+    engine = Engine(model, prefix_cache_bytes=64 << 20)
+    cached, last = _step_rounds(engine, prompts, tok.ids["\n"])
+    assert cached == plain  # same tokens, same log-probabilities, to the bit
+    # a later round's prompt is its parent's path: all of it but the step's last token came from the cache
+    assert last and all(r[0].prompt_cached >= 1 for r in last)
+    # a tiny cache evicts nearly everything and still changes nothing
+    assert _step_rounds(Engine(model, prefix_cache_bytes=1 << 20), prompts, tok.ids["\n"])[0] == plain
+
+
+def test_a_position_is_computed_the_same_however_the_sequence_is_split(arithmetic_checkpoint, arithmetic):
+    tok = arithmetic_checkpoint.tokenizer
+    engine = Engine(arithmetic_checkpoint.model, prefix_cache_bytes=64 << 20)
+    examples = arithmetic.examples("test", 5)
+    seq = tuple(tok.encode("".join(e.problem.prompt for e in examples * 4)))[:100]
+    kv, logits = engine.extend([(None, 0, seq)])[0]
+    for cut in (1, 7, 31, 32, 33, 64, 99):
+        head_kv, head_logits = engine.extend([(None, 0, seq[:cut])])[0]
+        tail_kv, tail_logits = engine.extend([(head_kv, cut, seq[cut:])])[0]
+        assert _same_positions(tail_kv, kv, len(seq))
+        assert torch.equal(torch.cat([head_logits, tail_logits]), logits)
+    # with other sequences in the same call
+    together = engine.extend([(None, 0, seq[:5]), (None, 0, seq), (None, 0, seq[3:40])])
+    assert torch.equal(together[1][1], logits)
+    # a decode step computes what extend computes: the keys and values a sampled step left in the cache
+    newline = tok.ids["\n"]
+    prompt = tuple(tok.encode(examples[0].problem.prompt))
+    (sample,) = engine.generate([SampleRequest(prompt, params=SamplingParams(max_tokens=30, stop_ids=(newline,)),
+                                               cache_scope="decode")])[0]
+    path = prompt + sample.token_ids[:-1]
+    length, entry = engine.prefix_cache.longest(path, "decode")
+    assert length == len(path) and len(sample.token_ids) > 1
+    fresh_kv, _ = engine.extend([(None, 0, path)])[0]
+    assert _same_positions(entry.kv, fresh_kv, length)
+
+
+def test_prefix_cache_bounds_its_memory_and_keeps_scopes_apart():
+    from thinkscale.tiny.prefix_cache import Entry, PrefixCache
+
+    cache = PrefixCache(max_bytes=3 * 4096)
+    entry = lambda: Entry(torch.zeros(1024), None)  # noqa: E731  4096 bytes
+    cache.put((1, 2), entry(), "a")
+    cache.put((1, 2, 3, 4), entry(), "a")
+    assert cache.longest((1, 2, 3, 4, 5), "a")[0] == 4
+    assert cache.longest((1, 2, 3, 4, 5), "b") == (0, None)  # another search sees nothing of it
+    assert cache.longest((1, 2, 3), "a")[0] == 2
+    cache.put((7,), entry(), "a")
+    cache.put((8,), entry(), "a")  # past the bound: the least recently used, (1, 2, 3, 4), goes
+    assert len(cache) == 3 and cache.nbytes <= cache.max_bytes
+    assert cache.longest((1, 2, 3, 4), "a")[0] == 2
+    cache.put((1, 2), entry(), "b")
+    cache.release("a")  # a search that ended: its entries go at the next use, another's stay
+    cache.tidy()
+    assert len(cache) == 1 and cache.nbytes == 4096 and cache.longest((1, 2, 3), "b")[0] == 2
+    with pytest.raises(ValueError, match="max_bytes"):
+        PrefixCache(-1)

@@ -53,9 +53,32 @@ def test_confidence_is_the_models_own_step_probability(confidence, arithmetic_ch
     end = start + len("8*5\n")
     by_hand = math.exp(sum(float(lp[t - 1, ids[t]]) for t in range(start, end)) / (end - start))
     assert scores.per_step[0][1] == pytest.approx(by_hand, rel=1e-4)
-    assert scores.scored_tokens == 2 * len(ids) and scores.flops > 0
+    # the shared prompt is read once (if an earlier test of this module has not read it already)
+    assert len(ids) <= scores.scored_tokens <= 2 * len(ids) - len(tok.encode(prompt))
+    assert scores.flops == confidence.flops_per_token() * scores.scored_tokens
     # the wrong step (7-2 is not 6) is less likely than the right one
     assert scores.per_step[1][1] < scores.per_step[0][1]
+
+
+@pytest.mark.parametrize("name", ["prm", "confidence"])
+def test_a_scored_path_is_not_read_again_and_scores_do_not_change(name, arithmetic):
+    """A child path reads only its new step; what was cached never changes a score, to the bit."""
+    from thinkscale.scorers import SCORERS
+
+    cached, plain = SCORERS.get(name)(), SCORERS.get(name)(prefix_cache_mb=0)
+    prompt = arithmetic.examples("test", 1)[0].problem.prompt
+    parent, child = "8*(7-2)\n", "8*(7-2)\n8*5\n"
+    tok = cached.tokenizer
+    first = asyncio.run(cached.score(prompt, [parent], "\n"))
+    assert first.scored_tokens == len(tok.encode(prompt + parent))
+    second = asyncio.run(cached.score(prompt, [child, child + "40\n"], "\n"))
+    # the child reads its 4 new tokens, the grandchild (its own cached parent not there yet) its 7
+    assert second.scored_tokens == len("8*5\n") + len("8*5\n40\n")
+    assert asyncio.run(cached.score(prompt, [child], "\n")).scored_tokens == 0
+    again = asyncio.run(plain.score(prompt, [child, child + "40\n"], "\n"))
+    assert again.per_step == second.per_step
+    assert again.scored_tokens == len(tok.encode(prompt + child)) + len(tok.encode(prompt + child + "40\n"))
+    assert second.per_step[0][0] == first.per_step[0][0]
 
 
 def test_confidence_prefers_reference_solutions_to_corrupted_ones(confidence, arithmetic):

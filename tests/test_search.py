@@ -58,7 +58,7 @@ def test_search_grows_a_tree_and_chooses_a_finished_solution(name, settings, exa
             if not node.finished:
                 assert node.answer is None and node.correct is False  # truncated never counts
         assert t.usage.generated_tokens == sum(n.num_tokens for n in t.nodes[1:]) or "lookahead" in settings
-        assert t.usage.scorer_calls > 0 and t.usage.scored_tokens > 0
+        assert t.usage.scorer_calls > 0 and t.usage.scored_tokens > 0  # each search reads its own paths
 
 
 @pytest.mark.parametrize("name,settings", SEARCHES[:1] + SEARCHES[2:4] + SEARCHES[5:],
@@ -188,3 +188,19 @@ def test_a_finished_solution_above_stop_score_ends_the_search(name, settings, ex
         assert b.usage.generated_tokens <= a.usage.generated_tokens
         assert b.chosen_answer is not None and len(b.nodes) <= len(a.nodes)
         assert not any(n.id > first and n.parent == first for n in b.nodes)
+
+
+def test_a_finished_search_leaves_nothing_in_the_caches(examples, arithmetic):
+    """Each search's prefix-cache entries are its own, and go when it ends: a long-running server stays flat."""
+    import gc
+
+    from thinkscale import torch_thread
+    from thinkscale.policies import get_policy
+    from thinkscale.scorers import get_scorer
+
+    policy, prm = get_policy("tiny", checkpoint_name="arithmetic"), get_scorer("prm", checkpoint_name="arithmetic-prm")
+    traces = _solve("beam_search", {"n": 8, "width": 2, "aggregation": "min"}, examples[:3], arithmetic, policy, prm)
+    assert all(t.usage.cached_prompt_tokens > 0 for t in traces)  # the caches were used
+    gc.collect()  # a search may sit in a reference cycle until the collector runs
+    caches = policy.engine.prefix_cache, prm.engine.prefix_cache
+    assert torch_thread.call(lambda: [(c.tidy(), len(c), c.nbytes) for c in caches]) == [(None, 0, 0)] * 2

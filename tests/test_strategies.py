@@ -48,12 +48,18 @@ def test_repeated_sampling_builds_a_depth_one_trace_with_usage(policy, arithmeti
         assert trace.usage.samples == 8 and trace.usage.policy_calls == 1
         assert trace.usage.generated_tokens == sum(n.num_tokens for n in terminals) > 0
         assert trace.usage.prompt_tokens == 8 * trace.root.num_tokens
-        assert trace.usage.cached_prompt_tokens == 7 * trace.root.num_tokens
-        assert trace.usage.flops > 0 and trace.usage.wall_s > 0
+        # the prompt is computed once for the 8 samples
+        cached = trace.usage.cached_prompt_tokens
+        assert cached == 7 * trace.root.num_tokens
+        computed = trace.usage.generated_tokens + trace.usage.prompt_tokens - cached
+        assert trace.usage.flops == pytest.approx(policy.flops_per_token() * computed) and trace.usage.wall_s > 0
         for node in terminals:  # graded, and consistent with the verifier
             assert node.correct == (node.finished and arithmetic.verify(example, node.text).correct)
     again = run(examples, arithmetic, get_strategy("repeated_sampling", n=8), policy, Budget(), seed=3)
     assert [[n.text for n in t.nodes] for t in again] == [[n.text for n in t.nodes] for t in traces]
+    # each search is charged for what it computed itself, whatever ran before on the same policy
+    assert [(t.usage.cached_prompt_tokens, t.usage.flops) for t in again] == \
+        [(t.usage.cached_prompt_tokens, t.usage.flops) for t in traces]
 
 
 def test_majority_vote_chooses_the_most_common_finished_answer(policy, arithmetic):

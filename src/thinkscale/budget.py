@@ -26,11 +26,11 @@ class Usage:
 
     generated_tokens: int = 0
     prompt_tokens: int = 0  # prompt tokens sent, counted once per sample
-    cached_prompt_tokens: int = 0  # of those, how many a prefix cache could reuse
+    cached_prompt_tokens: int = 0  # of those, how many were not computed again (shared by n samples, or cached)
     policy_calls: int = 0  # requests sent to the backend (a server that ignores `n` gets one per sample)
     samples: int = 0  # completions received
     scorer_calls: int = 0
-    scored_tokens: int = 0
+    scored_tokens: int = 0  # tokens the scorer computed (a cached prefix is not read again)
     flops: float = 0.0  # estimate: 2 x non-embedding parameters x tokens computed, policy and scorer
     wall_s: float = 0.0  # time spent waiting on policy and scorer calls
 

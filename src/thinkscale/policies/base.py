@@ -30,6 +30,7 @@ class GenerationRequest:
     max_tokens: int = 128
     stop: tuple[str, ...] = ()  # the stop string itself is not part of the text (as in OpenAI's API)
     seed: int = 0
+    cache_scope: object = None  # a backend's prefix cache shares computed prefixes within one scope (a search)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -63,6 +64,7 @@ class GenerationResult:
     generations: tuple[Generation, ...]
     prompt_tokens: int  # tokens in the prompt (computed once if prefix_caching)
     backend_calls: int = 1
+    cached_prompt_tokens: int = 0  # of the prompt's tokens, those a cache already held (not computed for this call)
 
 
 def first_stop(text: str, stop: tuple[str, ...]) -> str | None:
@@ -93,6 +95,10 @@ class Policy(ABC):
         """Tokens of `text` as a prompt; where the backend's tokenizer is not at hand, a bound (its UTF-8
         bytes, plus room for special tokens)."""
         return len(text.encode()) + 16
+
+    def release(self, cache_scope: object) -> None:
+        """The search of `cache_scope` has ended: a backend may forget what it cached for it. Called from
+        a garbage collector's finalizer, on any thread, at any moment: it must take no lock."""
 
     async def close(self) -> None:
         return None

@@ -23,12 +23,19 @@ class TinyPolicy(Policy):
     name = "tiny"
     capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True)
 
-    def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None) -> None:
+    def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
+                 prefix_cache_mb: float = 512) -> None:
+        """`prefix_cache_mb`: memory for the keys and values of prompts and steps already computed, which
+        later prompts start from (a step search's next step reads only the new tokens). Exact: it changes
+        what is computed, never a sample (tiny/prefix_cache.py). 0 turns it off."""
+        if prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
+
         def load() -> tuple:
             if threads is not None:
                 torch.set_num_threads(threads)
             ck = checkpoint.load(checkpoint_name)
-            return ck, Engine(ck.model, max_rows=max_rows)
+            return ck, Engine(ck.model, max_rows=max_rows, prefix_cache_bytes=int(prefix_cache_mb * 2**20))
 
         self.checkpoint, self.engine = torch_thread.call(load)  # all torch work on one thread: see torch_thread.py
         self.tokenizer = self.checkpoint.tokenizer
@@ -37,6 +44,10 @@ class TinyPolicy(Policy):
 
     def flops_per_token(self) -> float:
         return self.engine.flops_per_token()
+
+    def release(self, cache_scope: object) -> None:
+        if self.engine.prefix_cache is not None:
+            self.engine.prefix_cache.release(cache_scope)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -51,7 +62,8 @@ class TinyPolicy(Policy):
         stop_ids, _ = self._stop_ids(r.stop)
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
                                 stop_ids=stop_ids, seed=r.seed)
-        return SampleRequest(prompt_ids=tuple(self.tokenizer.encode(r.prompt)), n=r.n, params=params)
+        return SampleRequest(prompt_ids=tuple(self.tokenizer.encode(r.prompt)), n=r.n, params=params,
+                             cache_scope=r.cache_scope)
 
     def _from_engine(self, r: GenerationRequest, completions: list, prompt_tokens: int) -> GenerationResult:
         stop_ids, long_stops = self._stop_ids(r.stop)
@@ -67,7 +79,8 @@ class TinyPolicy(Policy):
                     text, reason, matched = text[: text.index(s)], FINISH_STOP, s
             gens.append(Generation(text=text, num_tokens=len(c.token_ids), finish_reason=reason, logprob=c.logprob,
                                    stop_string=matched))
-        return GenerationResult(generations=tuple(gens), prompt_tokens=prompt_tokens)
+        cached = completions[0].prompt_cached if completions else 0
+        return GenerationResult(generations=tuple(gens), prompt_tokens=prompt_tokens, cached_prompt_tokens=cached)
 
     # -- batching across callers ---------------------------------------------
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

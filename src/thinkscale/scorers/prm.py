@@ -3,9 +3,8 @@
 A verdict-head PRM gives P(+) after each step; a likelihood-head PRM gives
 the lowest probability it assigns any token of the step (training/reward.py).
 Trained by `thinkscale train prm` (see training/reward.py). A PRM knows one
-task's format; asked to score another task it refuses by name. The solutions
-of one problem are scored together in one batch, so a score depends only on
-its problem's samples.
+task's format; asked to score another task it refuses by name. A path
+reads only the tokens its cached parent did not (scorers/base.py).
 """
 
 from __future__ import annotations
@@ -16,14 +15,14 @@ import math
 import torch
 
 from thinkscale.scorers.base import TinyFamilyScorer, token_logprobs
-from thinkscale.scorers.reward_head import REWARD_META, step_probabilities
+from thinkscale.scorers.reward_head import REWARD_META, verdict_logprobs
 
 
 class PRMScorer(TinyFamilyScorer):
     name = "prm"
 
-    def __init__(self, checkpoint_name: str = "arithmetic-prm") -> None:
-        super().__init__(checkpoint_name)
+    def __init__(self, checkpoint_name: str = "arithmetic-prm", prefix_cache_mb: float = 512) -> None:
+        super().__init__(checkpoint_name, prefix_cache_mb)
         meta_path = self.checkpoint.path / REWARD_META
         if not meta_path.exists():
             raise ValueError(f"{self.checkpoint.path} is not a reward model checkpoint: it has no {REWARD_META} "
@@ -40,10 +39,13 @@ class PRMScorer(TinyFamilyScorer):
             raise ValueError(f"the {self.name.upper()} {self.checkpoint.path.name!r} was trained on {self.task!r} and "
                              f"cannot score {task_name!r}: its format is another task's")
 
-    def _step_scores(self, batch: torch.Tensor, spans: list[list[tuple[int, int]]]) -> list[list[float]]:
+    def _step_scores(self, rows: list[list[int]], logits: list[torch.Tensor],
+                     spans: list[list[tuple[int, int]]]) -> list[list[float]]:
         if self.head == "likelihood":  # the lowest probability of any token of the step
-            token_lp = token_logprobs(self.checkpoint.model, batch)
-            return [[math.exp(float(token_lp[i, a - 1:b - 1].min())) for a, b in bounds]
-                    for i, bounds in enumerate(spans)]
-        good = step_probabilities(self.checkpoint.model, batch, self.good, self.bad)[..., 0].exp()  # (B, T)
-        return [[float(good[i, end - 1]) for _, end in bounds] for i, bounds in enumerate(spans)]  # each step's last token
+            lps = [token_logprobs(row_logits, ids) for ids, row_logits in zip(rows, logits)]
+            return [[math.exp(float(lp[a - 1:b - 1].min())) for a, b in bounds] for lp, bounds in zip(lps, spans)]
+        scores = []
+        for row_logits, bounds in zip(logits, spans):
+            good = verdict_logprobs(row_logits, self.good, self.bad)[:, 0].exp()  # (T,)
+            scores.append([float(good[end - 1]) for _, end in bounds])  # after each step's last token
+        return scores

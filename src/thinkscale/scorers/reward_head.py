@@ -19,5 +19,9 @@ HEADS = ("likelihood", "verdict")
 
 def step_probabilities(model: torch.nn.Module, ids: torch.Tensor, good: int, bad: int) -> torch.Tensor:
     """log P(+) and log P(-) at every position, over the two label tokens: (B, T, 2)."""
-    logits = model(ids)  # (B, T, vocab)
+    return verdict_logprobs(model(ids), good, bad)
+
+
+def verdict_logprobs(logits: torch.Tensor, good: int, bad: int) -> torch.Tensor:
+    """log P(+) and log P(-) from logits (..., vocab), over the two label tokens: (..., 2)."""
     return F.log_softmax(logits[..., [good, bad]].float(), dim=-1)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import math
 import time
+import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
@@ -41,6 +44,10 @@ SEARCH_EVENTS: ContextVar[SearchListener | None] = ContextVar("thinkscale_search
 # A call is given up this long before the wall-time budget ends, so that the
 # time spent noticing and cancelling it still fits inside the budget.
 WALL_MARGIN_S = 0.02
+
+# Each search gets its own cache scope: a backend's or scorer's prefix cache shares what one search computed
+# with that search only, so what a search is charged for does not depend on what ran before it.
+_SCOPES = itertools.count()
 
 
 def settings_from_dict(cls: type, data: dict[str, Any], where: str = "settings") -> Any:
@@ -85,6 +92,12 @@ class Search:
     trace: Trace
     _shortened_by: str | None = None  # the limit that shortened the generation `afford` last sized
     listener: SearchListener | None = None  # SEARCH_EVENTS of the context the search started in
+    scope: int = dataclasses.field(default_factory=lambda: next(_SCOPES))  # its prefix caches' scope
+
+    def __post_init__(self) -> None:
+        # When the search is over (nothing refers to it any more), the caches forget its scope.
+        done = weakref.finalize(self, _release, self.policy, self.scorer, self.scope)
+        done.atexit = False
 
     @classmethod
     def start(cls, name: str, settings: Any, problem: Problem, task: Task, policy: Policy, scorer: "Scorer | None",
@@ -135,7 +148,7 @@ class Search:
         counting = self.budget.max_flops is not None  # counting prompt tokens costs time: only when it matters
         cached = policy.capabilities.prefix_caching
         prompt = sum(policy.count_tokens(r.prompt) * (1 if cached else r.n) for r in requests) if counting else 0
-        prefix = sum(scorer.count_tokens(r.prompt) * r.n for r in requests) if counting and scorer else 0
+        prefix = sum(scorer.count_tokens(r.prompt) * scorer.prompt_reads(r.n) for r in requests) if counting and scorer else 0
         return Work(samples=sum(r.n for r in requests), max_tokens=max(r.max_tokens for r in requests),
                     calls=sum(policy.max_calls(r) for r in requests), prompt_tokens=prompt,
                     flops_per_token=policy.flops_per_token(), scored_prefix_tokens=prefix,
@@ -176,6 +189,7 @@ class Search:
     # -- calls ---------------------------------------------------------------
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
         """One policy call for `requests` (sized by `afford`), accounted; None if the wall-time budget cut it."""
+        requests = [dataclasses.replace(r, cache_scope=self.scope) for r in requests]
         results, elapsed = await self._within_wall(self.policy.generate(requests))
         if results is None:
             return None
@@ -193,14 +207,17 @@ class Search:
         n = len(result.generations)
         generated = sum(g.num_tokens for g in result.generations)
         cached = policy.capabilities.prefix_caching
+        # The prompt is computed once where the backend shares it across the n samples, else once per
+        # sample; the tokens a cache already held (an earlier call computed them) are not computed again.
+        computed_prompt = result.prompt_tokens * (1 if cached else n) - result.cached_prompt_tokens
         usage.generated_tokens += generated
         usage.prompt_tokens += result.prompt_tokens * n
-        usage.cached_prompt_tokens += result.prompt_tokens * (n - 1) if cached else 0
+        usage.cached_prompt_tokens += result.prompt_tokens * n - computed_prompt
         usage.policy_calls += result.backend_calls
         usage.samples += n
         per_token = policy.flops_per_token()
         if per_token:
-            usage.flops += per_token * (generated + result.prompt_tokens * (1 if cached else n))
+            usage.flops += per_token * (generated + computed_prompt)
         usage.wall_s += seconds
 
     async def score(self, solutions: list[str], prompt: str | None = None) -> "Scores | None":
@@ -213,20 +230,21 @@ class Search:
         prompt = self.problem.prompt if prompt is None else prompt
         if not solutions:
             return None
-        fits = len(solutions)
+        max_tokens = None  # the tokens the scorer may read: it scores the leading solutions that fit
         if self.budget.max_flops is not None:
             per_token = scorer.flops_per_token()
             if per_token is None:
                 raise ValueError(f"a max_flops budget needs the scorer's FLOPs per token; {scorer.name} does not know it")
-            tokens = [scorer.count_tokens(prompt + s) for s in solutions]
-            while fits and not self.budget.affords_scoring(self.trace.usage, per_token * sum(tokens[:fits])):
-                fits -= 1
-        if fits < len(solutions):
-            self.stop("max_flops")
-        if not fits:
-            return None
-        scores, elapsed = await self._within_wall(scorer.score(prompt, solutions[:fits], self.task.step_delimiter))
+            max_tokens = max(0, math.floor((self.budget.max_flops - self.trace.usage.flops) / per_token))
+            while max_tokens and not self.budget.affords_scoring(self.trace.usage, per_token * max_tokens):
+                max_tokens -= 1  # float rounding
+        scores, elapsed = await self._within_wall(scorer.score(prompt, solutions, self.task.step_delimiter,
+                                                               self.scope, max_tokens))
         if scores is None:
+            return None
+        if len(scores.per_step) < len(solutions):
+            self.stop("max_flops")
+        if not scores.per_step:
             return None
         usage = self.trace.usage
         usage.scorer_calls += 1
@@ -289,6 +307,12 @@ async def _draw_wave(search: Search, settings: SamplingSettings, n: int, seed: i
              for g in result.generations]
     search.emit("generated", nodes)
     return nodes
+
+
+def _release(policy: Policy, scorer: "Scorer | None", scope: int) -> None:
+    policy.release(scope)
+    if scorer is not None:
+        scorer.release(scope)
 
 
 def answered(trace: Trace) -> list[Node]:

@@ -1,6 +1,6 @@
-"""Batched sampling for the tiny core: shared prompt KV, continuous batching.
+"""Batched sampling for the tiny core: exact prefix reuse, continuous batching.
 
-Each distinct prompt is run once (prefill) and its keys and values are copied
+Each distinct prompt is computed once and its keys and values are copied
 into the cache row of every sample drawn from it. Samples from many prompts
 share one batch of rows; a row that finishes (end token, stop token or length)
 is swapped out at once and a waiting sample takes its place, so the batch never
@@ -11,13 +11,19 @@ t is a hash of (seed, j, t, token), so a sample does not depend on which other
 samples shared its batch. Same seed, same samples; and the slow `reference_generate`
 beside the engine draws the same tokens (a test holds them equal).
 
-A sample also does not depend on its batch numerically: a resumed run, which
-batches fewer problems together, must draw exactly what the uninterrupted run
-drew. Each prompt is prefilled on its own; decode steps run on at least
-`MIN_ROWS` rows (below that the CPU matmul takes another path with other
-rounding); and attention walks the cache in fixed chunks of `CHUNK` positions
-with an online softmax, so a row's sums never depend on how long the other
-rows in its batch are (a fully masked trailing chunk adds exact zeros).
+Row by row, to the bit. Every position is computed as one row: a prompt's
+positions are rows of `extend`, a sample's next token is a row of a decode
+step, and both run the same row-wise arithmetic (projections over at least
+`MIN_ROWS` rows, below which the CPU matmul takes another path with other
+rounding; attention that walks the cache in fixed chunks of `CHUNK` positions
+with an online softmax, where a fully masked chunk adds exact zeros). So the
+keys, values and logits at position t are a function of tokens 0..t alone,
+whatever else shared the batch and however the sequence was split into
+calls. A resumed run, which batches fewer problems together, draws exactly
+what the uninterrupted run drew; and the prefix cache (prefix_cache.py) can
+hand a prompt the keys and values of its longest known prefix, computed by
+an earlier prompt or by the decode steps that generated it, and change no
+result: only what is computed.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import torch.nn.functional as F
 
 from thinkscale.budget import forward_flops_per_token
 from thinkscale.tiny.model import TinyLlama, apply_rope, rope_tables
+from thinkscale.tiny.prefix_cache import Entry, PrefixCache
 from thinkscale.trace import FINISH_LENGTH, FINISH_STOP
 
 _M32 = 0xFFFFFFFF
-MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 12 rows with 2 threads)
+MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 rows here)
 CHUNK = 32  # attention reduces over fixed chunks of cache positions
+EXTEND_ROWS = 2048  # positions computed together by one pass of `extend` (bounds its memory)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class SampleRequest:
     prompt_ids: tuple[int, ...]
     n: int = 1
     params: SamplingParams = field(default_factory=SamplingParams)
+    cache_scope: object = None  # the prefix cache's scope its prompt and steps are looked up and kept in
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class Completion:
     token_ids: tuple[int, ...]  # generated tokens, the stop/end token included
     finish_reason: str
     logprob: float  # sum of the model's log-probabilities (temperature 1) of token_ids
+    prompt_cached: int = 0  # prompt positions taken from the prefix cache, not computed
 
 
 def _fmix32(h: torch.Tensor) -> torch.Tensor:
@@ -107,9 +117,13 @@ def choose_tokens(
 class Engine:
     """Continuous-batching sampler over one TinyLlama's weights."""
 
-    def __init__(self, model: TinyLlama, max_rows: int = 1024, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: TinyLlama, max_rows: int = 1024, device: str | torch.device | None = None,
+                 prefix_cache_bytes: int = 0) -> None:
+        """`prefix_cache_bytes` > 0 keeps the keys and values of prompts, and of samples that ended at a stop
+        token other than the end token (a step, to be continued), for later prompts to start from."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.device = torch.device(device) if device else next(model.parameters()).device
         model = model.to(self.device).eval()
         self.model = model
@@ -139,94 +153,231 @@ class Engine:
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps))
 
-    # -- prefill -------------------------------------------------------------
-    @torch.inference_mode()
-    def prefill(self, prompts: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run prompts once: keys and values (layers, 2, P, H, Lmax, D) and last logits (P, vocab)."""
-        c = self.config
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        L = int(lengths.max())
-        ids = torch.full((len(prompts), L), c.pad_token_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p)
-        ids = ids.to(self.device)
-        P, H, D = len(prompts), c.num_attention_heads, c.head_dim
-        x = F.embedding(ids, self.embed)  # (P, L, h)
-        cos, sin = self.cos[:L], self.sin[:L]
-        kv = torch.empty(c.num_hidden_layers, 2, P, H, L, D, device=self.device)
-        for i in range(c.num_hidden_layers):
-            qkv = self._rms(x, self.norm1[i]) @ self.w_qkv[i]  # (P, L, 3h)
-            q, k, v = qkv.view(P, L, 3, H, D).permute(2, 0, 3, 1, 4)  # each (P, H, L, D)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            kv[i, 0], kv[i, 1] = k, v
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + y.transpose(1, 2).reshape(P, L, -1) @ self.w_o[i]
-            g, u = (self._rms(x, self.norm2[i]) @ self.w_gu[i]).chunk(2, dim=-1)
-            x = x + (F.silu(g) * u) @ self.w_down[i]
-        last = x[torch.arange(P, device=self.device), lengths - 1]  # (P, h)
-        return kv, self._rms(last, self.norm_f) @ self.w_head, lengths
+    # -- positions as rows ------------------------------------------------------
+    # Keys and values live chunk-major, (layers, 2, chunks, rows, H, CHUNK * D):
+    # one chunk of the first n rows is one contiguous block. A chunk's keys are
+    # kept transposed, (D, CHUNK), and its values as (CHUNK, D) (`_keys`,
+    # `_values`): with the keys transposed, a query multiplied by keys that
+    # many rows share (a broadcast view, nothing copied) rounds exactly as by
+    # a row's own copy, so `extend` can attend many positions of one sequence
+    # to its one cache and still match a decode step to the bit.
+    # Rows come roughly in order of decreasing position (decode: order of
+    # admission; extend: sorted), so chunk c is needed only by a prefix of the
+    # rows: short rows skip the long rows' chunks. (Re-sorting decode rows by
+    # position now and then measured no faster: the copy eats the gain.)
+    def _keys(self, kv: torch.Tensor) -> torch.Tensor:
+        """The keys of one layer's (2, chunks, [rows,] H, CHUNK * D) cache as (chunks, [rows,] H, D, CHUNK)."""
+        return kv[0].view(*kv.shape[1:-1], self.config.head_dim, CHUNK)
 
-    # -- one decode step over the active rows ---------------------------------
-    # The cache is chunk-major, (layers, 2, chunks, rows, H, CHUNK, D), so that
-    # one chunk of the first n rows is one contiguous block. Rows sit roughly in
-    # order of admission, so longer rows come first and chunk c is needed only by
-    # a prefix of the rows: short rows skip the long rows' chunks. (Re-sorting
-    # rows by position now and then measured no faster: the copy eats the gain.)
-    def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab)."""
-        c = self.config
-        A, H, D = tokens.shape[0], c.num_attention_heads, c.head_dim
-        rows = torch.arange(A, device=self.device)
-        chunk_of, offset = pos // CHUNK, pos % CHUNK
-        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
-        # For each chunk: how many leading rows need it, and their additive mask.
+    def _values(self, kv: torch.Tensor) -> torch.Tensor:
+        """The values of such a cache as (chunks, [rows,] H, CHUNK, D)."""
+        return kv[1].view(*kv.shape[1:-1], CHUNK, self.config.head_dim)
+
+    def _plan(self, pos: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+        """For each chunk up to the last any row reaches: (chunk, n, additive mask of the n leading rows)."""
+        chunk_of = pos // CHUNK
         offsets = torch.arange(CHUNK, device=self.device)
         plan = []
         for chunk in range(int(chunk_of.max()) + 1):
-            needed = (chunk_of >= chunk).nonzero()
-            n = int(needed[-1]) + 1
+            n = int((chunk_of >= chunk).nonzero()[-1]) + 1
             visible = chunk * CHUNK + offsets[None, :] <= pos[:n, None]  # (n, CHUNK)
             bias = torch.zeros(n, 1, 1, CHUNK, device=self.device).masked_fill_(~visible[:, None, None, :],
                                                                                  float("-inf"))
             plan.append((chunk, n, bias))
+        return plan
+
+    def _rows(self, tokens: torch.Tensor, pos: torch.Tensor,
+              attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Feed `tokens` (A,) at positions `pos` (A,), one row each; returns logits (A, vocab).
+
+        Per layer, `attend(layer, q, k, v)` stores the rows' keys and values
+        (each (A, H, D)) where their positions belong and returns each row's
+        attention over its own positions, (A, H, 1, D), for q already scaled.
+        """
+        c = self.config
+        A, H, D = tokens.shape[0], c.num_attention_heads, c.head_dim
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
         scale = 1.0 / math.sqrt(D)
         x = self.embed[tokens]  # (A, h)
         for i in range(c.num_hidden_layers):
             qkv = self._rms(x, self.norm1[i]) @ self.w_qkv[i]  # (A, 3h)
             q, k, v = qkv.view(A, 3, H, D).unbind(1)  # each (A, H, D)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            cache[i, 0, chunk_of, rows, :, offset] = k
-            cache[i, 1, chunk_of, rows, :, offset] = v
-            y = self._attend((q * scale)[:, :, None, :], cache[i], plan)  # (A, H, 1, D)
+            y = attend(i, (q * scale)[:, :, None, :], k, v)  # (A, H, 1, D)
             x = x + y.reshape(A, -1) @ self.w_o[i]
             g, u = (self._rms(x, self.norm2[i]) @ self.w_gu[i]).chunk(2, dim=-1)
             x = x + (F.silu(g) * u) @ self.w_down[i]
         return self._rms(x, self.norm_f) @ self.w_head  # (A, vocab)
 
+    def _store(self, kv: torch.Tensor, chunk_of: torch.Tensor, rows: torch.Tensor | None, offset: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write keys and values (each (n, H, D)) of one layer's cache `kv` (2, chunks, [rows,] H, CHUNK * D)."""
+        keys, values = self._keys(kv), self._values(kv)
+        if rows is None:  # one sequence's cache
+            keys[chunk_of, :, :, offset] = k
+            values[chunk_of, :, offset] = v
+        else:
+            keys[chunk_of, rows, :, :, offset] = k
+            values[chunk_of, rows, :, offset] = v
+
+    def new_kv(self, positions: int) -> torch.Tensor:
+        """Zeroed keys and values for one sequence of `positions`: (layers, 2, chunks, H, CHUNK * D)."""
+        c = self.config
+        return torch.zeros(c.num_hidden_layers, 2, -(-positions // CHUNK), c.num_attention_heads, CHUNK * c.head_dim,
+                           device=self.device, dtype=self.embed.dtype)
+
+    # -- extend: a sequence's next positions, on top of its known ones --------
+    @torch.inference_mode()
+    def extend(self, items: list[tuple[torch.Tensor | None, int, tuple[int, ...]]]
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each (kv, start, tokens): feed `tokens` at positions start, start + 1, ... on top of `kv`.
+
+        `kv` holds the sequence's positions 0..start-1 (None when start is 0)
+        and is not changed. Returns, per item, the keys and values of all its
+        positions (a new tensor) and the logits of the fed positions
+        (len(tokens), vocab). Positions are rows (see the module's docstring):
+        the results equal, to the bit, what any other split of the sequence,
+        or a decode step, computes for the same positions.
+        """
+        c, dev = self.config, self.device
+        for kv, start, tokens in items:
+            if not tokens or start + len(tokens) > c.max_position_embeddings:
+                raise ValueError(f"cannot extend a sequence of {start} positions by {len(tokens)} tokens "
+                                 f"(at least 1, and at most {c.max_position_embeddings} positions in all)")
+        own = []
+        for kv, start, tokens in items:
+            buf = self.new_kv(start + len(tokens))
+            if kv is not None and start:
+                have = min(kv.shape[2], buf.shape[2], -(-start // CHUNK))
+                buf[:, :, :have] = kv[:, :, :have]
+            own.append(buf)
+        logits = [torch.empty(len(tokens), c.vocab_size, device=dev) for _, _, tokens in items]
+        # Rows in order (item, position), cut into passes of at most EXTEND_ROWS: a pass sees the
+        # keys and values of every earlier position, written by this pass or an earlier one.
+        flat = [(s, start + t, tok) for s, (_, start, tokens) in enumerate(items) for t, tok in enumerate(tokens)]
+        for first in range(0, len(flat), EXTEND_ROWS):
+            part = sorted(flat[first:first + EXTEND_ROWS], key=lambda r: (r[0], -r[1]))  # by item, longest first
+            groups = []  # (item, its rows, their chunks, offsets, plan)
+            for s in sorted({s for s, _, _ in part}):
+                rows = [r for r, (item, _, _) in enumerate(part) if item == s]
+                pos = torch.tensor([part[r][1] for r in rows], device=dev)
+                groups.append((s, slice(rows[0], rows[-1] + 1), pos // CHUNK, pos % CHUNK, self._plan(pos)))
+            width = max(len(part), MIN_ROWS)  # rows past the real ones (position 0) are computed and ignored
+            pos = torch.tensor([p for _, p, _ in part] + [0] * (width - len(part)), device=dev)
+            tokens = torch.tensor([t for _, _, t in part] + [c.pad_token_id] * (width - len(part)), device=dev)
+
+            def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                y = torch.zeros_like(q)
+                for s, rows, chunk_of, offset, plan in groups:
+                    self._store(own[s][i], chunk_of, None, offset, k[rows], v[rows])
+                for s, rows, _, _, plan in groups:  # every row of the sequence sees the one cache, not a copy
+                    n = rows.stop - rows.start
+                    keys, values = self._keys(own[s][i]), self._values(own[s][i])
+                    y[rows] = self._attend(q[rows], keys[:, None].expand(-1, n, -1, -1, -1),
+                                           values[:, None].expand(-1, n, -1, -1, -1), plan)
+                return y
+
+            out = self._rows(tokens, pos, attend)
+            for r, (s, p, _) in enumerate(part):
+                logits[s][p - items[s][1]] = out[r]
+        return list(zip(own, logits))
+
+    @torch.inference_mode()
+    def read(self, sequences: list[tuple[int, ...]], prefix: int = 0, scope: object = None,
+             max_tokens: int | None = None) -> tuple[list[torch.Tensor], int]:
+        """The logits at every position of each sequence, and how many positions were computed.
+
+        What a reader (a reward model) needs. With a prefix cache, each
+        sequence starts from its longest prefix cached in `scope` and is then
+        cached itself, whole; a sequence that knows less than its first
+        `prefix` tokens (the prompt the sequences share) starts after them,
+        computed once and cached as an entry of their own. With `max_tokens`,
+        only the leading sequences whose reading computes at most that many
+        positions are read: the result is then shorter than `sequences`.
+        """
+        cache = self.prefix_cache
+
+        def known(seq: tuple[int, ...]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+            """(positions known, their kv, their logits)"""
+            start, entry = cache.longest(seq, scope) if cache is not None else (0, None)
+            logits = entry.logits_from(start, 0) if entry is not None else None
+            return (start, entry.kv, logits) if logits is not None else (0, None, None)
+
+        seqs = [tuple(s) for s in sequences]
+        prompts: dict[tuple[int, ...], tuple] = {}  # shared prompt -> what is known of it
+        plan: dict[tuple[int, ...], tuple] = {}  # sequence -> (what is known of it, the prompt it starts after)
+        computed = fit = 0
+        for seq in seqs:
+            if seq not in plan:
+                start, kv, logits = known(seq)
+                shared, first = seq[:prefix], None
+                if cache is not None and 0 < len(shared) < len(seq) and start < len(shared):
+                    first = None if shared in prompts else known(shared)
+                    cost = (len(shared) - first[0] if first else 0) + len(seq) - len(shared)
+                else:
+                    shared, cost = None, len(seq) - start
+                if max_tokens is not None and computed + cost > max_tokens:
+                    break
+                computed += cost
+                if first is not None:
+                    prompts[shared] = first
+                plan[seq] = ((start, kv, logits), shared)
+            fit += 1
+
+        def run(items: dict[tuple[int, ...], tuple]) -> dict[tuple[int, ...], tuple]:
+            """Compute each sequence from what is known of it; (kv, logits of every position) for each."""
+            out = {seq: (kv, logits) for seq, (start, kv, logits) in items.items() if start == len(seq)}
+            todo = [(seq, start, kv, logits) for seq, (start, kv, logits) in items.items() if start < len(seq)]
+            for (seq, start, _, logits), (kv, new) in zip(todo, self.extend([(kv, start, seq[start:])
+                                                                            for seq, start, kv, _ in todo])):
+                full = new if not start else torch.cat([logits, new])
+                out[seq] = (kv, full)
+                if cache is not None:
+                    cache.put(seq, Entry(kv, full), scope)
+            return out
+
+        shared_done = run(prompts)
+        done = run({seq: (len(shared), *shared_done[shared]) if shared is not None else known_
+                    for seq, (known_, shared) in plan.items()})
+        return [done[seq][1] for seq in seqs[:fit]], computed
+
+    # -- one decode step over the active rows ---------------------------------
+    def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab)."""
+        rows = torch.arange(tokens.shape[0], device=self.device)
+        chunk_of, offset = pos // CHUNK, pos % CHUNK
+        plan = self._plan(pos)
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self._store(cache[i], chunk_of, rows, offset, k, v)
+            return self._attend(q, self._keys(cache[i]), self._values(cache[i]), plan)
+
+        return self._rows(tokens, pos, attend)
+
     @staticmethod
-    def _attend(q: torch.Tensor, kv: torch.Tensor, plan: list) -> torch.Tensor:
+    def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: list) -> torch.Tensor:
         """One query per row against its cached positions, chunk by chunk (online softmax).
 
-        q (A, H, 1, D), already scaled; kv (2, chunks, rows, H, CHUNK, D); plan lists
-        (chunk, n, bias): chunk `chunk` is read by the first n rows only. A row
-        that skips a chunk has it fully masked, where the update below would be
-        an exact no-op, so skipping changes no bit of its result. Plain matmuls
-        beat the CPU flash kernel for one query per row.
+        q (A, H, 1, D), already scaled; keys (chunks, rows, H, D, CHUNK) and
+        values (chunks, rows, H, CHUNK, D); plan lists (chunk, n, bias): chunk
+        `chunk` is read by the first n rows only. A row that skips a chunk has
+        it fully masked, where the update below would be an exact no-op, so
+        skipping changes no bit of its result. Plain matmuls beat the CPU flash
+        kernel for one query per row.
         """
         m = l = acc = None
         for chunk, n, bias in plan:
-            keys, values = kv[0, chunk, :n], kv[1, chunk, :n]  # (n, H, CHUNK, D), contiguous
-            scores = torch.matmul(q[:n], keys.transpose(-1, -2)).add_(bias)  # (n, H, 1, CHUNK)
+            scores = torch.matmul(q[:n], keys[chunk, :n]).add_(bias)  # (n, H, 1, CHUNK)
             if m is None:  # chunk 0: every row needs it, and it holds position 0, so the max is finite
                 m = scores.amax(-1, keepdim=True)
                 p = (scores - m).exp_()
-                l, acc = p.sum(-1, keepdim=True), torch.matmul(p, values)
+                l, acc = p.sum(-1, keepdim=True), torch.matmul(p, values[chunk, :n])
                 continue
             m_new = torch.maximum(m[:n], scores.amax(-1, keepdim=True))
             alpha = (m[:n] - m_new).exp_()
             p = (scores - m_new).exp_()  # exactly 0 where masked
             l[:n] = l[:n] * alpha + p.sum(-1, keepdim=True)
-            acc[:n] = acc[:n] * alpha + torch.matmul(p, values)
+            acc[:n] = acc[:n] * alpha + torch.matmul(p, values[chunk, :n])
             m[:n] = m_new
         return acc / l
 
@@ -242,9 +393,25 @@ class Engine:
             if have is not None:  # grow to cover both the old and the new shape, so calls do not thrash
                 chunks, rows = max(chunks, have.shape[2]), max(rows, have.shape[3])
             self._cache = None  # free the old one first
-            self._cache = torch.zeros(c.num_hidden_layers, 2, chunks, rows, c.num_attention_heads, CHUNK,
-                                      c.head_dim, device=self.device, dtype=self.embed.dtype)
+            self._cache = torch.zeros(c.num_hidden_layers, 2, chunks, rows, c.num_attention_heads, CHUNK * c.head_dim,
+                                      device=self.device, dtype=self.embed.dtype)
         return self._cache[:, :, :chunks, :rows]
+
+    def _known_prefix(self, prompt: tuple[int, ...], scope: object
+                      ) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """(start, kv, last logits) for `prompt`: its positions before `start` are known from the prefix
+        cache (kv; None when start is 0), and the last logits too when the whole prompt is known."""
+        if self.prefix_cache is None:
+            return 0, None, None
+        length, entry = self.prefix_cache.longest(prompt, scope)
+        if entry is None:
+            return 0, None, None
+        if length == len(prompt):
+            last = entry.logits_from(length, length - 1)
+            if last is not None:
+                return length, entry.kv, last[-1]
+            length -= 1  # its last position's logits are needed: that one position is computed again
+        return length, entry.kv if length else None, None
 
     # -- the sampling loop ----------------------------------------------------
     @torch.inference_mode()
@@ -265,21 +432,35 @@ class Engine:
             if len(r.prompt_ids) >= c.max_position_embeddings:
                 raise ValueError(f"prompt of {len(r.prompt_ids)} tokens does not fit the model's "
                                  f"{c.max_position_embeddings} positions")
-        # Prefill each distinct prompt once.
-        distinct: dict[tuple[int, ...], int] = {}
+        # Each distinct prompt (of each cache scope) once, from its longest cached prefix.
+        distinct: dict[tuple, int] = {}
         for r in requests:
-            distinct.setdefault(tuple(r.prompt_ids), len(distinct))
-        # One prompt at a time: a prompt's keys and values must not depend on the
-        # other prompts of the batch (their padding would change the rounding).
-        parts = [self.prefill([p]) for p in distinct]
-        Lp = max(kv.shape[4] for kv, _, _ in parts)
-        prompt_kv = torch.zeros(c.num_hidden_layers, 2, len(parts), c.num_attention_heads, Lp, c.head_dim,
-                                device=dev)
-        for i, (kv, _, _) in enumerate(parts):
-            prompt_kv[:, :, i, :, :kv.shape[4]] = kv[:, :, 0]
-        prompt_logits = torch.cat([logits for _, logits, _ in parts])
-        prompt_len = torch.cat([length for _, _, length in parts])
-        req_prompt = torch.tensor([distinct[tuple(r.prompt_ids)] for r in requests], device=dev)
+            distinct.setdefault((r.cache_scope, tuple(r.prompt_ids)), len(distinct))
+        prompts = [prompt for _, prompt in distinct]
+        known = [self._known_prefix(prompt, scope) for scope, prompt in distinct]  # (start, kv, last logits | None)
+        todo = [i for i, (_, _, last) in enumerate(known) if last is None]
+        computed = dict(zip(todo, self.extend([(known[i][1], known[i][0], prompts[i][known[i][0]:]) for i in todo])))
+        kvs, lasts = [], []
+        for i, (scope, prompt) in enumerate(distinct):
+            if i in computed:
+                kv, logits = computed[i]
+                if self.prefix_cache is not None:
+                    self.prefix_cache.put(prompt, Entry(kv, logits[-1:].clone()), scope)
+                kvs.append(kv)
+                lasts.append(logits[-1])
+            else:
+                kvs.append(known[i][1])
+                lasts.append(known[i][2])
+        prompt_cached = [start for start, _, _ in known]
+        chunks = max(-(-len(p) // CHUNK) for p in prompts)
+        prompt_kv = torch.zeros(c.num_hidden_layers, 2, chunks, len(prompts), c.num_attention_heads,
+                                CHUNK * c.head_dim, device=dev, dtype=self.embed.dtype)
+        for i, (prompt, kv) in enumerate(zip(prompts, kvs)):
+            have = -(-len(prompt) // CHUNK)
+            prompt_kv[:, :, :have, i] = kv[:, :, :have]
+        prompt_logits = torch.stack(lasts)
+        prompt_len = torch.tensor([len(p) for p in prompts], device=dev)
+        req_prompt = torch.tensor([distinct[(r.cache_scope, tuple(r.prompt_ids))] for r in requests], device=dev)
         req_len = prompt_len[req_prompt]
         req_max = torch.tensor([min(r.params.max_tokens, c.max_position_embeddings - len(r.prompt_ids))
                                 for r in requests], device=dev)
@@ -317,7 +498,15 @@ class Engine:
                 ri, j, n = int(row_req[row]), int(row_sample[row]), int(row_ngen[row])
                 last = int(out_tokens[row, n - 1])
                 reason = FINISH_STOP if bool(stop_table[ri, last]) else FINISH_LENGTH
-                results[ri][j] = Completion(tuple(out_tokens[row, :n].tolist()), reason, float(row_lp[row]))
+                tokens = tuple(out_tokens[row, :n].tolist())
+                if self.prefix_cache is not None and reason == FINISH_STOP and last != self.eos_id and n > 1:
+                    # a step, to be continued: its keys and values (all but the stop token, not fed yet)
+                    length = int(row_pos[row])
+                    self.prefix_cache.put(tuple(requests[ri].prompt_ids) + tokens[:-1],
+                                          Entry(cache[:, :, :-(-length // CHUNK), row].clone(), None),
+                                          requests[ri].cache_scope)
+                results[ri][j] = Completion(tokens, reason, float(row_lp[row]),
+                                            prompt_cached[int(req_prompt[ri])])
                 A -= 1
                 if row != A:  # move the last active row into the freed slot
                     cache[:, :, :, row] = cache[:, :, :, A]
@@ -351,10 +540,7 @@ class Engine:
                 req = torch.tensor([a[0] for a in admitted], device=dev)
                 row_req[rows], row_sample[rows] = req, torch.tensor([a[1] for a in admitted], device=dev)
                 row_pos[rows], row_ngen[rows], row_lp[rows] = req_len[req], 0, 0.0
-                prompts = prompt_kv[:, :, req_prompt[req]]  # (layers, 2, m, H, Lp, D)
-                for chunk, start in enumerate(range(0, Lp, CHUNK)):
-                    width = min(CHUNK, Lp - start)
-                    cache[:, :, chunk, A:A + m, :, :width] = prompts[..., start:start + width, :]
+                cache[:, :, :chunks, A:A + m] = prompt_kv[:, :, :, req_prompt[req]]
                 A += m
                 take_token(rows, prompt_logits[req_prompt[req]])
                 continue  # finished-at-once rows may have freed slots
