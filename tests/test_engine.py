@@ -163,3 +163,21 @@ def test_prefix_cache_bounds_its_memory_and_keeps_scopes_apart():
     assert len(cache) == 1 and cache.nbytes == 4096 and cache.longest((1, 2, 3), "b")[0] == 2
     with pytest.raises(ValueError, match="max_bytes"):
         PrefixCache(-1)
+
+
+def test_a_cancelled_request_stops_at_once_and_changes_no_other_sample(arithmetic_checkpoint, arithmetic):
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 4, 6, temperature=1.0, max_tokens=100)
+    engine = Engine(arithmetic_checkpoint.model, max_rows=8)  # fewer rows than samples: some still wait
+    whole = engine.generate(reqs)
+    steps, finished, delivered = [0], [], []
+
+    def cancelled():  # the caller of request 1 gives up after three steps
+        steps[0] += 1
+        return [1] if steps[0] > 3 else []
+
+    cut = engine.generate(reqs, on_finish=finished.append, on_request_done=lambda r, _: delivered.append(r),
+                          cancelled=cancelled)
+    assert 1 not in delivered and sorted(delivered) == [0, 2, 3]
+    assert any(c is None for c in cut[1])  # its rows were dropped, its waiting samples never started
+    assert len(finished) < sum(r.n for r in reqs)
+    assert [cut[i] for i in (0, 2, 3)] == [whole[i] for i in (0, 2, 3)]

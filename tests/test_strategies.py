@@ -153,3 +153,28 @@ def test_bad_requests_fail_their_own_caller_only(policy, arithmetic):
         GenerationRequest("1+2=\n", stop=("",))
     with pytest.raises(ValueError, match="max_rows must be at least 1"):
         Engine(policy.checkpoint.model, max_rows=0)
+
+
+def test_a_caller_that_gives_up_stops_the_tiny_cores_rows(arithmetic):
+    """A wall-time cut (or a client gone) cancels the call: its rows stop at once, and the policy goes on."""
+    import asyncio
+
+    from thinkscale.policies import get_policy
+    from thinkscale.policies.base import GenerationRequest
+
+    policy = get_policy("tiny", checkpoint_name="arithmetic")
+    finished = []
+    policy.on_samples_done = finished.append
+    prompt = arithmetic.examples("test", 1)[0].problem.prompt
+    request = GenerationRequest(prompt=prompt, n=512, max_tokens=200, seed=1)
+
+    async def go():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(policy.generate([request]), timeout=0.3)
+        (after,) = await policy.generate([GenerationRequest(prompt=prompt, n=2, max_tokens=20)])
+        return after
+
+    after = asyncio.run(go())
+    assert len(after.generations) == 2
+    # the 2 samples asked afterwards finished; of the 512 cut at 0.3 s, most never ran to their end
+    assert len(finished) - 2 < 512

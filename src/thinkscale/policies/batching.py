@@ -18,7 +18,8 @@ from thinkscale import torch_thread
 from thinkscale.policies.base import GenerationRequest, GenerationResult
 
 Deliver = Callable[[int, GenerationResult], None]  # (index in the batch, its result); callable from any thread
-RunBatch = Callable[[list[GenerationRequest], Deliver], None]  # runs on the torch thread
+Cancelled = Callable[[], list[int]]  # indices in the batch whose callers gave up (it only grows)
+RunBatch = Callable[[list[GenerationRequest], Deliver, Cancelled], None]  # runs on the torch thread
 
 
 @dataclass
@@ -27,13 +28,16 @@ class _Pending:
     future: asyncio.Future
     results: list[GenerationResult | None]
     left: int
+    cancelled: bool = False  # the caller gave up (a deadline, a closed connection): its work may stop
 
 
 class CallerBatcher:
     """Gathers concurrent callers' requests into batches for `run_batch`, one batch at a time.
 
-    `run_batch(requests, deliver)` runs on the torch thread and calls
-    `deliver(i, result)` once for each request, in any order, as each finishes.
+    `run_batch(requests, deliver, cancelled)` runs on the torch thread and
+    calls `deliver(i, result)` once for each request, in any order, as each
+    finishes; `cancelled()` lists the requests whose callers gave up, whose
+    work it may stop at once (and then need not deliver).
     """
 
     def __init__(self, run_batch: RunBatch) -> None:
@@ -50,14 +54,23 @@ class CallerBatcher:
         self._queue.append(pending)
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:  # the caller gave up: its rows stop, or it never starts
+            pending.cancelled = True
+            raise
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
             await asyncio.sleep(0)  # let every coroutine that is ready add its requests
-            batch, self._queue = self._queue, []
+            batch, self._queue = [p for p in self._queue if not p.cancelled], []
             flat = [(p, i) for p in batch for i in range(len(p.requests))]
+            if not flat:
+                continue
+
+            def cancelled() -> list[int]:  # torch thread; `p.cancelled` is set on the loop, a plain flag
+                return [k for k, (p, _) in enumerate(flat) if p.cancelled]
 
             def deliver_on_loop(k: int, result: GenerationResult) -> None:
                 p, i = flat[k]
@@ -70,7 +83,7 @@ class CallerBatcher:
                 loop.call_soon_threadsafe(deliver_on_loop, k, result)
 
             try:
-                await torch_thread.run(self._run_batch, [p.requests[i] for p, i in flat], deliver)
+                await torch_thread.run(self._run_batch, [p.requests[i] for p, i in flat], deliver, cancelled)
             except Exception as e:  # hand the error to every caller of this batch still waiting
                 for p in batch:
                     if not p.future.done():

@@ -90,11 +90,12 @@ class TinyPolicy(Policy):
                 raise ValueError(f"a prompt of {len(r.prompt) + 1} tokens does not fit the tiny core's {limit} positions")
         return await self._batcher.submit(requests)
 
-    def _run_batch(self, requests: list[GenerationRequest], deliver) -> None:
-        """On the torch thread: one engine batch; each request is delivered as soon as its samples are done."""
+    def _run_batch(self, requests: list[GenerationRequest], deliver, cancelled) -> None:
+        """On the torch thread: one engine batch; each request is delivered as soon as its samples are done,
+        and the rows of a request whose caller gave up are dropped at once."""
         engine_requests = [self._to_engine(r) for r in requests]
 
         def request_done(i: int, completions: list) -> None:
             deliver(i, self._from_engine(requests[i], list(completions), len(engine_requests[i].prompt_ids)))
 
-        self.engine.generate(engine_requests, self.on_samples_done, request_done)
+        self.engine.generate(engine_requests, self.on_samples_done, request_done, cancelled)

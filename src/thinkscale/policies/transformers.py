@@ -110,8 +110,12 @@ class TransformersPolicy(Policy):
                                  f"positions")
         return await self._batcher.submit(requests)
 
-    def _run_batch(self, requests: list[GenerationRequest], deliver) -> None:
-        for i, result in enumerate(self._generate_batch(requests)):
+    def _run_batch(self, requests: list[GenerationRequest], deliver, cancelled) -> None:
+        """One `generate` per group of settings; requests whose callers gave up before it starts are skipped
+        (a group already running runs to its end: `generate` has no way to drop some of its rows)."""
+        gone = set(cancelled())
+        live = [i for i in range(len(requests)) if i not in gone]
+        for i, result in zip(live, self._generate_batch([requests[i] for i in live])):
             deliver(i, result)
 
     # -- generation (on the torch thread) ------------------------------------------------

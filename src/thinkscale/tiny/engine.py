@@ -418,12 +418,17 @@ class Engine:
     def generate(
         self, requests: list[SampleRequest], on_finish: Callable[[int], None] | None = None,
         on_request_done: Callable[[int, list[Completion]], None] | None = None,
+        cancelled: Callable[[], list[int]] | None = None,
     ) -> list[list[Completion]]:
         """All samples of all requests; result[r][j] is sample j of request r.
 
         `on_finish(1)` is called as each sample finishes, and
         `on_request_done(r, samples)` as soon as every sample of request r has,
         so that callers can use early results while the batch runs on.
+        `cancelled()`, asked before every step, lists requests nobody waits
+        for any more (it may only grow): their rows are dropped at once and
+        their waiting samples never start; their results stay None. The other
+        requests' samples do not change (a sample does not depend on its batch).
         """
         c, dev = self.config, self.device
         if not requests:
@@ -491,9 +496,30 @@ class Engine:
         out_tokens = torch.zeros(R_alloc, int(req_max.max()), dtype=torch.long, device=dev)
         A = 0
 
+        def free(row: int) -> None:
+            """Swap the last active row into `row`'s slot."""
+            nonlocal A
+            A -= 1
+            if row != A:
+                cache[:, :, :, row] = cache[:, :, :, A]
+                for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens):
+                    t[row] = t[A]
+
+        dropped: set[int] = set()
+
+        def drop_cancelled() -> None:
+            """Forget the requests nobody waits for: their waiting samples and their rows."""
+            nonlocal pending
+            gone = set(cancelled()) - dropped
+            if not gone:
+                return
+            dropped.update(gone)
+            pending = [(ri, j) for ri, j in pending if ri not in gone]
+            for row in sorted((r for r in range(A) if int(row_req[r]) in gone), reverse=True):
+                free(row)
+
         def finish_rows(done: torch.Tensor) -> None:
             """Record finished rows and swap the last active rows into their slots."""
-            nonlocal A
             for row in sorted(done.tolist(), reverse=True):
                 ri, j, n = int(row_req[row]), int(row_sample[row]), int(row_ngen[row])
                 last = int(out_tokens[row, n - 1])
@@ -507,11 +533,7 @@ class Engine:
                                           requests[ri].cache_scope)
                 results[ri][j] = Completion(tokens, reason, float(row_lp[row]),
                                             prompt_cached[int(req_prompt[ri])])
-                A -= 1
-                if row != A:  # move the last active row into the freed slot
-                    cache[:, :, :, row] = cache[:, :, :, A]
-                    for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens):
-                        t[row] = t[A]
+                free(row)
                 if on_finish:
                     on_finish(1)
                 unfinished[ri] -= 1
@@ -532,6 +554,10 @@ class Engine:
                 finish_rows(rows[done])
 
         while pending or A:
+            if cancelled is not None:
+                drop_cancelled()
+                if not (pending or A):
+                    break
             # Admit waiting samples into free rows: copy their prompt's KV, draw their first token.
             if pending and A < R:
                 m = min(R - A, len(pending))
