@@ -257,29 +257,32 @@ class Engine:
         flat = [(s, start + t, tok) for s, (_, start, tokens) in enumerate(items) for t, tok in enumerate(tokens)]
         for first in range(0, len(flat), EXTEND_ROWS):
             part = sorted(flat[first:first + EXTEND_ROWS], key=lambda r: (r[0], -r[1]))  # by item, longest first
-            groups = []  # (item, its rows, their chunks, offsets, plan)
-            for s in sorted({s for s, _, _ in part}):
-                rows = [r for r, (item, _, _) in enumerate(part) if item == s]
-                pos = torch.tensor([part[r][1] for r in rows], device=dev)
-                groups.append((s, slice(rows[0], rows[-1] + 1), pos // CHUNK, pos % CHUNK, self._plan(pos)))
             width = max(len(part), MIN_ROWS)  # rows past the real ones (position 0) are computed and ignored
             pos = torch.tensor([p for _, p, _ in part] + [0] * (width - len(part)), device=dev)
             tokens = torch.tensor([t for _, _, t in part] + [c.pad_token_id] * (width - len(part)), device=dev)
+            bounds = [r for r in range(len(part) + 1) if r in (0, len(part)) or part[r][0] != part[r - 1][0]]
+            groups = []  # (item, its rows, the rows that attend, where they write, their plan)
+            for first_row, end in zip(bounds, bounds[1:]):
+                real = slice(first_row, end)
+                attending = slice(first_row, width if end == len(part) else end)  # the last also takes the idle rows
+                groups.append((part[first_row][0], real, attending, pos[real] // CHUNK, pos[real] % CHUNK,
+                               self._plan(pos[attending])))
 
             def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                y = torch.zeros_like(q)
-                for s, rows, chunk_of, offset, plan in groups:
-                    self._store(own[s][i], chunk_of, None, offset, k[rows], v[rows])
-                for s, rows, _, _, plan in groups:  # every row of the sequence sees the one cache, not a copy
+                for s, real, _, chunk_of, offset, _ in groups:
+                    self._store(own[s][i], chunk_of, None, offset, k[real], v[real])
+                out = []
+                for s, _, rows, _, _, plan in groups:  # every row of the sequence reads its one cache, not a copy
                     n = rows.stop - rows.start
                     keys, values = self._keys(own[s][i]), self._values(own[s][i])
-                    y[rows] = self._attend(q[rows], keys[:, None].expand(-1, n, -1, -1, -1),
-                                           values[:, None].expand(-1, n, -1, -1, -1), plan)
-                return y
+                    out.append(self._attend(q[rows], keys[:, None].expand(-1, n, -1, -1, -1),
+                                            values[:, None].expand(-1, n, -1, -1, -1), plan))
+                return out[0] if len(out) == 1 else torch.cat(out)
 
             out = self._rows(tokens, pos, attend)
-            for r, (s, p, _) in enumerate(part):
-                logits[s][p - items[s][1]] = out[r]
+            for s, real, _, _, _, _ in groups:  # an item's rows in this pass: consecutive positions, longest first
+                lowest = part[real.stop - 1][1] - items[s][1]
+                logits[s][lowest:lowest + real.stop - real.start] = out[real].flip(0)
         return list(zip(own, logits))
 
     @torch.inference_mode()
