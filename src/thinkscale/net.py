@@ -48,3 +48,17 @@ def wait_until_serving(base_url: str, process: Any, timeout_s: float, name: str,
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} did not answer on {base_url} within {timeout_s:g}s:\n{tail()}")
         time.sleep(0.3)
+
+
+def stop_server(process: Any, timeout_s: float = 10.0) -> None:
+    """SIGTERM (a server finishes what is in flight and exits), then SIGKILL if it has not within `timeout_s`."""
+    import subprocess
+
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -18,8 +18,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -58,7 +59,7 @@ def sse(data: dict[str, Any] | str) -> str:
 class Flight:
     """One request's place in the server, from its key check to its last byte; `land` is idempotent."""
 
-    def __init__(self, server: "Server", endpoint: str, key: str) -> None:
+    def __init__(self, server: Server, endpoint: str, key: str) -> None:
         self.server, self.endpoint, self.key = server, endpoint, key
         self.started = time.perf_counter()
         self.strategy = ""
@@ -135,7 +136,7 @@ class Server:
             return Response(status_code=499)
         try:
             trace = await run.trace()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the search becomes the client's error
             raise search_error(e) from None
         reasoning = "".join([event.text async for event in run.events()])
         flight.land(200, trace)
@@ -143,38 +144,49 @@ class Server:
 
     async def _stream(self, request: Request, flight: Flight, shaper: Shaper) -> Response:
         run = flight.run
-        first = await run.first()
+        first = await run.burst()
         if first is None:  # over before any event: a refusal still gets its status, not a broken stream
             try:
                 await run.trace()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - as above
                 raise search_error(e) from None
+
+        async def hung_up() -> None:
+            # A coroutine: Starlette runs a plain function in a worker thread, and landing touches the gate and
+            # cancels the search's task, which only the event loop may do (and a thread hop per stream costs).
+            flight.land(499)
+
         stream = self._events(flight, shaper, first)
         return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
-                                 background=BackgroundTask(flight.land, 499))
+                                 background=BackgroundTask(hung_up))
 
-    async def _events(self, flight: Flight, shaper: Shaper, first: SearchEvent | None) -> AsyncIterator[str]:
+    async def _events(self, flight: Flight, shaper: Shaper, first: list[SearchEvent] | None) -> AsyncIterator[str]:
+        """The stream's body, one chunk per event; what is ready at once goes out in one write.
+
+        A search's events come in bursts (a round's steps, then their scores
+        and the pruned), and the chosen solution, the finish and the usage are
+        ready together: one write each, not one per chunk, because every write
+        is a system call that gives up the GIL to the engine's thread and waits
+        to get it back.
+        """
         run, status, trace = flight.run, 499, None
         try:
-            if shaper.kind == "chat":
-                yield sse(shaper.role())
-            if first is not None:
-                yield sse(shaper.reasoning(first))
-                self.metrics.first_reasoning.labels(flight.strategy).observe(time.perf_counter() - flight.started)
-                async for event in run.events():
-                    yield sse(shaper.reasoning(event))
+            head = sse(shaper.role()) if shaper.kind == "chat" else ""  # goes out with the first write
+            burst = first
+            while burst is not None:
+                yield head + "".join(sse(shaper.reasoning(event)) for event in burst)
+                if burst is first:
+                    self.metrics.first_reasoning.labels(flight.strategy).observe(time.perf_counter() - flight.started)
+                head, burst = "", await run.burst()
             try:
                 trace = await run.trace()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - as above, told in the stream
                 error = search_error(e)
                 status = error.status
-                yield sse(error.body())
+                yield head + sse(error.body())
                 return
-            for piece in content_pieces(chosen_solution(trace) or ""):
-                yield sse(shaper.content(piece))
-            yield sse(shaper.finish(trace))
-            yield sse(shaper.usage_chunk(run.plan, trace))
-            yield sse("[DONE]")
+            yield "".join([head, *(sse(shaper.content(piece)) for piece in content_pieces(chosen_solution(trace) or "")),
+                           sse(shaper.finish(trace)), sse(shaper.usage_chunk(run.plan, trace)), sse("[DONE]")])
             status = 200
         finally:
             flight.land(status, trace)

@@ -184,5 +184,5 @@ def load_serve_config(path: str | Path | None) -> ServeConfig:
     return parse_serve_config(read_yaml(text, source), source)
 
 
-__all__ = ["EFFORTS", "DEFAULT_EFFORT", "EffortConfig", "ModelConfig", "PresetConfig", "ServeConfig",
+__all__ = ["DEFAULT_EFFORT", "EFFORTS", "EffortConfig", "ModelConfig", "PresetConfig", "ServeConfig",
            "load_serve_config", "over_cap", "within_cap"]

@@ -11,8 +11,8 @@ hung up) cancels the strategy's coroutine: it makes no further calls.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from thinkscale.serve.plan import Plan
 from thinkscale.strategies.base import SEARCH_EVENTS
@@ -81,9 +81,21 @@ class SearchRun:
         while (item := await self._queue.get()) is not None:
             yield item
 
-    async def first(self) -> SearchEvent | None:
-        """The first event, or None when the search ended (or failed) without one."""
-        return await self._queue.get()
+    async def burst(self) -> list[SearchEvent] | None:
+        """The next event and every other one already waiting; None once the search has ended (or failed).
+
+        A search emits its events in bursts (a round's steps, then their
+        scores): the response sends each burst in one write, not one write per event.
+        """
+        item = await self._queue.get()
+        burst = []
+        while item is not None:
+            burst.append(item)
+            if self._queue.empty():
+                return burst
+            item = self._queue.get_nowait()
+        self._queue.put_nowait(None)  # the end stays queued for the next call (and for `events`)
+        return burst or None
 
     async def trace(self) -> Trace:
         """The finished Trace; raises what the strategy raised."""

@@ -25,7 +25,7 @@ class ServedModel:
     example: str = ""  # one problem as the task writes it, for error messages
 
     @classmethod
-    def load(cls, config: ModelConfig) -> "ServedModel":
+    def load(cls, config: ModelConfig) -> ServedModel:
         from thinkscale.config import ScorerConfig
 
         task = get_task(config.task)

@@ -33,7 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
-from thinkscale.net import free_port, wait_until_serving
+from thinkscale.net import free_port, stop_server, wait_until_serving
 from thinkscale.tiny import checkpoint as checkpoints
 from thinkscale.tiny.tokenizer import BOS, PAD
 
@@ -157,12 +157,7 @@ def serve_llamacpp(model: str | Path, threads: int = 1, context: int = 256, alia
             wait_until_serving(url, server, startup_s, "llama_cpp.server", log)
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> int:
