@@ -13,7 +13,12 @@ best-of-k and weighted best-of-k by the PRM, PRM beam search with n = k
 (generated tokens per problem, and FLOPs with the scorer's) beside its
 accuracy with a 90% bootstrap interval over problems, so budgets are matched
 by what was spent, not by N. The pool rows (pass@k, majority@k) report the
-FLOPs that k samples of the pool cost.
+FLOPs that k samples of the pool cost. FLOPs count what was computed: the
+policy and the reward models keep the keys and values of what they computed
+(tiny/prefix_cache.py), so a step search's next step and its PRM score read
+only the new tokens. The lines `prm-beam@k: N.NNx` give each step search's
+FLOPs per generated token over PRM best-of-k's at the same k;
+`--prefix-cache-mb 0` shows them with every path reread at every step.
 
 The stronger model as the policy. The shipped PRM starts from `{task}-base`,
 a model of the same architecture trained about 6x longer than the shipped
@@ -191,8 +196,9 @@ def bench_task(name: str, args) -> dict:
     else:
         examples = task.examples("test", args.problems, seed=args.problem_seed)
         where = f"test problems (seed {args.problem_seed})"
-    policy = get_policy("tiny", checkpoint_name=name, threads=args.threads)
-    scorers = {kind: get_scorer(kind, checkpoint_name=checkpoint) for kind, checkpoint in reward_models.items()}
+    cache = {"prefix_cache_mb": args.prefix_cache_mb}
+    policy = get_policy("tiny", checkpoint_name=name, threads=args.threads, **cache)
+    scorers = {kind: get_scorer(kind, checkpoint_name=checkpoint, **cache) for kind, checkpoint in reward_models.items()}
     ks = args.budgets
     started = time.perf_counter()
     pool = run(examples, task, get_strategy("repeated_sampling", n=max(ks)), policy, Budget(), seed=args.seed)
@@ -203,7 +209,8 @@ def bench_task(name: str, args) -> dict:
     base = None
     base_name = base_policy_name(args.base_policy, name, args.base_policy_given)
     if base_name:
-        base = {"name": base_name, "policy": get_policy("tiny", checkpoint_name=base_name, threads=args.threads)}
+        base = {"name": base_name, "policy": get_policy("tiny", checkpoint_name=base_name, threads=args.threads,
+                                                        **cache)}
         pool_size = args.base_pool or 4 * max(ks)
         same = base["policy"].flops_per_token() == policy.flops_per_token()
         print(f"base policy {base_name}: {base['policy'].flops_per_token():.3e} FLOPs a token against the policy's "
@@ -325,6 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-pool", type=int, default=None,
                         help="samples a problem in the base policy's pool (default 4 x the largest budget)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--prefix-cache-mb", type=float, default=512,
+                        help="the policy's and each scorer's prefix cache (default 512); 0 rereads every path at "
+                             "every step, as before the caches: the FLOP ratios then show what they save")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every strategy")
     parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
     args = parser.parse_args(argv)
