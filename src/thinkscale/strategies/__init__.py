@@ -66,6 +66,13 @@ def _particle_filtering(**settings: Any) -> Strategy:
     return ParticleFiltering(settings_from_dict(ParticleFiltering.Settings, settings, "particle_filtering settings"))
 
 
+@STRATEGIES.register("compute_optimal")
+def _compute_optimal(**settings: Any) -> Strategy:
+    from thinkscale.strategies.compute_optimal import ComputeOptimal
+
+    return ComputeOptimal(settings_from_dict(ComputeOptimal.Settings, settings, "compute_optimal settings"))
+
+
 def get_strategy(name: str, **settings: Any) -> Strategy:
     return STRATEGIES.get(name)(**settings)
 
