@@ -18,7 +18,10 @@ policy and the reward models keep the keys and values of what they computed
 (tiny/prefix_cache.py), so a step search's next step and its PRM score read
 only the new tokens. The lines `prm-beam@k: N.NNx` give each step search's
 FLOPs per generated token over PRM best-of-k's at the same k;
-`--prefix-cache-mb 0` shows them with every path reread at every step.
+`--prefix-cache-mb 0` shows them with every path reread at every step. The
+runner solves every problem at once, so the caches hold 200 searches' paths:
+the default here is 4096 MB a model (the library's is 512), because what is
+evicted is computed again.
 
 The stronger model as the policy. The shipped PRM starts from `{task}-base`,
 a model of the same architecture trained about 6x longer than the shipped
@@ -332,9 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-pool", type=int, default=None,
                         help="samples a problem in the base policy's pool (default 4 x the largest budget)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--prefix-cache-mb", type=float, default=512,
-                        help="the policy's and each scorer's prefix cache (default 512); 0 rereads every path at "
-                             "every step, as before the caches: the FLOP ratios then show what they save")
+    parser.add_argument("--prefix-cache-mb", type=float, default=4096,
+                        help="the policy's and each scorer's prefix cache (default 4096: every problem's search "
+                             "runs at once, and an evicted prefix is computed again; the library's default is 512); "
+                             "0 rereads every path at every step, as before the caches")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every strategy")
     parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
     args = parser.parse_args(argv)
