@@ -103,6 +103,10 @@ def test_afford_holds_in_the_worst_case():
     tokens, why = Budget(max_flops=1.5e6).afford_why(usage, work)
     assert why == "max_flops" and usage.flops + work.flops(tokens) <= 1.5e6 < usage.flops + work.flops(tokens + 1)
     assert Budget(max_wall_s=1.0).afford_why(Usage(wall_s=1.0), work) == (0, "max_wall_s")
+    # what is left for a second strategy run after the first, and the limit that is used up
+    assert Budget(max_samples=10, max_flops=2e6).left_after(usage) == Budget(max_samples=7, max_flops=1e6)
+    assert Budget(max_samples=3).left_after(usage) is None and Budget(max_samples=3).used_up(usage) == "max_samples"
+    assert Budget(max_samples=10).used_up(usage) is None
     with pytest.raises(ValueError, match="FLOPs per token"):
         Budget(max_flops=1e9).afford(usage, dataclasses.replace(work, flops_per_token=None))
 

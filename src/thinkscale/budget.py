@@ -62,6 +62,10 @@ def forward_flops_per_token(parameters: int, embedding_parameters: int) -> float
 class BudgetExceeded(ValueError):
     """Raised when a strategy cannot buy even its first piece of work within its Budget."""
 
+    def __init__(self, message: str, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit  # the Budget field that ran short, where one did
+
 
 @dataclass(frozen=True)
 class Work:
@@ -113,6 +117,22 @@ class Budget:
         "max_flops": "flops",
         "max_wall_s": "wall_s",
     }
+
+    def left_after(self, usage: Usage) -> Budget | None:
+        """What is left of this budget once `usage` is spent; None when some limit has nothing left."""
+        left = {}
+        for limit, counter in self._LIMITS.items():
+            cap = getattr(self, limit)
+            if cap is not None:
+                left[limit] = cap - getattr(usage, counter)
+                if left[limit] <= 0:
+                    return None
+        return Budget(**left)
+
+    def used_up(self, usage: Usage) -> str | None:
+        """The first limit that `usage` has reached, if any."""
+        return next((limit for limit, counter in self._LIMITS.items()
+                     if getattr(self, limit) is not None and getattr(usage, counter) >= getattr(self, limit)), None)
 
     def exceeded_by(self, usage: Usage) -> list[str]:
         """Names of the limits that `usage` goes past (empty if within budget)."""

@@ -140,7 +140,7 @@ class Search:
                 raise BudgetExceeded(
                     f"the budget ({self.budget.describe()}) cannot buy the first {work.samples} samples ({why}); "
                     f"the smallest budget that works is {work.samples} generated tokens, {work.samples} samples "
-                    f"and {work.calls} policy calls")
+                    f"and {work.calls} policy calls", limit=why)
         return tokens
 
     def _work(self, requests: list[GenerationRequest], scored: bool) -> Work:

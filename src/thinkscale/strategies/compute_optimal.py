@@ -34,7 +34,6 @@ with its settings.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,9 +192,9 @@ class ComputeOptimal:
         trace = search.trace
         if trace.stopped_by is not None:
             return  # the probe already spent the budget
-        left = _left(search.budget, trace)
+        left = search.budget.left_after(trace.usage)
         if left is None:
-            search.stop(_spent_limit(search.budget, trace))
+            search.stop(search.budget.used_up(trace.usage))
             return
         mirror = _Mirror(search)
         token = SEARCH_EVENTS.set(mirror.on_event)
@@ -203,7 +202,7 @@ class ComputeOptimal:
             sub = await strategy.solve(search.problem, search.task, search.policy, search.scorer, left,
                                        derive_seed(search.seed, self.name, index))
         except BudgetExceeded as e:  # what is left cannot buy the strategy's first piece of work
-            search.stop(_limit_named(str(e)))
+            search.stop(e.limit)
             return
         finally:
             SEARCH_EVENTS.reset(token)
@@ -255,30 +254,6 @@ class _Mirror:
         mirrored = [self.search.trace.nodes[i] for i in sorted(self.ids)]
         self.search.emit("generated", [n for n in mirrored if n.id not in self.told["generated"]])
         self.search.emit("scored", [n for n in mirrored if n.scores and n.id not in self.told["scored"]])
-
-
-def _left(budget: Budget, trace: Trace) -> Budget | None:
-    """The budget minus what the trace spent; None when some limit has nothing left."""
-    left = {}
-    for limit, counter in Budget._LIMITS.items():
-        cap = getattr(budget, limit)
-        if cap is not None:
-            left[limit] = cap - getattr(trace.usage, counter)
-            if left[limit] <= 0:
-                return None
-    return Budget(**left)
-
-
-def _spent_limit(budget: Budget, trace: Trace) -> str | None:
-    return next((limit for limit, counter in Budget._LIMITS.items()
-                 if getattr(budget, limit) is not None and getattr(trace.usage, counter) >= getattr(budget, limit)),
-                None)
-
-
-def _limit_named(message: str) -> str | None:
-    """The limit a BudgetExceeded from `Search.afford` names ("cannot buy the first 4 samples (max_flops)")."""
-    found = re.search(r"samples \((max_[a-z_]+)\)", message)
-    return found.group(1) if found else None
 
 
 __all__ = ["ComputeOptimal", "ComputeOptimalSettings", "bin_of", "probe_confidence"]

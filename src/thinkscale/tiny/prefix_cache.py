@@ -60,7 +60,6 @@ class PrefixCache:
         self._lengths: Counter[int] = Counter()  # how many entries have each length: only those are looked up
         self._scopes: dict[object, set[tuple]] = {}  # scope -> its entries' keys
         self._released: deque = deque()  # scopes whose searches ended, dropped at the next use
-        self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,9 +72,7 @@ class PrefixCache:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-                self.hits += 1
                 return length, entry
-        self.misses += 1
         return 0, None
 
     def put(self, tokens: tuple[int, ...], entry: Entry, scope: object = None) -> None:
@@ -120,9 +117,3 @@ class PrefixCache:
             keys.discard(key)
             if not keys:
                 del self._scopes[key[0]]
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._lengths.clear()
-        self._scopes.clear()
-        self.nbytes = 0
