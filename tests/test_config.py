@@ -95,7 +95,7 @@ def test_unknown_top_level_key_names_line_and_closest_key(tmp_path):
     path = write(tmp_path, minimal() + "problms: 5\n")
     message = error_of(path)
     assert message.startswith(f"{path}:{line_of(path, 'problms')}: unknown key 'problms'")
-    assert "did you mean 'problems'?" in message and "valid keys: output, policy, problems" in message
+    assert "did you mean 'problems'?" in message and "valid keys: output, policy, problem_seed, problems" in message
 
 
 def test_unknown_key_in_policy(tmp_path):
@@ -274,6 +274,8 @@ def test_the_example_experiments_parse_and_build_with_the_shipped_models():
     examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
     assert examples
     for path in examples:
+        if path.name == "improve.yaml":
+            continue  # an improve config: tests/test_improve.py
         config = load_config(path)
         for strategy in config.strategies:
             strategy.build()

@@ -81,8 +81,12 @@ def test_preference_pairs_put_a_verified_solution_or_step_above_a_failed_one(tra
         if row["kind"] == "solution":
             assert arithmetic.verify(example, row["chosen"]).correct
             assert not arithmetic.verify(example, row["rejected"]).correct
-        else:
+        else:  # two siblings, each with the finished solution beneath it: the path before them is the prompt
             assert row["strategy"] == "beam" and row["prompt"].startswith(example.problem.prompt)
+            path = row["prompt"][len(example.problem.prompt):]
+            assert arithmetic.verify(example, path + row["chosen"]).correct
+            assert not arithmetic.verify(example, path + row["rejected"]).correct
+            assert arithmetic.extract_answer(path + row["rejected"]) is not None  # finished, not cut off
 
 
 def test_step_labels_come_from_the_search_tree(train_run, tmp_path, arithmetic):

@@ -5,6 +5,7 @@
     thinkscale report RUN_DIR              # print and plot what a run measured
     thinkscale export RUN_DIR --format parquet
     thinkscale train policy --task arithmetic --minutes 9 --out ckpt/
+    thinkscale improve CONFIG.yaml         # expert iteration: search, keep the verified, fine-tune (resumable)
     thinkscale serve                       # an OpenAI-compatible reasoning server on 127.0.0.1:8000
 """
 
@@ -19,32 +20,9 @@ from typing import Any
 # -- shared pieces -------------------------------------------------------------
 
 def _execute(config: Any, fresh: bool) -> Path:
-    """Run (or resume) an experiment into its store, with a progress bar."""
-    from tqdm import tqdm
+    from thinkscale.runner import execute_run
 
-    from thinkscale.runner import run_experiment
-    from thinkscale.store import RunStore
-    from thinkscale.tasks import get_task
-
-    task = get_task(config.task)
-    policy = config.policy.build(task.name)
-    total = config.problems * len(config.strategies) * len(config.seeds)
-    with RunStore.open(config.output_path, config.to_dict(), fresh=fresh) as store:
-        done = len(store.done_keys())
-        if done:
-            print(f"resuming {config.output_path}: {done} of {total} traces already done")
-        samples = 0
-        with tqdm(total=total, initial=done, unit="trace", desc=f"{task.name}", dynamic_ncols=True) as bar:
-
-            def on_samples(count: int) -> None:
-                nonlocal samples
-                samples += count
-                if samples % 256 == 0:
-                    bar.set_postfix(samples=samples, refresh=True)
-
-            policy.on_samples_done = on_samples if hasattr(policy, "on_samples_done") else None
-            run_experiment(config, store, task, policy, on_trace=lambda _: bar.update(1))
-    return config.output_path
+    return execute_run(config, fresh=fresh)
 
 
 def _report(run_dir: Path, extrapolate_to: int) -> dict:
@@ -211,6 +189,13 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_improve(args: argparse.Namespace) -> int:
+    from thinkscale.training.improve import improve, load_improve_config
+
+    improve(load_improve_config(args.config), progress=not args.quiet, fresh=args.fresh)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -355,6 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--labels", help="label JSONL to write, or reuse if it exists (default OUT.labels.jsonl)")
         cmd.add_argument("--relabel", action="store_true", help="redo the labels even if the file exists")
         cmd.set_defaults(func=cmd_train_reward)
+
+    imp = sub.add_parser("improve", help="rounds of expert iteration: the policy and its PRM learn from their own "
+                                         "verified search (resumable)",
+                         description="Each round searches the train split with the current policy, keeps the "
+                                     "solutions the verifier accepts, fine-tunes the policy on them, refreshes the "
+                                     "PRM on the new policy's own search trees and evaluates on the test split "
+                                     "(pass@1, majority@N, pass@N, PRM beam search); `method: grpo` learns by "
+                                     "reinforcement learning instead. Checkpoints and ledgers of every round stay "
+                                     "in the output directory; run the same command again to resume. See "
+                                     "examples/improve.yaml and docs/learn.md.")
+    imp.add_argument("config", help="the improve run's YAML file")
+    imp.add_argument("--fresh", action="store_true",
+                     help="start afresh when the output holds a run of another config (it is moved aside)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bars")
+    imp.set_defaults(func=cmd_improve)
 
     srv = sub.add_parser("serve", help="an OpenAI-compatible server whose reasoning effort buys more search",
                          formatter_class=argparse.RawDescriptionHelpFormatter,

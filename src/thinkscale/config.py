@@ -43,7 +43,17 @@ from thinkscale.registry import Registry, unknown_name_error
 from thinkscale.scorers import SCORERS
 from thinkscale.strategies import STRATEGIES, get_strategy
 from thinkscale.tasks import TASKS
-from thinkscale.typed_yaml import ConfigError, KeyPath, Source, build_dataclass, convert, read_yaml, show, unknown_key
+from thinkscale.typed_yaml import (
+    ConfigError,
+    KeyPath,
+    Source,
+    build_dataclass,
+    convert,
+    read_config_file,
+    read_yaml,
+    show,
+    unknown_key,
+)
 
 
 # -- value checks, kept in field metadata -------------------------------------
@@ -169,6 +179,7 @@ class RunConfig:
     task: str = _checked(_registered(TASKS))
     split: Literal["train", "test"] = "test"
     problems: int = _checked(_at_least(1), default=200)
+    problem_seed: int = 0  # which problems of the split are drawn (`Task.examples(split, problems, problem_seed)`)
     seeds: list[int] = _checked(lambda v: _non_empty(v) or _distinct(v), default_factory=lambda: [0])
     output: str = _checked(lambda v: None if v.strip() else "must not be empty")
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -180,8 +191,15 @@ class RunConfig:
         return Path(self.output)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting, defaults filled in, as plain JSON-able values."""
-        return dataclasses.asdict(self)
+        """Every setting, defaults filled in, as plain JSON-able values.
+
+        `problem_seed` is left out at 0, the draw every run used before it was a
+        setting, so that ledgers written then keep their fingerprint and resume.
+        """
+        data = dataclasses.asdict(self)
+        if not data["problem_seed"]:
+            del data["problem_seed"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<config>") -> RunConfig:
@@ -260,18 +278,23 @@ def _build_run(data: Any, source: Source) -> RunConfig:
             raise source.error(where, f"label {label!r} is already used by strategies[{seen[label]}]{at}; "
                                       f"give each strategy a distinct `label:`")
         seen[label] = i
-        strategies.append(dataclasses.replace(strategy, settings=check_settings(strategy, path, source)))
+        strategies.append(strategy)
     policy_cls = _classes(config.policy.name, POLICIES.load_class, ("policy", "name"), source)
     policy = dataclasses.replace(config.policy, options=check_options(policy_cls, config.policy.options,
                                                                       ("policy", "options"), source))
-    for i, strategy in enumerate(strategies):
-        if strategy.scorer is not None:
-            path = ("strategies", i, "scorer")
-            scorer_cls = _classes(strategy.scorer.name, SCORERS.load_class, path + ("name",), source)
-            scorer = dataclasses.replace(strategy.scorer, options=check_options(
-                scorer_cls, strategy.scorer.options, path + ("options",), source))
-            strategies[i] = dataclasses.replace(strategy, scorer=scorer)
+    strategies = [check_strategy(s, ("strategies", i), source) for i, s in enumerate(strategies)]
     return dataclasses.replace(config, policy=policy, strategies=strategies)
+
+
+def check_strategy(strategy: StrategyConfig, path: KeyPath, source: Source) -> StrategyConfig:
+    """A strategy's settings and its scorer's options, checked (see `check_settings`, `check_options`)."""
+    strategy = dataclasses.replace(strategy, settings=check_settings(strategy, path, source))
+    if strategy.scorer is None:
+        return strategy
+    path = path + ("scorer",)
+    scorer_cls = _classes(strategy.scorer.name, SCORERS.load_class, path + ("name",), source)
+    return dataclasses.replace(strategy, scorer=dataclasses.replace(strategy.scorer, options=check_options(
+        scorer_cls, strategy.scorer.options, path + ("options",), source)))
 
 
 def parse_config(text: str, source: str = "<config>") -> RunConfig:
@@ -282,19 +305,8 @@ def parse_config(text: str, source: str = "<config>") -> RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Read and check the YAML config at `path`. Reads only; creates nothing."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_config(text, str(path))
+    return parse_config(read_config_file(path), str(path))
 
 
-__all__ = ["BudgetConfig", "ConfigError", "PolicyConfig", "RunConfig", "ScorerConfig", "StrategyConfig", "load_config",
-           "parse_config"]
+__all__ = ["BudgetConfig", "ConfigError", "PolicyConfig", "RunConfig", "ScorerConfig", "StrategyConfig", "check_strategy",
+           "load_config", "parse_config"]

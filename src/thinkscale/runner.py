@@ -10,6 +10,7 @@ arrives together.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from thinkscale.budget import Budget
@@ -73,15 +74,24 @@ def run(examples: list[Example], task: Task, strategy: Strategy, policy: Policy,
     return asyncio.run(solve_all(examples, task, strategy, policy, budget, **kwargs))
 
 
+def drawn(config: "RunConfig", task: Task, exclude: frozenset[str] = frozenset()) -> list[Example]:
+    """The problems `config` draws from its split, less those whose prompt is in `exclude`."""
+    examples = task.examples(config.split, config.problems, seed=config.problem_seed)
+    return [e for e in examples if e.problem.prompt not in exclude]
+
+
 def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: Policy,
-                   concurrency: int = 1024, on_trace: Callable[[Trace], None] | None = None) -> int:
+                   concurrency: int = 1024, on_trace: Callable[[Trace], None] | None = None,
+                   exclude: frozenset[str] = frozenset()) -> int:
     """Solve every (strategy, seed, problem) of `config` that the store does not hold yet.
 
     Each finished trace is committed on its own, so an interrupted run loses
     at most the traces in flight; run again, it skips what is done and draws
-    the rest with the same per-problem seeds. Returns the traces written.
+    the rest with the same per-problem seeds. Problems whose prompt is in
+    `exclude` are left out (a dev set kept apart from training draws).
+    Returns the traces written.
     """
-    examples = task.examples(config.split, config.problems, seed=0)
+    examples = drawn(config, task, exclude)
     done = store.done_keys()
     written = 0
 
@@ -105,3 +115,37 @@ def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: P
 
     asyncio.run(main())
     return written
+
+
+def execute_run(config: "RunConfig", fresh: bool = False, progress: bool = True,
+                exclude: frozenset[str] = frozenset()) -> Path:
+    """Run (or resume) an experiment into its store at `config.output`, with a progress bar.
+
+    Problems whose prompt is in `exclude` are left out (see `run_experiment`).
+    """
+    from tqdm import tqdm
+
+    from thinkscale.store import RunStore
+    from thinkscale.tasks import get_task
+
+    task = get_task(config.task)
+    policy = config.policy.build(task.name)
+    total = len(drawn(config, task, exclude)) * len(config.strategies) * len(config.seeds)
+    with RunStore.open(config.output_path, config.to_dict(), fresh=fresh) as store:
+        done = len(store.done_keys())
+        if done and progress:
+            print(f"resuming {config.output_path}: {done} of {total} traces already done")
+        samples = 0
+        with tqdm(total=total, initial=done, unit="trace", desc=f"{task.name}", dynamic_ncols=True,
+                  disable=not progress) as bar:
+
+            def on_samples(count: int) -> None:
+                nonlocal samples
+                samples += count
+                if samples % 256 == 0:
+                    bar.set_postfix(samples=samples, refresh=True)
+
+            if hasattr(policy, "on_samples_done"):
+                policy.on_samples_done = on_samples
+            run_experiment(config, store, task, policy, on_trace=lambda _: bar.update(1), exclude=exclude)
+    return config.output_path

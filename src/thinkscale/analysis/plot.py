@@ -63,15 +63,42 @@ def plot_curves(
                 label=f"{name} fit: exp({fit.a:.2f} k^{fit.b:.2f})",
             )
         ax.set_xscale("log", base=2)
-        ax.set_ylim(0.0, 1.0)
-        ax.set_xlabel("k (samples)")
-        ax.set_ylabel("fraction of problems solved")
-        if title:
-            ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out, dpi=120)
+        _finish(fig, ax, out, "k (samples)", title)
     finally:
         plt.close(fig)  # figures pile up in long sweeps otherwise
+    return out
+
+
+def _finish(fig, ax, out: Path, xlabel: str, title: str) -> None:
+    """Fractions solved (0 to 1) against `xlabel`, with a grid and legend, written to `out`."""
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of problems solved")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def plot_rounds(path: str | Path, rounds: Sequence[int], curves: dict[str, list[float | None]], title: str = "") -> Path:
+    """Write a PNG of metrics (fractions solved) against training round; None values are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        for name, ys in curves.items():
+            points = [(r, y) for r, y in zip(rounds, ys) if y is not None]
+            if points:
+                ax.plot(*zip(*points), "--" if "majority" in name else "-", marker="o", markersize=4, label=name)
+        ax.set_xticks(list(rounds))
+        _finish(fig, ax, out, "round (0: the starting policy)", title)
+    finally:
+        plt.close(fig)
     return out

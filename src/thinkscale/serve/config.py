@@ -30,7 +30,7 @@ from thinkscale.config import BudgetConfig, PolicyConfig, StrategyConfig, check_
 from thinkscale.registry import unknown_name_error
 from thinkscale.scorers import SCORERS
 from thinkscale.tasks import TASKS
-from thinkscale.typed_yaml import ConfigError, Source, build_dataclass, read_yaml
+from thinkscale.typed_yaml import Source, build_dataclass, read_config_file, read_yaml
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
@@ -175,13 +175,8 @@ def load_serve_config(path: str | Path | None) -> ServeConfig:
     """The server's config from a YAML file; the defaults (the tiny arithmetic core) without one."""
     if path is None:
         return parse_serve_config({}, Source("defaults", {}))
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     source = Source(str(path), {})
-    return parse_serve_config(read_yaml(text, source), source)
+    return parse_serve_config(read_yaml(read_config_file(path), source), source)
 
 
 __all__ = ["DEFAULT_EFFORT", "EFFORTS", "EffortConfig", "ModelConfig", "PresetConfig", "ServeConfig",

@@ -10,11 +10,12 @@ so that `--steps` reproduces the run exactly on any machine.
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,21 @@ def lm_batches(data: Iterator[tuple[str, str]], tokenizer: CharTokenizer, batch_
         yield make_batch(list(islice(data, batch_size)), tokenizer)
 
 
+T = TypeVar("T")
+
+
+def epochs(items: Sequence[T], batch_size: int, seed: int) -> Iterator[list[T]]:
+    """Endless full batches of `items`, each epoch in a new order drawn from `seed`."""
+    if len(items) < batch_size:
+        raise ValueError(f"{len(items)} training rows are fewer than one batch of {batch_size}")
+    rng = random.Random(seed)
+    order = list(range(len(items)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield [items[j] for j in order[i:i + batch_size]]
+
+
 def train_steps(
     model: TinyLlama,
     batches: Iterator[Batch],
@@ -189,6 +205,37 @@ def train_policy(
         "torch": torch.__version__,
         "reproduce": f"thinkscale train policy --task {task.name} --steps {settings.steps} --seed {settings.seed} "
                      f"--batch-size {settings.batch_size} --lr {settings.lr}",
+    }
+    checkpoint.save(model, tokenizer, out, summary)
+    return summary
+
+
+def finetune_policy(init: str | Path, pairs: list[tuple[str, str]], out: str | Path, settings: TrainSettings,
+                    progress: bool = True, about: dict | None = None) -> dict:
+    """Fine-tune the policy checkpoint `init` on (prompt, solution) pairs; writes the checkpoint to `out`.
+
+    The loss falls on the solutions only, as in `train_policy`. With fewer
+    pairs than a batch, the batch is the pairs themselves. `about` is kept in
+    the training summary (where the pairs came from).
+    """
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    if not pairs:
+        raise ValueError("no training pairs: nothing to fine-tune on")
+    start = checkpoint.load(init)
+    model, tokenizer = start.model, start.tokenizer
+    batch_size = min(settings.batch_size, len(pairs))
+    batches = (make_batch(rows, tokenizer) for rows in epochs(pairs, batch_size, settings.seed))
+    on_log = StepProgress(settings.steps, "fine-tune policy", enabled=progress)
+    t0 = time.perf_counter()
+    curve, tokens = train_steps(model, batches, lm_loss, tokenizer.pad_id, settings, on_log=on_log)
+    elapsed = time.perf_counter() - t0
+    on_log.close()
+    summary = {
+        "init": str(start.path), "settings": asdict(settings), "pairs": len(pairs), "batch_size": batch_size,
+        "steps": settings.steps, "train_seconds": round(elapsed, 1), "tokens": tokens,
+        "final_loss": curve[-1][1] if curve else None, "loss_curve": curve, "torch": torch.__version__,
+        **(about or {}),
     }
     checkpoint.save(model, tokenizer, out, summary)
     return summary

@@ -23,7 +23,6 @@ An outcome reward model (ORM) is the same training on records whose one
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +35,7 @@ from thinkscale.scorers.reward_head import BAD, GOOD, HEADS, REWARD_META, step_p
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.model import TinyLlama
 from thinkscale.tiny.tokenizer import CharTokenizer
-from thinkscale.training.policy import IGNORE, Batch, StepProgress, TrainSettings, train_steps
+from thinkscale.training.policy import IGNORE, Batch, StepProgress, TrainSettings, epochs, train_steps
 from thinkscale.training.step_labels import StepLabels
 
 
@@ -130,12 +129,7 @@ def prm_loss_for(good: int, bad: int):
 def _batches(records: list[StepLabels], tokenizer: CharTokenizer, batch_size: int, seed: int,
              target: str, head: str) -> Iterator[Batch]:
     make = likelihood_batch if head == "likelihood" else prm_batch
-    rng = random.Random(seed)
-    order = list(range(len(records)))
-    while True:  # epochs, each in a new seeded order
-        rng.shuffle(order)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield make([records[j] for j in order[i:i + batch_size]], tokenizer, target)
+    return (make(rows, tokenizer, target) for rows in epochs(records, batch_size, seed))
 
 
 def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settings: TrainSettings,
@@ -164,7 +158,7 @@ def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settin
     on_log.close()
     summary = {
         "task": task_name, "kind": kind, "target": target, "head": head, "init": str(start.path.name), "settings": asdict(settings),
-        "records": len(records), "steps": settings.steps, "train_seconds": round(elapsed, 1),
+        "records": len(records), "steps": settings.steps, "train_seconds": round(elapsed, 1), "tokens": tokens,
         "tokens_per_s": round(tokens / elapsed, 1) if tokens else 0.0,
         "final_loss": curve[-1][1] if curve else None, "loss_curve": curve,
         "labels": label_info, "torch": torch.__version__,

@@ -70,11 +70,22 @@ def sft_rows(trace: Trace, max_per_problem: int, chat: bool = False) -> Iterator
 
 def preference_rows(trace: Trace, max_per_problem: int) -> Iterator[dict]:
     """Verified solutions against wrong ones, then good steps against failed siblings; at most
-    `max_per_problem` pairs of each kind, every text used once."""
+    `max_per_problem` pairs of each kind, every text used once.
+
+    Every side closes a whole finished solution, since DPO trainers end each
+    `chosen` and `rejected` with the end-of-sequence token (TRL's DPOTrainer
+    does, with no option): a side that stopped mid-solution would teach the
+    model to stop there. A step pair is therefore the two siblings each with a
+    finished path beneath it (verified below the good step, wrong below the
+    failed one), the prompt holding the path before them; siblings without
+    one (a pruned step) make no pair.
+    """
     right, wrong = [], []
     for node in trace.terminals():
+        if not node.finished:
+            continue  # cut off by the length limit: not a solution, right or wrong
         text = trace.solution(node.id)
-        if node.finished and node.correct:
+        if node.correct:
             if text not in right:
                 right.append(text)
         elif text not in wrong and text.strip():
@@ -85,19 +96,36 @@ def preference_rows(trace: Trace, max_per_problem: int) -> Iterator[dict]:
     children: dict[int, list[Node]] = {}
     for node in trace.nodes[1:]:
         children.setdefault(node.parent, []).append(node)
+    finished = _finished_below(trace, children)
     pairs = 0
     for parent_id, kids in children.items():
         if parent_id == trace.root.id and all(k.terminal for k in kids):
             continue  # whole samples under the root: already paired as solutions
-        good = [k for k in kids if success[k.id]]
-        bad = [k for k in kids if not success[k.id] and k.text.strip()]
-        for chosen, rejected in zip(good, bad):
-            if pairs >= max_per_problem or chosen.text == rejected.text:
+        good = [finished[k.id][True] for k in kids if success[k.id]]
+        bad = [finished[k.id][False] for k in kids if not success[k.id] and finished[k.id][False] is not None]
+        prefix = trace.solution(parent_id) if parent_id != trace.root.id else ""
+        for chosen_id, rejected_id in zip(good, bad):
+            chosen = trace.solution(chosen_id)[len(prefix):]
+            rejected = trace.solution(rejected_id)[len(prefix):]
+            if pairs >= max_per_problem or chosen == rejected:
                 continue
             pairs += 1
-            prefix = trace.solution(parent_id) if parent_id != trace.root.id else ""
-            yield {"prompt": trace.root.text + prefix, "chosen": chosen.text, "rejected": rejected.text,
-                   "kind": "step"}
+            yield {"prompt": trace.root.text + prefix, "chosen": chosen, "rejected": rejected, "kind": "step"}
+
+
+def _finished_below(trace: Trace, children: dict[int, list[Node]]) -> dict[int, dict[bool, int | None]]:
+    """For each node, the first finished terminal beneath it (itself included) that verified, and one that did not."""
+    below: dict[int, dict[bool, int | None]] = {}
+    for node in reversed(trace.nodes):  # children come after their parents
+        found: dict[bool, int | None] = {True: None, False: None}
+        if node.terminal and node.finished:
+            found[bool(node.correct)] = node.id
+        for kid in children.get(node.id, []):
+            for verdict in (True, False):
+                if found[verdict] is None:
+                    found[verdict] = below[kid.id][verdict]
+        below[node.id] = found
+    return below
 
 
 def step_rows(trace: Trace, max_per_problem: int) -> Iterator[dict]:
