@@ -31,7 +31,9 @@
 
 Each phase of each round is timed (the issue's limit: 30 minutes a round on
 this 2-core machine). The run is resumable: run the same command again.
-The last line is the headline: `pass@1: 0.33 -> 0.NN in R rounds`.
+The defaults took 65 minutes here (1 thread of a 2-core CPU; rounds of 19,
+17 and 16 minutes, the oracle 9). The last line is the headline:
+`pass@1: 0.33 -> 0.NN in R rounds`.
 """
 
 from __future__ import annotations
