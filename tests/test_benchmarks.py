@@ -184,3 +184,20 @@ def test_flywheel_benchmark(tmp_path):
     assert any(line.startswith("oracle") or " oracle " in line for line in lines)
     assert any(line.startswith("sampling instead of training") for line in lines)
     assert re.fullmatch(rf"pass@1: {NUMBER} -> {NUMBER} in 1 rounds", lines[-1]), lines[-1]
+
+
+def test_cost_benchmark_tools_part():
+    lines = bench("cost.py", "--problems", "6", "--ks", "1,2", "--parts", "tools", "--problem-seed", "1")
+    assert any(line.startswith("price table: $0.05/CPU-hour") for line in lines)
+    assert any(line.startswith("tool-python against by-hand at equal cost") for line in lines)
+    assert re.fullmatch(rf"tools: accuracy at equal cost >?{NUMBER}x \(calc\), >?{NUMBER}x \(python\)", lines[-1]), \
+        lines[-1]
+
+
+@pytest.mark.skipif(not shipped("arithmetic-4x"), reason="the 4x policy is not shipped")
+def test_cost_benchmark_models_part():
+    lines = bench("cost.py", "--problems", "6", "--parts", "models", "--search-ns", "4", "--large-ns", "2",
+                  "--problem-seed", "1")
+    assert any(line.startswith("Snell: at matched FLOPs") for line in lines)
+    assert any(line.startswith("Monkeys:") for line in lines)
+    assert re.fullmatch(r"cost per solved problem: small\+search \$\S+ vs large \$\S+", lines[-1]), lines[-1]

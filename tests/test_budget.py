@@ -111,9 +111,11 @@ def test_afford_holds_in_the_worst_case():
         Budget(max_flops=1e9).afford(usage, dataclasses.replace(work, flops_per_token=None))
 
 
-def test_usage_reads_ledgers_that_held_unfilled_counters():
-    old = {**Usage(generated_tokens=5).to_dict(), "tool_calls": 0, "tool_cpu_s": 0.0, "dollars": 0.0}
+def test_usage_reads_ledgers_written_before_tool_and_dollar_counters():
+    old = {k: v for k, v in Usage(generated_tokens=5).to_dict().items()
+           if not k.startswith("tool_") and k != "dollars"}
     assert Usage.from_dict(old) == Usage(generated_tokens=5)
+    assert Usage.from_dict({**old, "retired_counter": 3}) == Usage(generated_tokens=5)
 
 
 def test_a_listener_sees_every_node_generated_scored_and_the_one_chosen(policy, arithmetic, prm):

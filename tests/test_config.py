@@ -95,7 +95,7 @@ def test_unknown_top_level_key_names_line_and_closest_key(tmp_path):
     path = write(tmp_path, minimal() + "problms: 5\n")
     message = error_of(path)
     assert message.startswith(f"{path}:{line_of(path, 'problms')}: unknown key 'problms'")
-    assert "did you mean 'problems'?" in message and "valid keys: output, policy, problem_seed, problems" in message
+    assert "did you mean 'problems'?" in message and "valid keys: output, policy, prices, problem_seed, problems" in message
 
 
 def test_unknown_key_in_policy(tmp_path):

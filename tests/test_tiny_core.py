@@ -40,9 +40,11 @@ def test_shipped_checkpoints_carry_a_training_summary():
     for name in names:
         summary = checkpoint.load(name).summary
         assert summary["loss_curve"][-1][1] < summary["loss_curve"][0][1]
-        if not name.endswith(("-prm", "-orm")):  # a policy (arithmetic-base: the one the reward models start from)
-            assert summary["task"] == name.split("-")[0]
+        if not name.endswith(("-prm", "-orm")):  # a policy (arithmetic-base: the one the reward models start from;
+            # arithmetic-large-tool: trained to call a tool; arithmetic-4x: four times the parameters)
+            assert name == summary["task"] or name in {f"{summary['task']}-{v}" for v in ("base", "tool", "4x")}
             assert summary["reproduce"].startswith("thinkscale train policy")
+            assert ("--tool-calls" in summary["reproduce"]) == name.endswith("-tool")
         else:  # a reward model: which task, which kind, started from what, labelled how (train split only)
             task, kind = name.split("-")
             assert (summary["task"], summary["kind"]) == (task, kind)

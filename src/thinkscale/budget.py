@@ -32,7 +32,12 @@ class Usage:
     scorer_calls: int = 0
     scored_tokens: int = 0  # tokens the scorer computed (a cached prefix is not read again)
     flops: float = 0.0  # estimate: 2 x non-embedding parameters x tokens computed, policy and scorer
-    wall_s: float = 0.0  # time spent waiting on policy and scorer calls
+    wall_s: float = 0.0  # time spent waiting on policy, scorer and tool calls
+    tool_calls: int = 0  # tool calls run (tools/), failed ones included
+    tool_errors: int = 0  # of those, the ones that failed (the policy read an error)
+    tool_cpu_s: float = 0.0  # CPU seconds the tools took, every process they used
+    tool_wall_s: float = 0.0  # the tool calls' wall time, summed (calls that run at once overlap in wall_s)
+    dollars: float = 0.0  # under a price table (Prices), where the run has one
 
     def __iadd__(self, other: "Usage") -> "Usage":
         for f in fields(self):
@@ -49,9 +54,46 @@ class Usage:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Usage":
-        # Ledgers written before 0.2 held tool_calls, tool_cpu_s and dollars, never filled (always 0).
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Prices:
+    """What compute costs in dollars: per million tokens of the policy and the scorer, per CPU-hour of tools.
+
+    `dollars(usage)` prices a Usage from its counters alone, so a ledger can
+    be priced again under another table. Prompt tokens a cache held are
+    charged at `cached_prompt` (an API's cached-input price); a local model is
+    priced by turning its hourly price into one per token at a stated
+    throughput (`per_token_from_hour`).
+    """
+
+    prompt: float  # $ per million prompt tokens computed (sent and not cached)
+    generated: float  # $ per million generated tokens
+    cached_prompt: float | None = None  # $ per million cached prompt tokens; None: the prompt price
+    scored: float = 0.0  # $ per million tokens the scorer computed
+    tool_cpu_hour: float = 0.0  # $ per CPU-hour of tool calls
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "generated", "cached_prompt", "scored", "tool_cpu_hour"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"price {name} must be a finite number >= 0, got {value}")
+
+    def dollars(self, usage: "Usage") -> float:
+        cached = self.prompt if self.cached_prompt is None else self.cached_prompt
+        tokens = ((usage.prompt_tokens - usage.cached_prompt_tokens) * self.prompt
+                  + usage.cached_prompt_tokens * cached + usage.generated_tokens * self.generated
+                  + usage.scored_tokens * self.scored)
+        return tokens / 1e6 + usage.tool_cpu_s / 3600 * self.tool_cpu_hour
+
+
+def per_token_from_hour(per_hour: float, tokens_per_s: float) -> float:
+    """$ per million tokens of a machine that costs `per_hour` and computes `tokens_per_s`."""
+    if not per_hour >= 0 or not tokens_per_s > 0:
+        raise ValueError(f"need per_hour >= 0 and tokens_per_s > 0, got {per_hour} and {tokens_per_s}")
+    return per_hour / 3600 / tokens_per_s * 1e6
 
 
 def forward_flops_per_token(parameters: int, embedding_parameters: int) -> float:
@@ -84,6 +126,7 @@ class Work:
     samples: int
     max_tokens: int
     calls: int = 1
+    new_samples: bool = True  # False: the generations continue samples already counted (after a tool call)
     prompt_tokens: int = 0
     flops_per_token: float | None = 0.0
     scored_prefix_tokens: int = 0
@@ -109,6 +152,8 @@ class Budget:
     max_policy_calls: int | None = None
     max_flops: float | None = None
     max_wall_s: float | None = None
+    max_tool_calls: int | None = None
+    max_tool_cpu_s: float | None = None
 
     _LIMITS = {
         "max_generated_tokens": "generated_tokens",
@@ -116,6 +161,8 @@ class Budget:
         "max_policy_calls": "policy_calls",
         "max_flops": "flops",
         "max_wall_s": "wall_s",
+        "max_tool_calls": "tool_calls",
+        "max_tool_cpu_s": "tool_cpu_s",
     }
 
     def left_after(self, usage: Usage) -> Budget | None:
@@ -159,7 +206,7 @@ class Budget:
             raise ValueError(f"work must ask for at least one sample of one token, got {work}")
         if self.max_wall_s is not None and usage.wall_s >= self.max_wall_s:
             return 0, "max_wall_s"
-        if self.max_samples is not None and usage.samples + work.samples > self.max_samples:
+        if self.max_samples is not None and work.new_samples and usage.samples + work.samples > self.max_samples:
             return 0, "max_samples"
         if self.max_policy_calls is not None and usage.policy_calls + work.calls > self.max_policy_calls:
             return 0, "max_policy_calls"
@@ -185,6 +232,16 @@ class Budget:
     def wall_left(self, usage: Usage) -> float | None:
         """Seconds of waiting on calls still allowed, or None for no wall-time limit."""
         return None if self.max_wall_s is None else max(0.0, self.max_wall_s - usage.wall_s)
+
+    def affords_tool(self, usage: Usage, worst_cpu_s: float) -> str | None:
+        """None if one more tool call that may take `worst_cpu_s` CPU seconds fits; else the limit in the way."""
+        if self.max_wall_s is not None and usage.wall_s >= self.max_wall_s:
+            return "max_wall_s"
+        if self.max_tool_calls is not None and usage.tool_calls + 1 > self.max_tool_calls:
+            return "max_tool_calls"
+        if self.max_tool_cpu_s is not None and usage.tool_cpu_s + worst_cpu_s > self.max_tool_cpu_s:
+            return "max_tool_cpu_s"
+        return None
 
     def affords_scoring(self, usage: Usage, flops: float) -> bool:
         """Whether one scorer call costing `flops` FLOPs fits the budget."""

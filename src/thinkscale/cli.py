@@ -100,7 +100,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from thinkscale.analysis.compare import compare, format_comparison, plot_comparison
-    from thinkscale.config import RunConfig, load_config
+    from thinkscale.config import RunConfig, load_config, load_prices
     from thinkscale.store import RunStore
 
     target = Path(args.target)
@@ -117,6 +117,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             label = key.split("/", 1)[0]
             if label in by_label:
                 by_label[label].append(trace)
+    if args.prices:  # the same ledger under another price table: dollars come from the counters alone
+        prices = load_prices(args.prices).to_prices()
+        for traces in by_label.values():
+            for trace in traces:
+                trace.usage.dollars = prices.dollars(trace.usage)
     missing = [label for label, traces in by_label.items() if not traces]
     for label in missing:
         print(f"{label}: no traces yet (run `thinkscale run` to finish the run)")
@@ -151,14 +156,23 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     from thinkscale.tasks import get_task
     from thinkscale.training.policy import TrainSettings, train_policy
 
+    from thinkscale.tiny.model import TinyConfig
+
     task = get_task(args.task)
+    if args.tool_calls:
+        if not hasattr(task, "tool_calls"):
+            raise SystemExit(f"thinkscale train policy: --tool-calls: task {args.task!r} has no solutions that call "
+                             f"a tool (arithmetic-large has)")
+        task = get_task(args.task, tool_calls=True)
     if args.steps is None and args.minutes is None:
         raise SystemExit("thinkscale train policy: give --steps N (exact, reproducible) "
                          "or --minutes M (timed here, then fixed as steps)")
     settings = TrainSettings(steps=args.steps or 1, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, threads=args.threads)
+    size = TinyConfig(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size or 3 * args.hidden_size,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads)
     out = Path(args.out or f"checkpoints/{task.name}")
-    summary = train_policy(task, out, settings, minutes=None if args.steps else args.minutes)
+    summary = train_policy(task, out, settings, minutes=None if args.steps else args.minutes, config=size)
     print(f"wrote {out}: {summary['steps']} steps in {summary['train_seconds']} s, "
           f"{summary['tokens_per_s']:.0f} tokens/s, final loss {summary['final_loss']:.4f}")
     print(f"reproduce exactly: {summary['reproduce']}")
@@ -265,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--fresh", action="store_true", help="discard an earlier run in the output directory")
     comp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     comp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    comp.add_argument("--prices", help="a price table (YAML, as an experiment's `prices:` section) to price the "
+                                       "run's usage under, instead of the run's own")
     comp.set_defaults(func=cmd_compare)
 
     export = sub.add_parser("export", help="write a run's traces, or training sets made of them, as Parquet or JSONL",
@@ -293,13 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     policy = train_sub.add_parser("policy", help="train a tiny-core policy on a built-in task",
                                   description="Train a tiny-core policy from scratch on a built-in task's train split, "
                                               "on the CPU, deterministically for a seed and a step count.")
-    policy.add_argument("--task", required=True, help="built-in task: arithmetic or countdown")
+    policy.add_argument("--task", required=True, help="built-in task: arithmetic, arithmetic-large or countdown")
     policy.add_argument("--minutes", type=float, help="train for about this long (timed here, then fixed as a step count)")
     policy.add_argument("--steps", type=int, help="exact number of optimizer steps (overrides --minutes)")
     policy.add_argument("--batch-size", type=int, default=128, help="sequences per step (default 128)")
     policy.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     policy.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
     policy.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    policy.add_argument("--hidden-size", type=int, default=128, help="model width (default 128, the shipped size)")
+    policy.add_argument("--intermediate-size", type=int, help="MLP width (default 3 x the hidden size)")
+    policy.add_argument("--layers", type=int, default=4, help="transformer layers (default 4)")
+    policy.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    policy.add_argument("--tool-calls", action="store_true",
+                        help="train on solutions that call a tool for the hard operations (tasks that have them: "
+                             "arithmetic-large)")
     policy.add_argument("--out", help="checkpoint directory to write (default checkpoints/TASK)")
     policy.set_defaults(func=cmd_train_policy)
 

@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from thinkscale.budget import Budget
+from thinkscale.budget import Budget, Prices
 from thinkscale.policies import POLICIES
 from thinkscale.registry import Registry, unknown_name_error
 from thinkscale.scorers import SCORERS
 from thinkscale.strategies import STRATEGIES, get_strategy
 from thinkscale.tasks import TASKS
+from thinkscale.tools import TOOLS
 from thinkscale.typed_yaml import (
     ConfigError,
     KeyPath,
@@ -106,9 +107,95 @@ class BudgetConfig:
     max_policy_calls: int | None = _checked(_at_least(1), default=None)
     max_flops: float | None = _checked(_positive, default=None)
     max_wall_s: float | None = _checked(_positive, default=None)
+    max_tool_calls: int | None = _checked(_at_least(1), default=None)
+    max_tool_cpu_s: float | None = _checked(_positive, default=None)
 
     def to_budget(self) -> Budget:
         return Budget(**dataclasses.asdict(self))
+
+
+def _tool_names(names: list[str]) -> str | None:
+    for name in names:
+        if name not in TOOLS:
+            return str(unknown_name_error(TOOLS.kind, name, TOOLS.names()))
+    return _non_empty(names) or _distinct(names)
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """The tools a strategy's steps may call (tools/): names, the syntax calls are written in, and limits."""
+
+    use: list[str] = _checked(_tool_names)
+    syntax: Literal["tag", "fenced"] = "tag"  # tag: the tiny core's `[...]`; fenced: a ```python block
+    max_calls: int = _checked(_at_least(1), default=8)  # per sample
+    timeout_s: float = _checked(_positive, default=2.0)  # per call
+    max_output_chars: int = _checked(_at_least(1), default=200)
+
+    def __post_init__(self) -> None:
+        if self.syntax == "tag" and len(self.use) != 1:
+            raise ValueError(f"the tag syntax's calls do not name a tool, so `use` takes exactly one; got "
+                             f"{', '.join(self.use)}")
+        if self.syntax == "fenced" and "python" not in self.use:
+            raise ValueError("a fenced ```python block runs the `python` tool: add it to `use`")
+
+    def build(self) -> Any:
+        from thinkscale.tools import Toolbox
+
+        return Toolbox.build(self.use, self.syntax, self.max_calls, self.timeout_s, self.max_output_chars)
+
+
+def _price(v: float | None) -> str | None:
+    return None if v is None or (v >= 0 and v == v and v != float("inf")) else f"must be a price >= 0, got {v}"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """A model's price: per million tokens (an API's table), or per hour at a stated throughput (a local one)."""
+
+    prompt: float | None = _checked(_price, default=None)  # $ per million prompt tokens (scorer: tokens read)
+    generated: float | None = _checked(_price, default=None)  # $ per million generated tokens
+    cached_prompt: float | None = _checked(_price, default=None)  # $ per million cached prompt tokens
+    per_hour: float | None = _checked(_price, default=None)  # $ per GPU- or CPU-hour of the machine
+    tokens_per_s: float | None = _checked(_positive, default=None)  # tokens it computes a second (cached: free)
+
+    def __post_init__(self) -> None:
+        hourly = self.per_hour is not None or self.tokens_per_s is not None
+        by_token = self.prompt is not None or self.generated is not None or self.cached_prompt is not None
+        if hourly and by_token:
+            raise ValueError("give either per-token prices (prompt, generated, cached_prompt) or an hourly "
+                             "price (per_hour, tokens_per_s), not both")
+        if hourly and (self.per_hour is None or self.tokens_per_s is None):
+            raise ValueError("an hourly price needs both per_hour and tokens_per_s")
+        if not hourly and self.prompt is None:
+            raise ValueError("missing price: give prompt (and generated, for a policy), or per_hour and tokens_per_s")
+
+    def per_million(self) -> tuple[float, float | None, float | None]:
+        """(prompt, cached prompt, generated) in $ per million tokens."""
+        from thinkscale.budget import per_token_from_hour
+
+        if self.per_hour is not None:  # a local engine: a prompt token its cache held is not computed again
+            rate = per_token_from_hour(self.per_hour, self.tokens_per_s)
+            return rate, 0.0, rate
+        return self.prompt, self.cached_prompt, self.generated
+
+
+@dataclass(frozen=True)
+class PricesConfig:
+    """The price table that fills `Usage.dollars`: the policy's, the scorers' and the tools' CPU time."""
+
+    policy: ModelPrice
+    scorer: ModelPrice | None = None  # needed where a strategy has a scorer
+    tool_cpu_hour: float | None = _checked(_price, default=None)  # needed where a strategy has tools
+
+    def __post_init__(self) -> None:
+        if self.policy.per_hour is None and self.policy.generated is None:
+            raise ValueError("missing price: the policy's table needs `generated` (per million generated tokens)")
+
+    def to_prices(self) -> Prices:
+        prompt, cached, generated = self.policy.per_million()
+        scored = self.scorer.per_million()[0] if self.scorer is not None else 0.0
+        return Prices(prompt=prompt, generated=generated, cached_prompt=cached, scored=scored,
+                      tool_cpu_hour=self.tool_cpu_hour or 0.0)
 
 
 @dataclass(frozen=True)
@@ -138,6 +225,7 @@ class StrategyConfig:
     settings: dict[str, Any] = field(default_factory=dict)  # keyword arguments for get_strategy(name, ...)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     scorer: ScorerConfig | None = None
+    tools: ToolsConfig | None = None
 
     @property
     def effective_label(self) -> str:
@@ -184,6 +272,7 @@ class RunConfig:
     output: str = _checked(lambda v: None if v.strip() else "must not be empty")
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     strategies: list[StrategyConfig] = _checked(_non_empty)
+    prices: PricesConfig | None = None  # fills Usage.dollars; left out, nothing is priced
 
     @property
     def output_path(self) -> Path:
@@ -199,6 +288,14 @@ class RunConfig:
         data = dataclasses.asdict(self)
         if not data["problem_seed"]:
             del data["problem_seed"]
+        if data["prices"] is None:  # as problem_seed: ledgers written before prices keep their fingerprint
+            del data["prices"]
+        for strategy in data["strategies"]:
+            if strategy["tools"] is None:
+                del strategy["tools"]
+            for key in ("max_tool_calls", "max_tool_cpu_s"):
+                if strategy["budget"][key] is None:
+                    del strategy["budget"][key]
         return data
 
     @classmethod
@@ -283,6 +380,14 @@ def _build_run(data: Any, source: Source) -> RunConfig:
     policy = dataclasses.replace(config.policy, options=check_options(policy_cls, config.policy.options,
                                                                       ("policy", "options"), source))
     strategies = [check_strategy(s, ("strategies", i), source) for i, s in enumerate(strategies)]
+    if config.prices is not None:
+        for i, s in enumerate(strategies):
+            if s.scorer is not None and config.prices.scorer is None:
+                raise source.error(("prices",), f"missing price: strategies[{i}] ({s.effective_label}) has a "
+                                                f"scorer, so the price table needs `scorer:`")
+            if s.tools is not None and config.prices.tool_cpu_hour is None:
+                raise source.error(("prices",), f"missing price: strategies[{i}] ({s.effective_label}) calls "
+                                                f"tools, so the price table needs `tool_cpu_hour:`")
     return dataclasses.replace(config, policy=policy, strategies=strategies)
 
 
@@ -303,10 +408,16 @@ def parse_config(text: str, source: str = "<config>") -> RunConfig:
     return _build_run(read_yaml(text, where), where)
 
 
+def load_prices(path: str | Path) -> PricesConfig:
+    """A price table on its own (the `prices:` section of an experiment file), checked; errors name the line."""
+    where = Source(str(path), {})
+    return build_dataclass(PricesConfig, read_yaml(read_config_file(path), where), (), where)
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and check the YAML config at `path`. Reads only; creates nothing."""
     return parse_config(read_config_file(path), str(path))
 
 
-__all__ = ["BudgetConfig", "ConfigError", "PolicyConfig", "RunConfig", "ScorerConfig", "StrategyConfig", "check_strategy",
-           "load_config", "parse_config"]
+__all__ = ["BudgetConfig", "ConfigError", "ModelPrice", "PolicyConfig", "PricesConfig", "RunConfig", "ScorerConfig",
+           "StrategyConfig", "ToolsConfig", "check_strategy", "load_config", "load_prices", "parse_config"]

@@ -13,16 +13,17 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from thinkscale.budget import Budget
+from thinkscale.budget import Budget, Prices
 from thinkscale.policies.base import Policy
 from thinkscale.seeds import problem_seed
-from thinkscale.strategies.base import Strategy
+from thinkscale.strategies.base import SEARCH_TOOLS, Strategy
 from thinkscale.tasks.base import Example, Task
 from thinkscale.trace import Trace
 
 if TYPE_CHECKING:
     from thinkscale.config import RunConfig
     from thinkscale.store import RunStore
+    from thinkscale.tools import Toolbox
 
 
 def trace_key(label: str, seed: int, problem_id: str) -> str:
@@ -51,15 +52,23 @@ def grade(trace: Trace, task: Task, example: Example) -> Trace:
 async def solve_all(
     examples: list[Example], task: Task, strategy: Strategy, policy: Policy, budget: Budget,
     seed: int = 0, scorer: Any = None, concurrency: int = 256,
-    on_trace: Callable[[Trace], None] | None = None,
+    on_trace: Callable[[Trace], None] | None = None, tools: "Toolbox | None" = None,
+    prices: Prices | None = None,
 ) -> list[Trace]:
-    """Solve and grade every example; traces come back in the examples' order."""
+    """Solve and grade every example; traces come back in the examples' order.
+
+    `tools`: what the searches' steps may call (strategies/base.py: SEARCH_TOOLS).
+    `prices`: a price table that fills each trace's `usage.dollars`.
+    """
     gate = asyncio.Semaphore(concurrency)
 
     async def one(example: Example) -> Trace:
+        SEARCH_TOOLS.set(tools)  # this task's own context: the search started here sees the tools
         async with gate:
             trace = await strategy.solve(example.problem, task, policy, scorer, budget,
                                          problem_seed(seed, example.problem.id))
+        if prices is not None:
+            trace.usage.dollars = prices.dollars(trace.usage)
         grade(trace, task, example)
         if on_trace:
             on_trace(trace)
@@ -96,9 +105,11 @@ def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: P
     written = 0
 
     async def main() -> None:
+        prices = config.prices.to_prices() if config.prices is not None else None
         for strategy_config in config.strategies:
             strategy, budget = strategy_config.build(), strategy_config.budget.to_budget()
             scorer = strategy_config.scorer.build(task.name) if strategy_config.scorer else None
+            tools = strategy_config.tools.build() if strategy_config.tools else None
             label = strategy_config.effective_label
             for seed in config.seeds:
                 todo = [e for e in examples if trace_key(label, seed, e.problem.id) not in done]
@@ -111,7 +122,9 @@ def run_experiment(config: "RunConfig", store: "RunStore", task: Task, policy: P
                         on_trace(trace)
 
                 await solve_all(todo, task, strategy, policy, budget, seed=seed, scorer=scorer,
-                                concurrency=concurrency, on_trace=save)
+                                concurrency=concurrency, on_trace=save, tools=tools, prices=prices)
+            if tools is not None:
+                tools.close()
 
     asyncio.run(main())
     return written

@@ -1,8 +1,9 @@
 """Strategies compared at equal compute: accuracy against what each one spent.
 
 Each strategy's accuracy (its chosen answer, graded) is set beside the mean
-Usage it spent per problem: generated tokens, and FLOPs with the scorer's
-included. Budgets are matched by what was spent, never by "N": two
+Usage it spent per problem: generated tokens, FLOPs with the scorer's
+included, tool calls and their CPU time, and, where the run has a price
+table, dollars per problem and per solved problem. Budgets are matched by what was spent, never by "N": two
 strategies are comparable where their spending is. Intervals are percentile
 bootstrap intervals over problems, drawn with the same resampled problems for
 every strategy so that differences between strategies are paired.
@@ -30,16 +31,22 @@ class _Problem:
     tokens: list[float]
     flops: list[float]
     scorer_tokens: list[float]
+    dollars: list[float]
+    tool_calls: list[float]
+    tool_cpu_s: list[float]
 
 
 def _collect(traces: Iterable[Trace]) -> dict[str, _Problem]:
     problems: dict[str, _Problem] = {}
     for t in traces:
-        p = problems.setdefault(t.problem_id, _Problem(str(t.difficulty), [], [], [], []))
+        p = problems.setdefault(t.problem_id, _Problem(str(t.difficulty), [], [], [], [], [], [], []))
         p.correct.append(float(bool(t.correct)))
         p.tokens.append(t.usage.generated_tokens)
         p.flops.append(t.usage.flops)
         p.scorer_tokens.append(t.usage.scored_tokens)
+        p.dollars.append(t.usage.dollars)
+        p.tool_calls.append(t.usage.tool_calls)
+        p.tool_cpu_s.append(t.usage.tool_cpu_s)
     return problems
 
 
@@ -77,6 +84,11 @@ def compare(by_label: dict[str, Iterable[Trace]], resamples: int = 1000, seed: i
             "generated_tokens": round(float(np.mean([np.mean(p.tokens) for p in rows])), 1),
             "flops": float(np.mean([np.mean(p.flops) for p in rows])),
             "scored_tokens": round(float(np.mean([np.mean(p.scorer_tokens) for p in rows])), 1),
+            "dollars": float(np.mean([np.mean(p.dollars) for p in rows])),
+            # what one solved problem cost: all that was spent over the problems solved (None: none was)
+            "dollars_per_solved": float(sum(np.mean(p.dollars) for p in rows) / acc.sum()) if acc.sum() else None,
+            "tool_calls": round(float(np.mean([np.mean(p.tool_calls) for p in rows])), 2),
+            "tool_cpu_s": float(np.mean([np.mean(p.tool_cpu_s) for p in rows])),
             "by_difficulty": {d: round(float(np.mean(v)), 4)
                               for d, v in sorted(by_difficulty.items(), key=lambda kv: (len(kv[0]), kv[0]))},
         }
@@ -89,14 +101,22 @@ def format_comparison(result: dict, title: str) -> str:
     difficulties = list(rows[0][1]["by_difficulty"]) if rows else []
     pct = round(result["confidence"] * 100)
     width = max([len("strategy")] + [len(label) for label, _ in rows])
+    priced = any(s.get("dollars") for _, s in rows)
+    tools = any(s.get("tool_calls") for _, s in rows)
     head = (f"{'strategy':<{width}} {'accuracy':>8} {f'{pct}% interval':>13} {'gen tokens':>10} {'FLOPs':>9} "
+            + (f"{'tool calls':>10} {'tool CPU s':>10} " if tools else "")
+            + (f"{'$/problem':>10} {'$/solved':>10} " if priced else "")
             + " ".join(f"{'d=' + d:>6}" for d in difficulties))
     lines = [f"{title} ({result['problems']} problems; intervals: bootstrap over problems)", head, "-" * len(head)]
     for label, s in rows:
         lo, hi = s["interval"]
+        per_solved = s.get("dollars_per_solved")
         lines.append(f"{label:<{width}} {s['accuracy']:8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {s['generated_tokens']:10.0f} "
-                     f"{s['flops']:9.2e} " + " ".join(f"{s['by_difficulty'].get(d, float('nan')):6.3f}"
-                                                       for d in difficulties))
+                     f"{s['flops']:9.2e} "
+                     + (f"{s['tool_calls']:10.2f} {s['tool_cpu_s']:10.4f} " if tools else "")
+                     + (f"{s['dollars']:10.2e} {per_solved if per_solved is not None else float('nan'):10.2e} "
+                        if priced else "")
+                     + " ".join(f"{s['by_difficulty'].get(d, float('nan')):6.3f}" for d in difficulties))
     return "\n".join(lines)
 
 
@@ -115,9 +135,11 @@ def plot_comparison(result: dict, path: str | Path, title: str = "") -> Path:
     series: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for label, s in result["strategies"].items():
         series[series_of(label)].append((label, s))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, key, xlabel in ((axes[0], "generated_tokens", "generated tokens per problem"),
-                            (axes[1], "flops", "FLOPs per problem (policy + scorer)")):
+    panels = [("generated_tokens", "generated tokens per problem"), ("flops", "FLOPs per problem (policy + scorer)")]
+    if any(s.get("dollars") for s in result["strategies"].values()):
+        panels.append(("dollars", "dollars per problem (policy + scorer + tools)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))
+    for ax, (key, xlabel) in zip(axes, panels):
         for name, points in sorted(series.items()):
             points.sort(key=lambda p: p[1][key])
             x = [max(p[1][key], 1e-9) for p in points]

@@ -27,19 +27,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from thinkscale.budget import Budget, BudgetExceeded, Work
-from thinkscale.policies.base import GenerationRequest, GenerationResult, Policy
+from thinkscale.policies.base import Generation, GenerationRequest, GenerationResult, Policy
 from thinkscale.seeds import derive_seed
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import FINISH_LENGTH, FINISH_STOP, Node, Trace
 
 if TYPE_CHECKING:
     from thinkscale.scorers.base import Scorer, Scores
+    from thinkscale.tools import Toolbox
 
 # What a search did, as it happens: (event, trace, nodes) with event one of "generated" (new steps or
 # samples), "scored", "pruned" (dropped from a beam) and "chosen". Whoever runs a strategy and wants to
 # watch it (the server streams these) sets a listener in its context; strategies never see it.
 SearchListener = Callable[[str, Trace, "list[Node]"], None]
 SEARCH_EVENTS: ContextVar[SearchListener | None] = ContextVar("thinkscale_search_events", default=None)
+
+# The tools a search may run (tools/): whoever runs a strategy sets them in its context (the runner, from a
+# strategy's `tools:` in the config). Every generation of the search then stops at a call, the search runs
+# the tool, appends its result and lets the policy go on; strategies never see it.
+SEARCH_TOOLS: ContextVar["Toolbox | None"] = ContextVar("thinkscale_search_tools", default=None)
 
 # A call is given up this long before the wall-time budget ends, so that the
 # time spent noticing and cancelling it still fits inside the budget.
@@ -92,6 +98,7 @@ class Search:
     trace: Trace
     _shortened_by: str | None = None  # the limit that shortened the generation `afford` last sized
     listener: SearchListener | None = None  # SEARCH_EVENTS of the context the search started in
+    tools: "Toolbox | None" = None  # SEARCH_TOOLS of the context the search started in
     scope: int = dataclasses.field(default_factory=lambda: next(_SCOPES))  # its prefix caches' scope
 
     def __post_init__(self) -> None:
@@ -110,7 +117,8 @@ class Search:
         trace = Trace(problem_id=problem.id, strategy=name, settings=dataclasses.asdict(settings), seed=seed,
                       difficulty=problem.difficulty)
         trace.add(None, problem.prompt)
-        return cls(problem, task, policy, scorer, budget, seed, trace, listener=SEARCH_EVENTS.get())
+        return cls(problem, task, policy, scorer, budget, seed, trace, listener=SEARCH_EVENTS.get(),
+                   tools=SEARCH_TOOLS.get())
 
     def emit(self, event: str, nodes: list[Node]) -> None:
         """Tell the listener, if any, what just happened to `nodes`."""
@@ -188,21 +196,145 @@ class Search:
 
     # -- calls ---------------------------------------------------------------
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
-        """One policy call for `requests` (sized by `afford`), accounted; None if the wall-time budget cut it."""
-        requests = [dataclasses.replace(r, cache_scope=self.scope) for r in requests]
+        """One policy call for `requests` (sized by `afford`), accounted; None if the wall-time budget cut it.
+
+        With tools, a generation that stops at a call goes on after the tool's
+        result (`_with_tools`) and comes back whole: one generation, its
+        tokens those the policy generated in all its pieces.
+        """
+        stop = (self.tools.syntax.close,) if self.tools is not None else ()
+        requests = [dataclasses.replace(r, cache_scope=self.scope, stop=tuple(dict.fromkeys(r.stop + stop)))
+                    for r in requests]
         results, elapsed = await self._within_wall(self.policy.generate(requests))
         if results is None:
             return None
-        if any(g.finish_reason == FINISH_LENGTH for result in results for g in result.generations):
-            self.stop(self._shortened_by)
-        self._shortened_by = None
+        shortened_by, self._shortened_by = self._shortened_by, None
         for result in results:
             self.account(result, elapsed)
             elapsed = 0.0  # the call's time is counted once
+        if self.tools is not None:
+            results = await self._with_tools(requests, results)
+        if any(g.finish_reason == FINISH_LENGTH for result in results for g in result.generations):
+            self.stop(shortened_by)
         return results
 
-    def account(self, result: GenerationResult, seconds: float) -> None:
-        """Add one request's cost to the trace's Usage."""
+    async def _with_tools(self, requests: list[GenerationRequest],
+                          results: list[GenerationResult]) -> list[GenerationResult]:
+        """Run the tool calls the generations stopped at, and continue each after its result, until none
+        stops at a call. A continuation is one more policy call for the same sample (the prompt is the
+        sample so far); its tokens come out of the sample's own token limit, and the budget is asked first.
+        A call the budget cannot pay for, or one past `max_calls`, ends the sample as cut off."""
+        tools, syntax = self.tools, self.tools.syntax
+        pieces = {(i, j): [g] for i, result in enumerate(results) for j, g in enumerate(result.generations)}
+        calls = dict.fromkeys(pieces, 0)
+        prefix = dict.fromkeys(pieces, "")  # the sample's text so far, tool results included
+
+        def waiting(key: tuple[int, int]) -> bool:
+            last = pieces[key][-1]
+            return last.finish_reason == FINISH_STOP and last.stop_string == syntax.close
+
+        def cut(key: tuple[int, int]) -> None:
+            """End the sample where it stands, cut off (never an answer)."""
+            prefix[key] += pieces[key][-1].text
+            pieces[key].append(Generation(text="", num_tokens=0, finish_reason=FINISH_LENGTH))
+
+        rounds = 0
+        while True:
+            todo = [key for key in pieces if waiting(key)]
+            if not todo:
+                break
+            runs = []
+            reserved = dataclasses.replace(self.trace.usage)  # the calls granted this round, at their worst
+            for key in todo:
+                why = "max_calls" if calls[key] >= tools.max_calls else \
+                    self.budget.affords_tool(reserved, tools.worst_cpu_s())
+                if why is None:
+                    runs.append(key)
+                    reserved.tool_calls += 1
+                    reserved.tool_cpu_s += tools.worst_cpu_s()
+                    continue
+                if why != "max_calls":
+                    self.stop(why)
+                cut(key)
+            text = {key: prefix[key] + pieces[key][-1].text for key in runs}
+
+            async def run_tools() -> list[str]:
+                return list(await asyncio.gather(*(self._call_tool(text[key]) for key in runs)))
+
+            appended, elapsed = await self._within_wall(run_tools())
+            if appended is None:  # the wall-time budget ran out while the tools ran
+                for key in runs:
+                    cut(key)
+                break
+            self.trace.usage.wall_s += elapsed
+            asks = []
+            for key, rendered in zip(runs, appended):
+                calls[key] += 1
+                prefix[key] = text[key] + rendered
+                used = sum(g.num_tokens for g in pieces[key])
+                left = requests[key[0]].max_tokens - used
+                if left < 1:
+                    pieces[key].append(Generation(text="", num_tokens=0, finish_reason=FINISH_LENGTH))
+                    continue
+                asks.append((key, dataclasses.replace(requests[key[0]], prompt=requests[key[0]].prompt + prefix[key],
+                                                      n=1, max_tokens=left,
+                                                      seed=derive_seed(requests[key[0]].seed, "tool", *key, rounds))))
+            rounds += 1
+            if not asks:
+                continue
+            conts = await self._continue([r for _, r in asks])
+            for (key, _), result in zip(asks, conts or [None] * len(asks)):
+                if result is None:
+                    pieces[key].append(Generation(text="", num_tokens=0, finish_reason=FINISH_LENGTH))
+                else:
+                    pieces[key].append(result.generations[0])
+        return [GenerationResult(generations=tuple(_joined(pieces[(i, j)], prefix[(i, j)])
+                                                   for j in range(len(result.generations))),
+                                 prompt_tokens=result.prompt_tokens, backend_calls=result.backend_calls,
+                                 cached_prompt_tokens=result.cached_prompt_tokens)
+                for i, result in enumerate(results)]
+
+    async def _call_tool(self, text: str) -> str:
+        """Run the call that `text` ends with and account for it; the text appended after it."""
+        from thinkscale.tools import ToolResult
+
+        tools, syntax = self.tools, self.tools.syntax
+        argument = syntax.argument(text)
+        if argument is None:
+            result = ToolResult.error(f"{syntax.close.strip()!r} without a call opened by {syntax.open.strip()!r}")
+        else:
+            tool, argument = tools.tool_for(argument)
+            result = await tool.run(argument) if tool is not None else \
+                ToolResult.error(f"no such tool here; the tools are {', '.join(tools.tools)}")
+        result = syntax.accepts(result)
+        usage = self.trace.usage
+        usage.tool_calls += 1
+        usage.tool_errors += not result.ok
+        usage.tool_cpu_s += result.cpu_s
+        usage.tool_wall_s += result.wall_s
+        return syntax.render(result)
+
+    async def _continue(self, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
+        """The policy call that continues samples after their tool results; None if the budget refuses it."""
+        work = dataclasses.replace(self._work(requests, scored=False), new_samples=False)
+        tokens, why = self.budget.afford_why(self.trace.usage, work)
+        if tokens < 1:
+            self.stop(why)
+            return None
+        shortened = tokens < max(r.max_tokens for r in requests)
+        requests = [dataclasses.replace(r, max_tokens=min(r.max_tokens, tokens)) for r in requests]
+        results, elapsed = await self._within_wall(self.policy.generate(requests))
+        if results is None:
+            return None
+        for result in results:
+            self.account(result, elapsed, new_sample=False)
+            elapsed = 0.0
+        if shortened and any(g.finish_reason == FINISH_LENGTH for r in results for g in r.generations):
+            self.stop(why)
+        return results
+
+    def account(self, result: GenerationResult, seconds: float, new_sample: bool = True) -> None:
+        """Add one request's cost to the trace's Usage (`new_sample` False: it continues samples counted)."""
         usage, policy = self.trace.usage, self.policy
         n = len(result.generations)
         generated = sum(g.num_tokens for g in result.generations)
@@ -214,7 +346,7 @@ class Search:
         usage.prompt_tokens += result.prompt_tokens * n
         usage.cached_prompt_tokens += result.prompt_tokens * n - computed_prompt
         usage.policy_calls += result.backend_calls
-        usage.samples += n
+        usage.samples += n if new_sample else 0
         per_token = policy.flops_per_token()
         if per_token:
             usage.flops += per_token * (generated + computed_prompt)
@@ -307,6 +439,17 @@ async def _draw_wave(search: Search, settings: SamplingSettings, n: int, seed: i
              for g in result.generations]
     search.emit("generated", nodes)
     return nodes
+
+
+def _joined(pieces: list[Generation], prefix: str) -> Generation:
+    """One generation from a sample's pieces: `prefix` (everything before the last piece, tool results
+    included) and the last piece's text; its tokens those the policy generated."""
+    last = pieces[-1]
+    logprobs = [g.logprob for g in pieces if g.num_tokens]
+    return Generation(text=prefix + last.text if len(pieces) > 1 else last.text,
+                      num_tokens=sum(g.num_tokens for g in pieces), finish_reason=last.finish_reason,
+                      logprob=sum(logprobs) if logprobs and None not in logprobs else None,
+                      stop_string=last.stop_string)
 
 
 def _release(policy: Policy, scorer: "Scorer | None", scope: int) -> None:

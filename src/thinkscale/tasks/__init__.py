@@ -17,6 +17,13 @@ def _arithmetic() -> Task:
     return ArithmeticTask()
 
 
+@TASKS.register("arithmetic-large")
+def _arithmetic_large(**options: Any) -> Task:
+    from thinkscale.tasks.arithmetic_large import LargeArithmeticTask
+
+    return LargeArithmeticTask(**options)
+
+
 @TASKS.register("countdown")
 def _countdown() -> Task:
     from thinkscale.tasks.countdown import CountdownTask

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Union
+from typing import Callable, Union
 
 from thinkscale.tasks.base import Example, Task, Verdict
 
@@ -102,17 +102,28 @@ def successors(tree: Tree) -> list[Tree]:
     return [(op, s, right) for s in successors(left)] + [(op, left, s) for s in successors(right)]
 
 
-def _values_in_range(tree: Tree) -> bool:
+def values_in_range(tree: Tree, max_value: int = MAX_VALUE) -> bool:
+    """Whether every value in `tree` (each operation's result) lies in 0..max_value."""
     if isinstance(tree, int):
         return True
     _, left, right = tree
-    return _values_in_range(left) and _values_in_range(right) and 0 <= evaluate(tree) <= MAX_VALUE
+    return values_in_range(left, max_value) and values_in_range(right, max_value) and 0 <= evaluate(tree) <= max_value
 
 
-def first_invalid_step(prompt_expr: str, steps: list[str]) -> int | None:
-    """Index of the first step that is not one valid reduction of the line before it."""
+def first_invalid_step(prompt_expr: str, steps: list[str],
+                       side_step: Callable[[str], bool | None] | None = None) -> int | None:
+    """Index of the first step that is not one valid reduction of the line before it.
+
+    `side_step(step)` may claim a step that is not a reduction (a tool call's
+    line): True if it is valid, False if not, None if it is not one of its own.
+    """
     current = parse(prompt_expr)
     for i, step in enumerate(steps):
+        claimed = side_step(step) if side_step is not None else None
+        if claimed is not None:
+            if not claimed:
+                return i
+            continue
         try:
             nxt = parse(step)
         except ValueError:
@@ -136,7 +147,7 @@ class ArithmeticTask(Task):
     def generate(self, rng: random.Random, difficulty: int) -> tuple[str, int, str]:
         while True:
             tree = self._random_tree(rng, difficulty)
-            if _values_in_range(tree):
+            if values_in_range(tree):
                 break
         lines = []
         current = tree

@@ -53,6 +53,7 @@ class Task:
     difficulties: tuple[int, ...] = ()
     votable: bool = True  # whether majority vote over final answers makes sense
     step_delimiter: str = "\n"
+    extra_characters: str = ""  # characters a tiny core trained on this task needs beyond its default vocabulary
 
     # -- subclasses implement ------------------------------------------------
     def generate(self, rng: random.Random, difficulty: int) -> tuple[str, Any, str]:

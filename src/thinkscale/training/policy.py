@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -169,8 +169,8 @@ def train_policy(
     """Train from scratch and write a checkpoint with a training summary; returns the summary."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    tokenizer = CharTokenizer(DEFAULT_VOCAB)
-    config = config or TinyConfig(vocab_size=len(tokenizer))
+    tokenizer = CharTokenizer(DEFAULT_VOCAB + [c for c in task.extra_characters if c not in DEFAULT_VOCAB])
+    config = replace(config or TinyConfig(), vocab_size=len(tokenizer))
     model = TinyLlama(config)
     data = task.training_stream(settings.seed)
 
@@ -204,10 +204,21 @@ def train_policy(
         "loss_curve": curve,
         "torch": torch.__version__,
         "reproduce": f"thinkscale train policy --task {task.name} --steps {settings.steps} --seed {settings.seed} "
-                     f"--batch-size {settings.batch_size} --lr {settings.lr}",
+                     f"--batch-size {settings.batch_size} --lr {settings.lr}" + _size_flags(config)
+                     + (" --tool-calls" if getattr(task, "tool_calls", False) else ""),
     }
     checkpoint.save(model, tokenizer, out, summary)
     return summary
+
+
+def _size_flags(config: TinyConfig) -> str:
+    """The `train policy` flags for a model size other than the shipped one."""
+    default = TinyConfig()
+    flags = {"--hidden-size": (config.hidden_size, default.hidden_size),
+             "--intermediate-size": (config.intermediate_size, 3 * config.hidden_size),
+             "--layers": (config.num_hidden_layers, default.num_hidden_layers),
+             "--heads": (config.num_attention_heads, default.num_attention_heads)}
+    return "".join(f" {flag} {value}" for flag, (value, usual) in flags.items() if value != usual)
 
 
 def finetune_policy(init: str | Path, pairs: list[tuple[str, str]], out: str | Path, settings: TrainSettings,

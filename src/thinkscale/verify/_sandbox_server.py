@@ -409,16 +409,16 @@ def _zygote(server: Server, control: socket.socket) -> None:
         except OSError:
             pass
         server_gone = not control.recv(64)  # "end"
-        status = _end_sample(sample)
+        status, cpu = _end_sample(sample)
         if server_gone:
             os._exit(0)
-        control.sendall(json.dumps({"status": status}).encode())
+        control.sendall(json.dumps({"status": status, "cpu_s": cpu}).encode())
 
 
-def _end_sample(sample: int) -> int:
-    """Kill the sample and every process it left, reap them; the sample's wait status."""
+def _end_sample(sample: int) -> tuple[int, float]:
+    """Kill the sample and every process it left, reap them; the sample's wait status and CPU seconds."""
     _kill_all_but_zygote(sample)
-    status = os.waitpid(sample, 0)[1]
+    _, status, usage = os.wait4(sample, 0)
     give_up = time.monotonic() + 2.0
     while time.monotonic() < give_up:  # what it left (only without seccomp) is ours now, or dying
         _kill_all_but_zygote(sample)
@@ -427,7 +427,7 @@ def _end_sample(sample: int) -> int:
                 time.sleep(0.0005)
         except ChildProcessError:
             break
-    return status
+    return status, usage.ru_utime + usage.ru_stime
 
 
 def _kill_all_but_zygote(sample: int) -> None:
@@ -559,8 +559,9 @@ def _run_tests(tests: str, code, entry_point: str, channel: _Channel) -> dict:
         return {"passed": False, "reason": f"the program failed to load: {reason}"}
     if hello != ("ready",):
         return {"passed": False, "reason": "the sample answered out of protocol"}
+    namespace = {"__name__": "__tests__", entry_point: channel.call}
     try:
-        exec(code, {"__name__": "__tests__", entry_point: channel.call})
+        exec(code, namespace)
     except (_Deadline, SampleBroke):
         raise
     except AssertionError as e:
@@ -572,7 +573,8 @@ def _run_tests(tests: str, code, entry_point: str, channel: _Channel) -> dict:
         return {"passed": False, "reason": channel.broken or f"{what} at {_test_line(tests, e)}"}
     if channel.broken:  # the tests caught SampleBroke as a BaseException
         return {"passed": False, "reason": channel.broken}
-    return {"passed": True, "reason": "passed"}
+    output = namespace.get("output")  # what the tests hand back as text (a tool's run: see Sandbox.run_program)
+    return {"passed": True, "reason": "passed", **({"output": output} if isinstance(output, str) else {})}
 
 
 def _test_line(tests: str, error: BaseException) -> str:
@@ -732,7 +734,7 @@ class Server:
     # -- one job ------------------------------------------------------------------------
 
     def run(self, job: dict) -> dict:
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         timeout = float(job["timeout_s"])
         tests = job["tests"]
         code = self.compiled.get(tests)
@@ -756,6 +758,7 @@ class Server:
             os.close(calls_r)
             os.close(replies_w)
         status: list[int] = []
+        sample_cpu: list[float] = []
 
         def sample_status() -> int:  # ends the sample if it has not ended: asked once
             _disarm()  # a deadline must not cut this exchange in half
@@ -764,7 +767,9 @@ class Server:
                     self.control.send(b"end")
                 except OSError as e:
                     raise SystemExit(f"the zygote is gone ({e})") from None
-                status.append(json.loads(self._from_zygote())["status"])
+                ended = json.loads(self._from_zygote())
+                status.append(ended["status"])
+                sample_cpu.append(ended["cpu_s"])
             return status[0]
 
         channel = _Channel(calls_w, replies_r, sample_status)
@@ -785,6 +790,7 @@ class Server:
             self._empty_work()
         verdict["reason"] = verdict["reason"][:REASON_CHARS]
         verdict["seconds"] = time.monotonic() - started
+        verdict["cpu_s"] = sum(sample_cpu) + time.process_time() - cpu_started  # the sample's and this server's
         return verdict
 
     def _from_zygote(self) -> bytes:

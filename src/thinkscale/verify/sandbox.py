@@ -123,6 +123,51 @@ class CodeJob:
             raise ValueError(f"entry_point must be a Python function name, got {self.entry_point!r}")
 
 
+@dataclass(frozen=True)
+class ProgramRun:
+    """What a program run by `Sandbox.run_program` printed, or why it failed, and what it cost."""
+
+    output: str | None  # everything it printed; None if it failed
+    error: str | None  # why it failed (raised, printed too much, ran out of time): None if it did not
+    cpu_s: float
+    wall_s: float
+    partial: str = ""  # what it printed before it failed
+
+
+# A tool's program: the code runs as `__main__` with its printing captured and capped; an error ends the
+# text after a mark, so the reply is one plain string. The capped writer raises at the cap, which stops a
+# program that prints without end long before any time limit.
+_ERROR_MARK = "\x00error\x00"
+_RUN_PROGRAM = """
+import io as _io, sys as _sys
+
+class _Capped(_io.StringIO):
+    def write(self, text):
+        if self.tell() + len(text) > {cap}:
+            super().write(text[:{cap} - self.tell()])
+            raise OverflowError("output too long: more than {cap} characters")
+        return super().write(text)
+
+_CODE = {code!r}
+
+def run_program():
+    out = _Capped()
+    _sys.stdout = _sys.stderr = out
+    try:
+        exec(compile(_CODE, "<tool>", "exec"), {{"__name__": "__main__"}})
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            out.seek(0, 2)
+            return out.getvalue() + "\\x00error\\x00" + "exit status " + str(e.code)
+    except BaseException as e:
+        return out.getvalue() + "\\x00error\\x00" + type(e).__name__ + ": " + str(e)[:300]
+    finally:
+        _sys.stdout, _sys.stderr = _sys.__stdout__, _sys.__stderr__
+    return out.getvalue()
+"""
+_RUN_TESTS = "output = run_program()\n"
+
+
 class _ServerDied(RuntimeError):
     pass
 
@@ -269,7 +314,11 @@ class Sandbox:
     def check_job(self, job: CodeJob, limits: Limits | None = None) -> Verdict:
         if not isinstance(job, CodeJob):
             raise TypeError(f"expected a CodeJob, got {type(job).__name__}")
-        limits = limits or self.limits
+        reply = self._run(job, limits or self.limits)
+        return Verdict(bool(reply["passed"]), str(reply["reason"]))
+
+    def _run(self, job: CodeJob, limits: Limits) -> dict:
+        """The server's reply to `job`: passed, reason, seconds, cpu_s (and output, where the tests set one)."""
         if os.getpid() != self._pid:  # a forked child must not talk to its parent's servers
             self._reset()
         with self._slots:
@@ -278,12 +327,33 @@ class Sandbox:
                 reply = server.run(job, limits)
             except TimeoutError:
                 server.kill()
-                return Verdict(False, f"sandbox error: no verdict within {limits.timeout_s + _GRACE_S:g} s")
+                return {"passed": False, "reason": f"sandbox error: no verdict within {limits.timeout_s + _GRACE_S:g} s"}
             except _ServerDied as e:
                 server.kill()
-                return Verdict(False, f"sandbox error: {e}")
+                return {"passed": False, "reason": f"sandbox error: {e}"}
             self._give_back(server)
-        return Verdict(bool(reply["passed"]), str(reply["reason"]))
+        return reply
+
+    def run_program(self, code: str, limits: Limits | None = None, max_output_chars: int = 1000) -> ProgramRun:
+        """Run `code` as a script in a sample's process and return what it printed (a tool's run).
+
+        The printed text comes back as plain data, capped: a program that
+        prints more than `max_output_chars` is stopped there with an error,
+        as is one that raises, runs past its limits or never ends. The CPU time
+        is the sample's process and its server's, as the operating system
+        counted them, plus this thread's.
+        """
+        limits = limits or self.limits
+        cpu_started, started = time.thread_time(), time.perf_counter()
+        job = CodeJob(_RUN_PROGRAM.format(code=code, cap=max_output_chars), _RUN_TESTS, "run_program")
+        reply = self._run(job, limits)
+        cpu = float(reply.get("cpu_s", 0.0)) + time.thread_time() - cpu_started
+        wall = time.perf_counter() - started
+        output = reply.get("output") if reply.get("passed") else None
+        if not isinstance(output, str):
+            return ProgramRun(None, str(reply.get("reason", "no output")), cpu, wall)
+        text, _, error = output.partition(_ERROR_MARK)
+        return ProgramRun(text if not error else None, error or None, cpu, wall, partial=text if error else "")
 
     def check_many(self, jobs: Sequence[CodeJob], limits: Limits | None = None) -> list[Verdict]:
         """One verdict per job, in order, `workers` at a time."""
