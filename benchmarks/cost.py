@@ -1,7 +1,7 @@
 """What compute really costs: tools in the loop, and a small model with search against a 4x larger one.
 
     python benchmarks/cost.py [--problems 200] [--problem-seed 0] [--cpu-hour 0.05] [--threads 1]
-        [--parts tools,models]
+        [--parts tools,models] [--large arithmetic-4x]
 
 Every configuration is priced by one stated table: a CPU-hour costs
 `--cpu-hour` dollars, whoever spends it. A tiny core's tokens cost what the
@@ -23,17 +23,22 @@ costs more than the by-hand core's largest k, its best is used, which favours
 the baseline). By difficulty, it says where python's process cost outweighs
 what it buys: problems whose operations all stay within 99 need no tool.
 
-**Part 2, models** (`arithmetic`, test split): the shipped policy (0.86M
-parameters) with the shipped PRM, by weighted best-of-N and PRM beam search
-at 4, 16 and 64, against `arithmetic-4x` (3.2M non-embedding parameters,
-trained by `thinkscale train policy`, see README) with one sample, majority
-vote at 4 and 16, and PRM-weighted best-of-N at 4 and 16. For each of the
-large model's configurations, the small model's best accuracy at no more
-FLOPs (and at no more dollars) is set beside it, by difficulty, with 90%
-bootstrap intervals (Snell et al., arXiv 2408.03314: search wins on easy
-and medium problems, not on the hardest). Then the Monkeys question (Brown et
-al., arXiv 2407.21787): the cheapest small configuration that reaches the
-large model's pass@1, and what it costs against the large model's one sample.
+**Part 2, models** (`arithmetic`, test split): the shipped policy (0.85M
+parameters besides its embeddings) alone, by majority vote, and with the
+shipped PRM by weighted best-of-N and PRM beam search, at 2, 4, 16 and 64,
+against `arithmetic-4x` (3.4M, four times as many; trained by `thinkscale
+train policy`, see docs/tiny-core.md) with one sample, majority vote at 4 and
+16, and PRM-weighted best-of-N at 4 and 16. For each of the large model's
+configurations, the small model's best configuration at no more FLOPs (and at
+no more dollars) on the same problems is set beside it, by difficulty, with
+a 90% paired bootstrap interval on the difference (Snell et al., arXiv
+2408.03314: search wins on easy and medium problems, not on the hardest).
+Then the Monkeys question (Brown et al., arXiv 2407.21787): the cheapest
+small configuration that reaches the large model's pass@1, and what it costs
+against the large model's one sample. Both choices (the configuration per
+difficulty and budget, and the cheapest that reaches) are made on
+`--dev-problems` train-split problems (none the PRM was labelled on, drawn as
+`benchmarks/search.py --split dev` draws them) and reported on test.
 
 The last line is the headline: `cost per solved problem: small+search $X vs large $Y`
 (with only part 1: `tools: accuracy at equal cost N.Nx (calc), N.Nx (python)`).
@@ -44,7 +49,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/search.py: the dev draw
 
 TOOL_CONFIGS = {  # label -> (checkpoint, tool or None)
     "by-hand": ("arithmetic-large", None),
@@ -60,8 +69,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--problem-seed", type=int, default=0, help="which test problems are drawn (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--ks", default="1,4,16", help="majority-vote sizes in part 1 (default 1,4,16)")
-    parser.add_argument("--search-ns", default="4,16,64", help="the small model's search sizes (default 4,16,64)")
+    parser.add_argument("--search-ns", default="2,4,16,64",
+                        help="the small model's vote and search sizes (default 2,4,16,64)")
+    parser.add_argument("--dev-problems", type=int, default=120,
+                        help="dev problems (train split, none the PRM was labelled on) that choose the small "
+                             "configurations of part 2 (default 120)")
     parser.add_argument("--large-ns", default="4,16", help="the large model's vote/best-of sizes (default 4,16)")
+    parser.add_argument("--large", default="arithmetic-4x",
+                        help="the large policy of part 2: a shipped name or a checkpoint directory (default arithmetic-4x)")
     parser.add_argument("--cpu-hour", type=float, default=0.05, help="dollars per CPU-hour (default 0.05)")
     parser.add_argument("--parts", default="tools,models", help="tools, models or both (default both)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -199,6 +214,8 @@ def bootstrap(values, resamples: int = 1000, seed: int = 0) -> tuple[float, floa
 def models_part(args) -> dict:
     import math as _math
 
+    from search import dev_examples, labelled_problems
+
     from thinkscale.budget import Budget, Prices, per_token_from_hour
     from thinkscale.policies import get_policy
     from thinkscale.runner import run
@@ -208,20 +225,22 @@ def models_part(args) -> dict:
 
     task = get_task("arithmetic")
     examples = task.examples("test", args.problems, seed=args.problem_seed)
+    dev = dev_examples(task, args.dev_problems, args.problem_seed, labelled_problems(task, ["arithmetic-prm"]))
     small = get_policy("tiny", checkpoint_name="arithmetic", threads=args.threads)
-    large = get_policy("tiny", checkpoint_name="arithmetic-4x", threads=args.threads)
+    large = get_policy("tiny", checkpoint_name=args.large, threads=args.threads)
     prm = get_scorer("prm", checkpoint_name="arithmetic-prm")
     rates = {"small": throughput(small, task, 24, args.seed), "large": throughput(large, task, 24, args.seed)}
     per_million = {name: per_token_from_hour(args.cpu_hour, rate) for name, rate in rates.items()}
     print(f"\nprice table: ${args.cpu_hour}/CPU-hour; measured here, tokens a CPU-second: the small policy "
-          f"{rates['small']:,.0f} (${per_million['small']:.4f} a million), the 4x policy "
+          f"{rates['small']:,.0f} (${per_million['small']:.4f} a million), the large policy ({args.large}) "
           f"{rates['large']:,.0f} (${per_million['large']:.4f} a million); the PRM's tokens at the "
           f"small policy's price (it is the small model's size)")
     prices = {name: Prices(prompt=rate, generated=rate, cached_prompt=0.0, scored=per_million["small"])
               for name, rate in per_million.items()}
-    configs = {}  # label -> (which model, strategy, scorer)
+    configs = {"small@1": ("small", get_strategy("majority_vote", n=1), None)}  # label -> (model, strategy, scorer)
     for n in args.search_ns:
         width = max(1, 2 ** round(_math.log2(n) / 2))
+        configs[f"small-vote@{n}"] = ("small", get_strategy("majority_vote", n=n), None)
         configs[f"small-wbon@{n}"] = ("small", get_strategy("weighted_best_of_n", n=n, aggregation="min"), prm)
         configs[f"small-beam@{n}"] = ("small", get_strategy("beam_search", n=n, width=width, aggregation="min",
                                                             choose="weighted"), prm)
@@ -229,70 +248,77 @@ def models_part(args) -> dict:
     for k in args.large_ns:
         configs[f"large-vote@{k}"] = ("large", get_strategy("majority_vote", n=k), None)
         configs[f"large-wbon@{k}"] = ("large", get_strategy("weighted_best_of_n", n=k, aggregation="min"), prm)
-    runs = {}
-    for label, (which, strategy, scorer) in configs.items():
-        started = time.perf_counter()
-        traces = run(examples, task, strategy, small if which == "small" else large, Budget(), seed=args.seed,
-                     scorer=scorer)
-        runs[label] = priced(traces, prices[which])
-        print(f"{label}: accuracy {sum(bool(t.correct) for t in traces) / len(traces):.3f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-    ids = [e.problem.id for e in examples]
-    difficulty = {e.problem.id: e.problem.difficulty for e in examples}
-    table = {label: {t.problem_id: t for t in traces} for label, traces in runs.items()}
 
-    def summary(label: str, subset: list[str]) -> tuple[float, float, float]:
-        traces = [table[label][i] for i in subset]
+    def run_all(draw: list, split: str) -> dict[str, dict[str, object]]:
+        table = {}
+        for label, (which, strategy, scorer) in configs.items():
+            started = time.perf_counter()
+            traces = run(draw, task, strategy, small if which == "small" else large, Budget(), seed=args.seed,
+                         scorer=scorer)
+            table[label] = {t.problem_id: t for t in priced(traces, prices[which])}
+            print(f"{split} {label}: accuracy {sum(bool(t.correct) for t in traces) / len(traces):.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        return table
+
+    tables = {"dev": run_all(dev, "dev"), "test": run_all(examples, "test")}
+    ids = {"dev": [e.problem.id for e in dev], "test": [e.problem.id for e in examples]}
+    difficulty = {e.problem.id: e.problem.difficulty for e in dev + examples}
+
+    def summary(split: str, label: str, subset: list[str]) -> tuple[float, float, float]:
+        traces = [tables[split][label][i] for i in subset]
         return (sum(bool(t.correct) for t in traces) / len(traces), sum(t.usage.flops for t in traces) / len(traces),
                 sum(t.usage.dollars for t in traces) / len(traces))
 
-    print(f"\n{'config':<16} {'accuracy':>8} {'90% interval':>13} {'FLOPs':>9} {'$/problem':>10} {'$/solved':>10}")
+    test_ids = ids["test"]
+    print(f"\ntest split, {len(test_ids)} problems:")
+    print(f"{'config':<16} {'accuracy':>8} {'90% interval':>13} {'FLOPs':>9} {'$/problem':>10} {'$/solved':>10}")
     for label in configs:
-        acc, flops, dollars = summary(label, ids)
-        lo, hi = bootstrap([bool(table[label][i].correct) for i in ids])
-        solved = acc * len(ids)
+        acc, flops, dollars = summary("test", label, test_ids)
+        lo, hi = bootstrap([bool(tables["test"][label][i].correct) for i in test_ids])
         print(f"{label:<16} {acc:8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {flops:9.2e} {dollars:10.2e} "
-              f"{dollars * len(ids) / solved if solved else float('nan'):10.2e}")
+              f"{dollars / acc if acc else float('nan'):10.2e}")
 
     small_labels = [label for label in configs if label.startswith("small")]
     levels = sorted(set(difficulty.values()))
     for unit, column in (("FLOPs", 1), ("dollars", 2)):
-        print(f"\nSnell: at matched {unit}, the small model's best search (no more {unit} than the large model spent "
-              f"on those problems) against each large configuration, by difficulty; difference small - large with a "
-              f"90% paired bootstrap interval:")
+        print(f"\nSnell at matched {unit}: for each large configuration and difficulty, the small configuration "
+              f"chosen on dev (the most accurate there at no more {unit} than the large one spent there), on test; "
+              f"small - large with a 90% paired bootstrap interval over the test problems:")
         for large_label in [label for label in configs if label.startswith("large")]:
-            cells = []
+            print(f"  against {large_label}:")
             for d in levels:
-                subset = [i for i in ids if difficulty[i] == d]
-                spend = summary(large_label, subset)[column]
-                affordable = [label for label in small_labels if summary(label, subset)[column] <= spend]
+                dev_d = [i for i in ids["dev"] if difficulty[i] == d]
+                test_d = [i for i in test_ids if difficulty[i] == d]
+                spend = summary("dev", large_label, dev_d)[column]
+                affordable = [label for label in small_labels if summary("dev", label, dev_d)[column] <= spend]
                 if not affordable:
-                    cells.append(f"d={d}: none affordable")
+                    print(f"    d={d}: no small configuration costs as little on dev")
                     continue
-                best = max(affordable, key=lambda label: summary(label, subset)[0])
-                diff = [float(bool(table[best][i].correct)) - float(bool(table[large_label][i].correct))
-                        for i in subset]
+                best = max(affordable, key=lambda label: summary("dev", label, dev_d)[0])
+                diff = [float(bool(tables["test"][best][i].correct)) - float(bool(tables["test"][large_label][i].correct))
+                        for i in test_d]
                 lo, hi = bootstrap(diff)
                 verdict = "small wins" if lo > 0 else "large wins" if hi < 0 else "no clear difference"
-                cells.append(f"d={d}: {summary(best, subset)[0]:.2f} ({best}) vs {summary(large_label, subset)[0]:.2f}, "
-                             f"{sum(diff) / len(diff):+.2f} [{lo:+.2f}, {hi:+.2f}] {verdict}")
-            print(f"  against {large_label}:")
-            for cell in cells:
-                print(f"    {cell}")
+                mine, theirs = summary("test", best, test_d), summary("test", large_label, test_d)
+                print(f"    d={d}: {best} {mine[0]:.3f} vs {theirs[0]:.3f}: {sum(diff) / len(diff):+.3f} "
+                      f"[{lo:+.3f}, {hi:+.3f}] {verdict} (test {unit}: {mine[column]:.2e} vs {theirs[column]:.2e})")
 
-    large_acc, _, large_dollars = summary("large@1", ids)
-    reaching = sorted((summary(label, ids)[2], label) for label in small_labels if summary(label, ids)[0] >= large_acc)
-    print(f"\nMonkeys: the large model's pass@1 is {large_acc:.3f} at ${large_dollars:.2e} a problem")
+    dev_large = summary("dev", "large@1", ids["dev"])[0]
+    large_acc, _, large_dollars = summary("test", "large@1", test_ids)
+    reaching = sorted((summary("dev", label, ids["dev"])[2], label) for label in small_labels
+                      if summary("dev", label, ids["dev"])[0] >= dev_large)
+    print(f"\nMonkeys: the large model's pass@1 is {large_acc:.3f} on test ({dev_large:.3f} on dev) at "
+          f"${large_dollars:.2e} a problem")
     if reaching:
-        cost, label = reaching[0]
-        acc = summary(label, ids)[0]
-        print(f"  the cheapest small configuration that reaches it: {label}, accuracy {acc:.3f} at ${cost:.2e} a "
-              f"problem ({cost / large_dollars:.2f}x the large model's one sample)")
+        label = reaching[0][1]
+        acc, _, cost = summary("test", label, test_ids)
+        print(f"  the cheapest small configuration that reaches it on dev: {label}; on test {acc:.3f} at ${cost:.2e} "
+              f"a problem ({cost / large_dollars:.2f}x the large model's one sample)")
     else:
-        label = max(small_labels, key=lambda label: summary(label, ids)[0])
-        acc, _, cost = summary(label, ids)
-        print(f"  no small configuration reaches it; the most accurate, {label}, reaches {acc:.3f} at ${cost:.2e} a "
-              f"problem (the headline uses it)")
+        label = max(small_labels, key=lambda label: summary("dev", label, ids["dev"])[0])
+        acc, _, cost = summary("test", label, test_ids)
+        print(f"  no small configuration reaches it on dev; the most accurate there, {label}, reaches {acc:.3f} on "
+              f"test at ${cost:.2e} a problem (the headline uses it)")
     per_solved = cost / acc if acc else float("inf")
     large_per_solved = large_dollars / large_acc if large_acc else float("inf")
     return {"headline": f"cost per solved problem: small+search ${per_solved:.2e} vs large ${large_per_solved:.2e}"}

@@ -196,8 +196,9 @@ def test_cost_benchmark_tools_part():
 
 @pytest.mark.skipif(not shipped("arithmetic-4x"), reason="the 4x policy is not shipped")
 def test_cost_benchmark_models_part():
-    lines = bench("cost.py", "--problems", "6", "--parts", "models", "--search-ns", "4", "--large-ns", "2",
-                  "--problem-seed", "1")
-    assert any(line.startswith("Snell: at matched FLOPs") for line in lines)
+    lines = bench("cost.py", "--problems", "6", "--dev-problems", "6", "--parts", "models", "--search-ns", "2",
+                  "--large-ns", "2", "--problem-seed", "1")
+    assert any(line.startswith("Snell at matched FLOPs") for line in lines)
+    assert any(line.startswith("Snell at matched dollars") for line in lines)
     assert any(line.startswith("Monkeys:") for line in lines)
     assert re.fullmatch(r"cost per solved problem: small\+search \$\S+ vs large \$\S+", lines[-1]), lines[-1]
