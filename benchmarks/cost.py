@@ -20,8 +20,10 @@ majority vote at k = 1, 4 and 16 (k = 1 is pass@1). The ratio is the tool's
 accuracy over the by-hand core's at equal cost (the by-hand core's accuracy
 at the tool's cost, interpolated in log cost on its own curve; where the tool
 costs more than the by-hand core's largest k, its best is used, which favours
-the baseline). By difficulty, it says where python's process cost outweighs
-what it buys: problems whose operations all stay within 99 need no tool.
+the baseline). Where python's process cost outweighs what it buys: what a
+sandboxed call costs in the core's tokens, what `calc` buys at `python`'s
+cost, and what each spends on the problems whose numbers all stay within 99
+(they need no tool).
 
 **Part 2, models** (`arithmetic`, test split): the shipped policy (0.85M
 parameters besides its embeddings) alone, by majority vote, and with the
@@ -42,6 +44,8 @@ difficulty and budget, and the cheapest that reaches) are made on
 
 The last line is the headline: `cost per solved problem: small+search $X vs large $Y`
 (with only part 1: `tools: accuracy at equal cost N.Nx (calc), N.Nx (python)`).
+Part 1 took 5 minutes here, part 2 15 (one thread of a 2-core CPU, other jobs
+on the machine). Measured: docs/tools.md.
 """
 
 from __future__ import annotations
