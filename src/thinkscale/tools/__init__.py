@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from thinkscale.registry import Registry, unknown_name_error
@@ -28,8 +28,7 @@ class Toolbox:
 
     tools: dict[str, Tool]
     syntax: ToolSyntax = TAG
-    max_calls: int = 8  # per sample; a call beyond it is answered with an error
-    _by_syntax: dict[str, str] = field(default_factory=dict)
+    max_calls: int = 8  # per sample; a sample that calls again is cut off there (never an answer)
 
     def __post_init__(self) -> None:
         if not self.tools:
