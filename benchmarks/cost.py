@@ -110,12 +110,6 @@ def throughput(policy, task, problems: int, seed: int) -> float:
     return tokens / seconds
 
 
-def priced(traces, prices) -> list:
-    for t in traces:
-        t.usage.dollars = prices.dollars(t.usage)
-    return traces
-
-
 def interpolate(cost: float, curve: list[tuple[float, float]]) -> float:
     """Accuracy of a (cost, accuracy) curve at `cost`, linear in log cost; its best below, beyond its ends."""
     curve = sorted(curve)
@@ -135,6 +129,7 @@ def tools_part(args) -> dict:
     from thinkscale.runner import run
     from thinkscale.strategies import get_strategy
     from thinkscale.tasks import get_task
+    from thinkscale.tasks.arithmetic_large import needs_tool
     from thinkscale.tools import Toolbox
 
     task = get_task("arithmetic-large")
@@ -152,10 +147,10 @@ def tools_part(args) -> dict:
             toolbox = Toolbox.build([tool], timeout_s=2.0) if tool else None
             started = time.perf_counter()
             traces = run(examples, task, get_strategy("majority_vote", n=k, max_tokens=200), policies[checkpoint],
-                         Budget(), seed=args.seed, tools=toolbox)
+                         Budget(), seed=args.seed, tools=toolbox, prices=prices)
             if toolbox is not None:
                 toolbox.close()
-            by_label[f"{label}@{k}"] = priced(traces, prices)
+            by_label[f"{label}@{k}"] = traces
             u = [t.usage for t in traces]
             print(f"{label}@{k}: accuracy {sum(bool(t.correct) for t in traces) / len(traces):.3f}, "
                   f"{sum(x.tool_calls for x in u) / len(u):.2f} tool calls and {sum(x.tool_cpu_s for x in u) / len(u) * 1e3:.2f} "
@@ -193,7 +188,7 @@ def tools_part(args) -> dict:
     for d in s[f"by-hand@{args.ks[0]}"]["by_difficulty"]:
         row = {label: s[f"{label}@{args.ks[0]}"] for label in TOOL_CONFIGS}
         print(f"  d={d}: " + ", ".join(f"{label} {r['by_difficulty'][d]:.3f}" for label, r in row.items()))
-    no_hard = [e for e in examples if _needs_no_tool(e.problem.prompt)]
+    no_hard = [e for e in examples if not needs_tool(e.problem.prompt)]
     if no_hard:
         ids = {e.problem.id for e in no_hard}
         print(f"\n{len(no_hard)} problems need no tool (every number in them stays within 99):")
@@ -258,8 +253,8 @@ def models_part(args) -> dict:
         for label, (which, strategy, scorer) in configs.items():
             started = time.perf_counter()
             traces = run(draw, task, strategy, small if which == "small" else large, Budget(), seed=args.seed,
-                         scorer=scorer)
-            table[label] = {t.problem_id: t for t in priced(traces, prices[which])}
+                         scorer=scorer, prices=prices[which])
+            table[label] = {t.problem_id: t for t in traces}
             print(f"{split} {label}: accuracy {sum(bool(t.correct) for t in traces) / len(traces):.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
         return table
@@ -326,19 +321,6 @@ def models_part(args) -> dict:
     per_solved = cost / acc if acc else float("inf")
     large_per_solved = large_dollars / large_acc if large_acc else float("inf")
     return {"headline": f"cost per solved problem: small+search ${per_solved:.2e} vs large ${large_per_solved:.2e}"}
-
-
-def _needs_no_tool(prompt: str) -> bool:
-    from thinkscale.tasks.arithmetic import parse, successors
-    from thinkscale.tasks.arithmetic_large import _reduced, is_hard
-
-    tree = parse(prompt.rstrip("=\n"))
-    while not isinstance(tree, int):
-        following = successors(tree)[0]
-        if is_hard(*_reduced(tree, following)[1:]):
-            return False
-        tree = following
-    return True
 
 
 def main() -> None:

@@ -202,9 +202,10 @@ class Search:
         result (`_with_tools`) and comes back whole: one generation, its
         tokens those the policy generated in all its pieces.
         """
-        stop = (self.tools.syntax.close,) if self.tools is not None else ()
-        requests = [dataclasses.replace(r, cache_scope=self.scope, stop=tuple(dict.fromkeys(r.stop + stop)))
-                    for r in requests]
+        requests = [dataclasses.replace(r, cache_scope=self.scope) for r in requests]
+        if self.tools is not None:  # every generation stops at a call
+            close = self.tools.syntax.close
+            requests = [r if close in r.stop else dataclasses.replace(r, stop=r.stop + (close,)) for r in requests]
         results, elapsed = await self._within_wall(self.policy.generate(requests))
         if results is None:
             return None

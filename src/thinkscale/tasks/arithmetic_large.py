@@ -50,6 +50,17 @@ def is_hard(left: int, right: int, value: int) -> bool:
     return max(left, right, value) > HAND_LIMIT
 
 
+def needs_tool(prompt: str) -> bool:
+    """Whether reducing the problem in `prompt` meets a hard operation (taking the first ready one each time)."""
+    tree = parse(prompt.rstrip("=\n"))
+    while not isinstance(tree, int):
+        following = successors(tree)[0]
+        if is_hard(*_reduced(tree, following)[1:]):
+            return True
+        tree = following
+    return False
+
+
 class LargeArithmeticTask(ArithmeticTask):
     name = "arithmetic-large"
     difficulties = (2, 3, 4)

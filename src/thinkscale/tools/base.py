@@ -69,7 +69,9 @@ class ToolSyntax:
     name: str
     open: str  # what starts a call; the argument runs from here to the closing marker
     close: str  # what ends a call: a stop string, so the policy halts there
+    written: str  # what is appended after the argument; {result} is the tool's text, stripped
     result_pattern: str = r"[\s\S]*"  # what a successful result may look like to be written back at all
+    shows_errors: bool = True  # False: a failed call writes an empty result (a vocabulary that cannot spell one)
 
     def argument(self, text: str) -> str | None:
         """The argument of the call that `text` (a generation stopped at `close`) ends with; None if no
@@ -81,10 +83,8 @@ class ToolSyntax:
 
     def render(self, result: ToolResult) -> str:
         """What is appended after the argument: the closing marker and the result."""
-        text = result.text.strip()
-        if self.name == "tag":
-            return f"{self.close}={text if result.ok else ''}"
-        return f"{self.close}```output\n{text}\n```\n"
+        shown = result.text.strip() if result.ok or self.shows_errors else ""
+        return self.written.format(result=shown)
 
     def accepts(self, result: ToolResult) -> ToolResult:
         """`result`, or a failure if its text is not what this syntax can write back."""
@@ -95,6 +95,7 @@ class ToolSyntax:
         return result
 
 
-TAG = ToolSyntax("tag", open="[", close="]", result_pattern=r"-?\d+")
-FENCED = ToolSyntax("fenced", open="```python\n", close="\n```\n")  # not "\n```": the opening fence has it
+TAG = ToolSyntax("tag", open="[", close="]", written="]={result}", result_pattern=r"-?\d+", shows_errors=False)
+# The closing fence on a line of its own: "\n```" alone would stop at the opening fence too.
+FENCED = ToolSyntax("fenced", open="```python\n", close="\n```\n", written="\n```\n```output\n{result}\n```\n")
 SYNTAXES = {s.name: s for s in (TAG, FENCED)}
