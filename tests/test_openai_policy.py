@@ -152,6 +152,31 @@ def test_majority_vote_grades_the_same_as_the_tiny_policy(tiny, server, arithmet
         assert mine.usage.samples == 3 and mine.usage.policy_calls == 1
 
 
+def test_step_search_over_the_chat_api_continues_the_assistants_reply(tiny, server, arithmetic):
+    """Each step asks the server to continue the reply so far, as the assistant's own message (vLLM's
+    `continue_final_message`): the search is the one it is in process."""
+    from thinkscale.scorers import get_scorer
+
+    examples, scorer = arithmetic.examples("test", 6), get_scorer("confidence", checkpoint_name="arithmetic")
+    strategy = get_strategy("beam_search", n=4, width=2, temperature=0.8)
+    chat = run(examples, arithmetic, strategy, OpenAIPolicy(server.base_url, api="chat", model="m"), Budget(),
+               seed=0, scorer=scorer)
+    direct = run(examples, arithmetic, strategy, tiny, Budget(), seed=0, scorer=scorer)
+    assert [[n.text for n in t.nodes] for t in chat] == [[n.text for n in t.nodes] for t in direct]
+    assert [(t.chosen_answer, t.correct) for t in chat] == [(t.chosen_answer, t.correct) for t in direct]
+    later = [b for b in server.bodies if len(b["messages"]) > 1]
+    assert later and all(b["continue_final_message"] and not b["add_generation_prompt"] for b in later)
+    for body in later:
+        user, reply = body["messages"]
+        assert user["role"] == "user" and user["content"] in {e.problem.prompt for e in examples}
+        assert reply["role"] == "assistant" and reply["content"]
+    # a server that cannot continue a reply (OpenAI's own API): whole samples work, step search is refused
+    strict = OpenAIPolicy(server.base_url, api="chat", model="m", continue_final_message=False)
+    assert run(examples[:2], arithmetic, get_strategy("majority_vote", n=2), strict, Budget())
+    with pytest.raises(BackendError, match="continue_final_message: false"):
+        run(examples[:1], arithmetic, strategy, strict, Budget(), scorer=scorer)
+
+
 def test_requests_are_spread_over_base_urls_within_the_concurrency_limit(served, tiny, arithmetic):
     requests = [request_for(arithmetic, i, temperature=0, max_tokens=32) for i in range(8)]
     other = get_policy("tiny", checkpoint_name="arithmetic")  # each server's loop needs a policy of its own

@@ -10,6 +10,7 @@ makes real calls here: no mock stands in for the policy or the tools.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pytest
@@ -17,12 +18,14 @@ import pytest
 from thinkscale.budget import Budget, Prices, Usage
 from thinkscale.config import ConfigError, parse_config
 from thinkscale.policies import get_policy
+from thinkscale.policies.base import tool_exchanges
 from thinkscale.runner import solve_all
 from thinkscale.strategies import get_strategy
 from thinkscale.tasks import get_task
 from thinkscale.tasks.arithmetic import evaluate, parse
 from thinkscale.tasks.base import Example, Problem
-from thinkscale.tools import FENCED, TAG, Toolbox, ToolResult, get_tool
+from thinkscale.tools import FENCED, TAG, TOOL_CALLS, Toolbox, ToolResult, get_tool
+from tiny_openai_server import TinyOpenAIServer
 
 CALL = re.compile(r"\[([^\]]*)\]=(-?\d*)")
 
@@ -77,6 +80,20 @@ def test_the_syntaxes_find_a_call_and_write_its_result_back():
     assert FENCED.render(ToolResult("42\n", True)) == "\n```\n```output\n42\n```\n"
     with pytest.raises(ValueError, match="exactly one"):
         Toolbox.build(["calc", "python"], syntax="tag")
+
+
+def test_an_api_call_is_checked_against_the_toolbox_and_answered_with_what_is_wrong():
+    box = Toolbox.build(["calc", "python"], syntax="tool_calls")
+    assert [(t.name, t.argument) for t in box.specs()] == [("calc", "expression"), ("python", "code")]
+    tool, argument = box.tool_for('{"name": "calc", "arguments": {"expression": "6*7"}}')
+    assert (tool.name, argument) == ("calc", "6*7")
+    for call, said in [('{"name": "shell", "arguments": {}}', "no tool 'shell' here; the tools are calc, python"),
+                       ('{"name": "calc", "arguments": {"code": "1"}}', "calc takes one string argument, 'expression'"),
+                       ('{"name": "calc"', "the call is not")]:
+        tool, why = box.tool_for(call)
+        assert tool is None and said in why
+    rendered = TOOL_CALLS.render(ToolResult("42\n", True))
+    assert rendered == "\n</tool_call>\n<tool_response>\n42\n</tool_response>\n"
 
 
 def test_the_large_number_task_draws_the_same_problems_with_and_without_tool_solutions():
@@ -149,6 +166,44 @@ def test_step_search_runs_calls_inside_steps(tool_policy, large):
     steps = [n.text for t in traces for n in t.nodes[1:]]
     assert any(CALL.fullmatch(s.rstrip("\n")) for s in steps)  # a step is the call and its result, one line
     assert sum(t.usage.tool_calls for t in traces) > 0
+
+
+def test_a_chat_api_makes_the_calls_as_openai_tool_calls_and_the_samples_equal_the_tag_syntax(tool_policy, large):
+    """The same model behind an OpenAI-compatible server that parses its calls into `tool_calls` (as vLLM's
+    tool parsers do): the search declares the tools, runs each call the API returns, sends the result back
+    as a `tool` message, and gets the very samples the tag syntax gets in process."""
+    from thinkscale.policies.openai import OpenAIPolicy
+
+    examples, strategy = large.examples("test", 8), get_strategy("majority_vote", n=4, max_tokens=200)
+    direct = solve(examples, large, tool_policy, strategy, tools=Toolbox.build(["calc"]))
+    served = get_policy("tiny", checkpoint_name="arithmetic-large-tool", threads=1)
+    with TinyOpenAIServer(served, model="tiny-tool") as server:
+        chat = OpenAIPolicy(server.base_url, api="chat", model="tiny-tool")
+        traces = solve(examples, large, chat, strategy, tools=Toolbox.build(["calc"], syntax="tool_calls"))
+        bodies = list(server.bodies)
+    assert sum(t.usage.tool_calls for t in traces) == sum(t.usage.tool_calls for t in direct) > 5
+    for mine, theirs in zip(traces, direct):
+        assert (mine.chosen_answer, mine.correct) == (theirs.chosen_answer, theirs.correct)
+        assert mine.usage.generated_tokens == theirs.usage.generated_tokens
+        assert mine.usage.policy_calls == theirs.usage.policy_calls
+        # the trace records each call as the API made it, and its result: written as tags, the same text
+        for node, twin in zip(mine.terminals(), theirs.terminals()):
+            exchanges, rest = tool_exchanges(node.text)
+            as_tags = "".join(f"{e.before}[{e.arguments['expression']}]={e.result}" for e in exchanges) + rest
+            assert as_tags == twin.text
+    assert all(b["tools"][0]["function"]["name"] == "calc" for b in bodies)
+    answered = [b["messages"] for b in bodies if b["messages"][-1]["role"] != "user"]
+    assert answered, "no sample was continued after a tool result"
+    for messages in answered:
+        assert messages[0]["role"] == "user"
+        for call, result in zip(messages[1:], messages[2:]):
+            if call["role"] == "assistant" and call.get("tool_calls"):
+                arguments = json.loads(call["tool_calls"][0]["function"]["arguments"])
+                assert result == {"role": "tool", "tool_call_id": call["tool_calls"][0]["id"],
+                                  "content": str(evaluate(parse(arguments["expression"])))}
+    # a policy that reads text cannot take the API's calls: refused before anything is spent
+    with pytest.raises(ValueError, match="tool_calls tool syntax needs a policy whose API takes tools"):
+        solve(examples[:1], large, tool_policy, strategy, tools=Toolbox.build(["calc"], syntax="tool_calls"))
 
 
 def test_the_budget_bounds_tool_calls_and_tool_cpu(tool_policy, large):

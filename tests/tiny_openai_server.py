@@ -11,6 +11,15 @@ that is not JSON), "drop" (headers and half the body, then the connection
 closes), "hang" (answers only after `hang_s`), "no_usage", "bad_finish"
 (finish_reason null), "no_choices".
 
+Its chat template is the tiny core's: the messages' texts one after another.
+An assistant's last message is continued (vLLM's `continue_final_message`).
+With `tools` (one function of one string argument), it parses calls the way
+vLLM's tool parsers do: a generation that stops at the tiny core's tag, as in
+`[347*28`, comes back as a call of that function with `347*28`, finish_reason
+"tool_calls"; the call and its `tool` message are written back as
+`[347*28]=9716` (a result the core cannot spell is left out, as the search's
+own tag syntax does).
+
 Give the server a policy of its own: it runs the policy on its own event
 loop thread, and a policy serves one event loop at a time.
 """
@@ -32,6 +41,31 @@ class _QuietServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:  # a client that gave up on a hung answer
         pass
+
+
+def chat_template(messages: list[dict]) -> str:
+    """The tiny core's chat template: the texts in order, each call as its tag and its result after it."""
+    text = ""
+    for message in messages:
+        if message["role"] == "tool":
+            result = message["content"].strip()
+            text += "]=" + (result if result.lstrip("-").isdigit() else "")
+            continue
+        text += message.get("content") or ""
+        for call in message.get("tool_calls") or []:
+            text += "[" + next(iter(json.loads(call["function"]["arguments"]).values()))
+    return text
+
+
+def tool_call(text: str, function: dict, call_id: str) -> dict | None:
+    """The assistant message of a generation that stopped at the tag's end, if it opened a call."""
+    before, opened, argument = text.rpartition("[")
+    if not opened:
+        return None
+    name = function["parameters"]["required"][0]
+    return {"role": "assistant", "content": before or None,
+            "tool_calls": [{"id": call_id, "type": "function",
+                            "function": {"name": function["name"], "arguments": json.dumps({name: argument})}}]}
 
 
 class TinyOpenAIServer:
@@ -74,18 +108,24 @@ class TinyOpenAIServer:
     def complete(self, path: str, body: dict) -> dict:
         """The OpenAI-format answer to one completion request, from the tiny policy."""
         chat = path.endswith("/chat/completions")
-        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        prompt = chat_template(body["messages"]) if chat else body["prompt"]
+        tools = body.get("tools") or []
         n = int(body.get("n", 1)) if self.honour_n else 1
         request = GenerationRequest(prompt=prompt, n=n, temperature=float(body.get("temperature", 1.0)),
                                     top_p=float(body.get("top_p", 1.0)), max_tokens=int(body.get("max_tokens", 16)),
-                                    stop=tuple(body.get("stop") or ()), seed=int(body.get("seed") or 0))
+                                    stop=tuple(body.get("stop") or ()) + (("]",) if tools else ()),
+                                    seed=int(body.get("seed") or 0))
         (result,) = asyncio.run_coroutine_threadsafe(self.policy.generate([request]), self._loop).result()
         choices = []
         for i, g in enumerate(result.generations):
             choice = {"index": i, "finish_reason": g.finish_reason, "logprobs": None}
+            call = tool_call(g.text, tools[0]["function"], f"call_{i}") if tools and g.stop_string == "]" else None
             if self.says_stop_reason:
-                choice["stop_reason"] = g.stop_string
-            choice.update({"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text})
+                choice["stop_reason"] = None if call else g.stop_string
+            if call:
+                choice.update(finish_reason="tool_calls", message=call)
+            else:
+                choice.update({"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text})
             choices.append(choice)
         completion = sum(g.num_tokens for g in result.generations)
         return {"id": "cmpl-tiny", "object": "chat.completion" if chat else "text_completion", "created": 0,

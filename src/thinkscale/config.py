@@ -126,7 +126,8 @@ class ToolsConfig:
     """The tools a strategy's steps may call (tools/): names, the syntax calls are written in, and limits."""
 
     use: list[str] = _checked(_tool_names)
-    syntax: Literal["tag", "fenced"] = "tag"  # tag: the tiny core's `[...]`; fenced: a ```python block
+    # tag: the tiny core's `[...]`; fenced: a ```python block; tool_calls: a chat API's own tools (openai policy)
+    syntax: Literal["tag", "fenced", "tool_calls"] = "tag"
     max_calls: int = _checked(_at_least(1), default=8)  # per sample
     timeout_s: float = _checked(_positive, default=2.0)  # per call
     max_output_chars: int = _checked(_at_least(1), default=200)

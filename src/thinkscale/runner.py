@@ -60,6 +60,9 @@ async def solve_all(
     `tools`: what the searches' steps may call (strategies/base.py: SEARCH_TOOLS).
     `prices`: a price table that fills each trace's `usage.dollars`.
     """
+    if tools is not None and tools.syntax.native and not policy.capabilities.tool_calls:
+        raise ValueError(f"the {tools.syntax.name} tool syntax needs a policy whose API takes tools (the openai "
+                         f"policy with api: chat); the {policy.name} policy reads text: use the tag or fenced syntax")
     gate = asyncio.Semaphore(concurrency)
 
     async def one(example: Example) -> Trace:

@@ -8,6 +8,8 @@ do natively, and callers adapt instead of failing.
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -19,6 +21,22 @@ class Capabilities:
     native_n: bool  # one call returns n samples of a prompt
     prefix_caching: bool  # the prompt is computed once for all n samples
     logprobs: bool  # generations carry log-probabilities
+    tool_calls: bool = False  # the API declares tools and returns calls as data (OpenAI's tools / tool_calls)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as a request declares it to a model whose API takes tools: one string argument."""
+
+    name: str
+    description: str
+    argument: str  # the argument's name, e.g. "expression" or "code"
+
+    def as_openai(self) -> dict:
+        return {"type": "function", "function": {
+            "name": self.name, "description": self.description,
+            "parameters": {"type": "object", "properties": {self.argument: {"type": "string"}},
+                           "required": [self.argument]}}}
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,11 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()  # the stop string itself is not part of the text (as in OpenAI's API)
     seed: int = 0
     cache_scope: object = None  # a backend's prefix cache shares computed prefixes within one scope (a search)
+    # Where in `prompt` the model's own reply begins (a partial solution, tool results included); None: the
+    # prompt is all the user's. Raw-text backends read the prompt whole; a chat API sends the reply as the
+    # assistant's message to continue.
+    reply_start: int | None = None
+    tools: tuple[ToolSpec, ...] = ()  # tools declared to an API that takes them (Capabilities.tool_calls)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -43,6 +66,17 @@ class GenerationRequest:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if any(not s for s in self.stop):
             raise ValueError("an empty stop string would stop every generation at once")
+        if self.reply_start is not None and not 0 <= self.reply_start <= len(self.prompt):
+            raise ValueError(f"reply_start must be within the prompt (0 to {len(self.prompt)}), got {self.reply_start}")
+
+    @property
+    def reply(self) -> str:
+        """The part of the prompt the model wrote itself (empty when the prompt is all the user's)."""
+        return "" if self.reply_start is None else self.prompt[self.reply_start:]
+
+    @property
+    def user_prompt(self) -> str:
+        return self.prompt if self.reply_start is None else self.prompt[: self.reply_start]
 
 
 @dataclass(frozen=True)
@@ -65,6 +99,44 @@ class GenerationResult:
     prompt_tokens: int  # tokens in the prompt (computed once if prefix_caching)
     backend_calls: int = 1
     cached_prompt_tokens: int = 0  # of the prompt's tokens, those a cache already held (not computed for this call)
+
+
+# How a call made through an API's tool calls is written in a sample's text, so that a trace reads it and
+# a chat policy turns the text back into the messages that API expects (the markup chat templates use):
+#     <tool_call>\n{"name": "calc", "arguments": {"expression": "347*28"}}\n</tool_call>\n
+#     <tool_response>\n9716\n</tool_response>\n
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>\n", "\n</tool_call>\n"
+TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>\n", "\n</tool_response>\n"
+_EXCHANGE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE + TOOL_RESPONSE_OPEN)
+                       + r"(.*?)" + re.escape(TOOL_RESPONSE_CLOSE), re.S)
+
+
+@dataclass(frozen=True)
+class ToolExchange:
+    before: str  # the reply's text before the call
+    name: str
+    arguments: dict
+    result: str
+
+
+def tool_call_text(name: str, arguments: dict) -> str:
+    """A call as a sample's text records it, up to (not including) TOOL_CALL_CLOSE."""
+    return TOOL_CALL_OPEN + json.dumps({"name": name, "arguments": arguments})
+
+
+def tool_exchanges(reply: str) -> tuple[list[ToolExchange], str]:
+    """The calls a reply's text records, each with the text before it and its result; and the text after
+    the last one."""
+    exchanges, start = [], 0
+    for match in _EXCHANGE.finditer(reply):
+        try:
+            call = json.loads(match.group(1))
+            name, arguments = call["name"], call["arguments"]
+        except (ValueError, KeyError, TypeError):
+            continue  # not a call this markup wrote: it stays text
+        exchanges.append(ToolExchange(reply[start:match.start()], str(name), arguments, match.group(2)))
+        start = match.end()
+    return exchanges, reply[start:]
 
 
 def first_stop(text: str, stop: tuple[str, ...]) -> str | None:

@@ -28,6 +28,22 @@ What it does for the caller:
   choices and no per-choice counts (no logprobs), its completion tokens are
   shared out in proportion to the choices' text lengths; the total is exact.
 
+With `api: chat`, a request whose prompt holds part of the model's own reply
+(step search, a sample continued after a tool result) is sent as that reply:
+the assistant's message last, with `continue_final_message: true` and
+`add_generation_prompt: false` (vLLM's and SGLang's fields), so the server
+continues it instead of starting a new turn. OpenAI's own API has no such
+field: there set `continue_final_message: false`, and a request that would
+need it is refused by name (whole-sample strategies still work). The
+completions API needs none of this: it continues raw text on any server.
+
+Tools, with `api: chat`: a request that declares tools (a search whose tools
+use the `tool_calls` syntax) sends them as OpenAI `tools`, one call at a time
+(`parallel_tool_calls: false`). A choice that calls a tool comes back as text
+the trace can read, `<tool_call>` JSON (policies/base.py), stopped there; once
+the search has run it, the continuation sends the call back as the assistant's
+`tool_calls` and its result as a `tool` message.
+
 Servers differ in what they do besides temperature and top_p. llama.cpp's
 server and llama-cpp-python's cut to top_k=40 and min_p=0.05 unless told
 otherwise, and llama-cpp-python also applies a repeat penalty of 1.1, which
@@ -44,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -52,7 +69,8 @@ from typing import Any
 
 import httpx
 
-from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy, first_stop
+from thinkscale.policies.base import (TOOL_CALL_CLOSE, Capabilities, Generation, GenerationRequest, GenerationResult,
+                                      Policy, first_stop, tool_call_text, tool_exchanges)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +119,7 @@ class OpenAIPolicy(Policy):
         prefix_caching: bool = False,
         extra_body: dict[str, Any] | None = None,
         flops_per_token: float | None = None,
+        continue_final_message: bool = True,
     ) -> None:
         """
         Args:
@@ -119,6 +138,8 @@ class OpenAIPolicy(Policy):
             extra_body: more fields for every request body (e.g. {"top_k": 20}).
             flops_per_token: 2 x the served model's non-embedding parameters, so that usage counts
                 FLOPs and a FLOPs budget can be held (unknown, and refused by such a budget, if unset).
+            continue_final_message: (chat) the server continues a partial assistant reply when asked
+                (vLLM, SGLang); False for servers that cannot (OpenAI's), where step search is refused.
         """
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
@@ -144,9 +165,11 @@ class OpenAIPolicy(Policy):
         if flops_per_token is not None and flops_per_token <= 0:
             raise ValueError(f"flops_per_token must be greater than 0, got {flops_per_token}")
         self._flops_per_token = flops_per_token
+        self.continue_final_message = continue_final_message
         self._prompt_overhead: int | None = None  # most tokens a prompt took beyond its UTF-8 bytes, once seen
         self.native_n: bool | None = None  # unknown until a server answers a request with n > 1
-        self.capabilities = Capabilities(native_n=True, prefix_caching=prefix_caching, logprobs=logprobs)
+        self.capabilities = Capabilities(native_n=True, prefix_caching=prefix_caching, logprobs=logprobs,
+                                         tool_calls=api == "chat")
         # Bound to the event loop that first uses them (asyncio.run makes a new loop each time).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
@@ -219,8 +242,7 @@ class OpenAIPolicy(Policy):
             log.info("the server returned %d of %d choices: it ignores `n`; sending concurrent single "
                      "requests from now on", got, asked)
         self.native_n = False
-        self.capabilities = Capabilities(native_n=False, prefix_caching=self.capabilities.prefix_caching,
-                                         logprobs=self.capabilities.logprobs)
+        self.capabilities = dataclasses.replace(self.capabilities, native_n=False)
 
     def _body(self, request: GenerationRequest, n: int, seed: int) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "n": n, "temperature": request.temperature,
@@ -231,7 +253,11 @@ class OpenAIPolicy(Policy):
         # a stop string or the end token ended a choice: step search needs to know.
         tokens_wanted = self.logprobs or bool(request.stop)
         if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt}]
+            body["messages"] = self._messages(request)
+            if body["messages"][-1]["role"] == "assistant":
+                body.update(continue_final_message=True, add_generation_prompt=False)
+            if request.tools:
+                body.update(tools=[t.as_openai() for t in request.tools], parallel_tool_calls=False)
             if tokens_wanted:
                 body["logprobs"] = True
         else:
@@ -239,6 +265,26 @@ class OpenAIPolicy(Policy):
             if tokens_wanted:
                 body["logprobs"] = 1
         return {**body, **self.extra_body}
+
+    def _messages(self, request: GenerationRequest) -> list[dict[str, Any]]:
+        """The chat a request's prompt stands for: the user's message, then the reply so far (tool calls as
+        the assistant's calls and `tool` messages), its unfinished text as the assistant's message to continue."""
+        messages: list[dict[str, Any]] = [{"role": "user", "content": request.user_prompt}]
+        exchanges, rest = tool_exchanges(request.reply)
+        for i, exchange in enumerate(exchanges):
+            call_id = f"call_{i}"
+            call = {"id": call_id, "type": "function",
+                    "function": {"name": exchange.name, "arguments": json.dumps(exchange.arguments)}}
+            messages.append({"role": "assistant", "content": exchange.before or None, "tool_calls": [call]})
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": exchange.result})
+        if rest:
+            if not self.continue_final_message:
+                raise BackendError("this request continues a partial reply (step search, or a sample after a tool "
+                                   "result), and the policy is set with continue_final_message: false. Use a "
+                                   "whole-sample strategy, api: completions, or a server that continues an "
+                                   "assistant message (vLLM, SGLang)")
+            messages.append({"role": "assistant", "content": rest})
+        return messages
 
     # -- reading an answer -------------------------------------------------------
     def _parse(self, data: Any, request: GenerationRequest,
@@ -270,14 +316,18 @@ class OpenAIPolicy(Policy):
             message = c.get("message")
             text = (message.get("content") if isinstance(message, dict) else None) if self.api == "chat" \
                 else c.get("text")
+            call = _tool_call(message, bad) if self.api == "chat" and request.tools else None
+            if call is not None:
+                text = text or ""  # a call may come with no content (null)
             if not isinstance(text, str):
                 raise bad("a choice has no text" if self.api == "completions" else "a choice has no message.content")
             reason = c.get("finish_reason")
-            if reason not in FINISH_REASONS:
-                raise bad(f"finish_reason {reason!r} (expected 'stop' or 'length')")
             tokens, values = _generated_tokens(c.get("logprobs"))
-            stop_string = first_stop(text, request.stop)
-            if stop_string is not None:  # the server kept the stop string in the text
+            if call is not None:  # stopped at a call: the search runs it and continues the reply
+                text, reason, stop_string = text + tool_call_text(*call), "stop", TOOL_CALL_CLOSE
+            elif reason not in FINISH_REASONS:
+                raise bad(f"finish_reason {reason!r} (expected 'stop' or 'length')")
+            elif (stop_string := first_stop(text, request.stop)) is not None:  # the server kept it in the text
                 text, reason = text[: text.index(stop_string)], "stop"
             elif reason == "stop" and request.stop:
                 stop_string = self._reported_stop(c, text, tokens, request.stop)
@@ -421,6 +471,23 @@ async def _gather(coroutines) -> list:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _tool_call(message: Any, bad: Any) -> tuple[str, dict] | None:
+    """The name and arguments of the (first) tool a chat choice calls, if it calls one."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not calls:
+        return None
+    try:
+        function = calls[0]["function"]
+        arguments = json.loads(function["arguments"]) if isinstance(function["arguments"], str) \
+            else function["arguments"]
+        if not isinstance(arguments, dict):
+            raise TypeError
+        return str(function["name"]), arguments
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise bad(f"a tool call is not {{function: {{name, arguments (a JSON object)}}}}: {_excerpt(calls[0])}") \
+            from None
 
 
 def _generated_tokens(logprobs: Any) -> tuple[list[str] | None, list[float] | None]:

@@ -203,7 +203,9 @@ class Search:
         tokens those the policy generated in all its pieces.
         """
         requests = [dataclasses.replace(r, cache_scope=self.scope) for r in requests]
-        if self.tools is not None:  # every generation stops at a call
+        if self.tools is not None and self.tools.syntax.native:  # the API stops at a call
+            requests = [dataclasses.replace(r, tools=self.tools.specs()) for r in requests]
+        elif self.tools is not None:  # every generation stops at a call
             close = self.tools.syntax.close
             requests = [r if close in r.stop else dataclasses.replace(r, stop=r.stop + (close,)) for r in requests]
         results, elapsed = await self._within_wall(self.policy.generate(requests))
@@ -277,9 +279,10 @@ class Search:
                 if left < 1:
                     pieces[key].append(Generation(text="", num_tokens=0, finish_reason=FINISH_LENGTH))
                     continue
-                asks.append((key, dataclasses.replace(requests[key[0]], prompt=requests[key[0]].prompt + prefix[key],
-                                                      n=1, max_tokens=left,
-                                                      seed=derive_seed(requests[key[0]].seed, "tool", *key, rounds))))
+                request = requests[key[0]]
+                asks.append((key, dataclasses.replace(request, prompt=request.prompt + prefix[key], n=1,
+                                                      max_tokens=left, reply_start=_reply_start(request),
+                                                      seed=derive_seed(request.seed, "tool", *key, rounds))))
             rounds += 1
             if not asks:
                 continue
@@ -305,8 +308,7 @@ class Search:
             result = ToolResult.error(f"{syntax.close.strip()!r} without a call opened by {syntax.open.strip()!r}")
         else:
             tool, argument = tools.tool_for(argument)
-            result = await tool.run(argument) if tool is not None else \
-                ToolResult.error(f"no such tool here; the tools are {', '.join(tools.tools)}")
+            result = await tool.run(argument) if tool is not None else ToolResult.error(argument)
         result = syntax.accepts(result)
         usage = self.trace.usage
         usage.tool_calls += 1
@@ -440,6 +442,11 @@ async def _draw_wave(search: Search, settings: SamplingSettings, n: int, seed: i
              for g in result.generations]
     search.emit("generated", nodes)
     return nodes
+
+
+def _reply_start(request: GenerationRequest) -> int:
+    """Where the model's own text begins in a continuation of `request` (its prompt, then the sample)."""
+    return len(request.prompt) if request.reply_start is None else request.reply_start
 
 
 def _joined(pieces: list[Generation], prefix: str) -> Generation:

@@ -186,7 +186,7 @@ class MCTS:
         """Mean score of `rollouts` completions from `child`; finished ones join the tree as solutions."""
         s, trace = self.settings, search.trace
         prefix = trace.solution(child.id)
-        request = GenerationRequest(prompt=trace.root.text + prefix, n=s.rollouts,
+        request = GenerationRequest(prompt=trace.root.text + prefix, reply_start=len(trace.root.text), n=s.rollouts,
                                     max_tokens=s.max_step_tokens * s.max_depth, temperature=s.temperature,
                                     top_p=s.top_p, seed=step_seed(search.seed, child.id, "rollout"))
         tokens = search.afford([request], scored=True)

@@ -51,7 +51,8 @@ def step_requests(search: Search, asks: list[tuple[int, int, object]], max_token
                   settings: StepSettings) -> list[GenerationRequest]:
     """One request per (node id, n, salt): the next step of that node's path, `n` times."""
     trace = search.trace
-    return [GenerationRequest(prompt=trace.root.text + trace.solution(node_id), n=n, max_tokens=max_tokens,
+    return [GenerationRequest(prompt=trace.root.text + trace.solution(node_id), reply_start=len(trace.root.text),
+                              n=n, max_tokens=max_tokens,
                               temperature=settings.temperature, top_p=settings.top_p,
                               stop=(search.task.step_delimiter,), seed=step_seed(search.seed, node_id, str(salt)))
             for node_id, n, salt in asks]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+from thinkscale.policies.base import ToolSpec
+
 from thinkscale.registry import Registry, unknown_name_error
-from thinkscale.tools.base import FENCED, SYNTAXES, TAG, Tool, ToolResult, ToolSyntax
+from thinkscale.tools.base import FENCED, SYNTAXES, TAG, TOOL_CALLS, Tool, ToolResult, ToolSyntax
 
 TOOLS: Registry[Tool] = Registry("tool")
 TOOLS.register_class("calc", "thinkscale.tools.calc:Calc")
@@ -22,7 +25,8 @@ class Toolbox:
     """The tools one search may call, in one syntax, at most `max_calls` times per sample.
 
     With the tag syntax a call does not name its tool, so the toolbox holds
-    one; a fenced block is always a `python` program. A call to a tool that is
+    one; a fenced block is always a `python` program; an API's tool call names
+    its tool and passes its argument by name (JSON). A call to a tool that is
     not in the box is answered with an error naming the ones that are.
     """
 
@@ -53,10 +57,35 @@ class Toolbox:
         return cls(tools, SYNTAXES[syntax], max_calls)
 
     def tool_for(self, argument: str) -> tuple[Tool | None, str]:
-        """The tool a call's argument goes to, and the argument it gets."""
+        """The tool a call's argument goes to and the argument it gets; or None and why there is none."""
         if self.syntax is TAG:
             return next(iter(self.tools.values())), argument
-        return self.tools.get("python"), argument
+        if self.syntax is TOOL_CALLS:
+            return self._named_call(argument)
+        return self._named("python", argument)
+
+    def _named(self, name: str, argument: str) -> tuple[Tool | None, str]:
+        if name in self.tools:
+            return self.tools[name], argument
+        return None, f"no tool {name!r} here; the tools are {', '.join(self.tools)}"
+
+    def _named_call(self, text: str) -> tuple[Tool | None, str]:
+        """An API's call, written as {"name": ..., "arguments": {...}} (policies/base.py: tool_call_text)."""
+        try:
+            call = json.loads(text)
+            name, arguments = call["name"], call["arguments"]
+        except (ValueError, KeyError, TypeError):
+            return None, f"the call is not {{\"name\": ..., \"arguments\": {{...}}}}: {text[:60]!r}"
+        tool, why = self._named(str(name), "")
+        if tool is None:
+            return None, why
+        if not isinstance(arguments, dict) or not isinstance(arguments.get(tool.argument), str):
+            return None, f"{tool.name} takes one string argument, {tool.argument!r}; got {json.dumps(arguments)[:60]}"
+        return tool, arguments[tool.argument]
+
+    def specs(self) -> tuple[ToolSpec, ...]:
+        """The tools as a request declares them to an API that takes tools."""
+        return tuple(tool.spec() for tool in self.tools.values())
 
     def worst_cpu_s(self) -> float:
         return max(tool.worst_cpu_s() for tool in self.tools.values())
@@ -66,4 +95,4 @@ class Toolbox:
             tool.close()
 
 
-__all__ = ["FENCED", "TAG", "TOOLS", "Tool", "ToolResult", "ToolSyntax", "Toolbox", "get_tool"]
+__all__ = ["FENCED", "TAG", "TOOL_CALLS", "TOOLS", "Tool", "ToolResult", "ToolSyntax", "Toolbox", "get_tool"]

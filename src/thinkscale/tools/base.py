@@ -16,6 +16,11 @@ the rendered result and lets the policy go on (strategies/base.py).
     FENCED  chat models: a ```python block, stopped at its closing fence (a
             fence on a line of its own); the fence is put back and an
             ```output block follows with the printed text or the error.
+    TOOL_CALLS  chat APIs that take tools (OpenAI's `tools` / `tool_calls`):
+            the API carries the call as data, the policy writes it into the
+            sample's text as `<tool_call>` JSON (policies/base.py), and the
+            result follows in `<tool_response>`; the policy turns both back
+            into the assistant's call and a `tool` message when it continues.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
+from thinkscale.policies.base import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN,
+                                      ToolSpec)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class Tool(ABC):
     """Something a step may call: `await run(argument)` never raises."""
 
     name: str = "tool"
+    description: str = ""  # what a model reads about it where an API declares tools
+    argument: str = "argument"  # the name of its one argument there
 
     def __init__(self, timeout_s: float = 2.0, max_output_chars: int = 200) -> None:
         if not timeout_s > 0:
@@ -58,6 +68,9 @@ class Tool(ABC):
         """The most CPU seconds one call may take (a budget on tool CPU reserves this before a call)."""
         return self.timeout_s
 
+    def spec(self) -> ToolSpec:
+        return ToolSpec(self.name, self.description, self.argument)
+
     def close(self) -> None:
         return None
 
@@ -72,6 +85,7 @@ class ToolSyntax:
     written: str  # what is appended after the argument; {result} is the tool's text, stripped
     result_pattern: str = r"[\s\S]*"  # what a successful result may look like to be written back at all
     shows_errors: bool = True  # False: a failed call writes an empty result (a vocabulary that cannot spell one)
+    native: bool = False  # the policy's API makes the call (tools declared with each request), not a stop string
 
     def argument(self, text: str) -> str | None:
         """The argument of the call that `text` (a generation stopped at `close`) ends with; None if no
@@ -98,4 +112,6 @@ class ToolSyntax:
 TAG = ToolSyntax("tag", open="[", close="]", written="]={result}", result_pattern=r"-?\d+", shows_errors=False)
 # The closing fence on a line of its own: "\n```" alone would stop at the opening fence too.
 FENCED = ToolSyntax("fenced", open="```python\n", close="\n```\n", written="\n```\n```output\n{result}\n```\n")
-SYNTAXES = {s.name: s for s in (TAG, FENCED)}
+TOOL_CALLS = ToolSyntax("tool_calls", open=TOOL_CALL_OPEN, close=TOOL_CALL_CLOSE,
+                        written=TOOL_CALL_CLOSE + TOOL_RESPONSE_OPEN + "{result}" + TOOL_RESPONSE_CLOSE, native=True)
+SYNTAXES = {s.name: s for s in (TAG, FENCED, TOOL_CALLS)}

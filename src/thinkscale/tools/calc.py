@@ -60,6 +60,9 @@ def evaluate_integer_expression(text: str) -> int:
 
 class Calc(Tool):
     name = "calc"
+    description = ("Evaluate an integer expression exactly: + - * // % ** and parentheses. "
+                   "Returns the value.")
+    argument = "expression"
 
     async def run(self, argument: str) -> ToolResult:
         cpu, wall = time.thread_time(), time.perf_counter()

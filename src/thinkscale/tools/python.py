@@ -19,6 +19,7 @@ from thinkscale.tools.base import Tool, ToolResult
 
 class Python(Tool):
     name = "python"
+    description = "Run a Python program in a sandbox (no network, no files kept). Returns what it prints."
 
     def __init__(self, timeout_s: float = 2.0, max_output_chars: int = 200, memory_mb: int = 512,
                  expression: bool = False) -> None:
@@ -26,6 +27,7 @@ class Python(Tool):
         super().__init__(timeout_s, max_output_chars)
         self.memory_mb = memory_mb
         self.expression = expression
+        self.argument = "expression" if expression else "code"
         self._sandbox = None
 
     def _run(self, code: str) -> ToolResult:
