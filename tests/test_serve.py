@@ -1,7 +1,7 @@
 """`thinkscale serve` end to end: the real server on 127.0.0.1, the official openai client, the tiny core.
 
 Two servers run in background threads for the module: `main` (an API key, room
-for 16 concurrent streams) and `tight` (open, one search at a time, a small
+for 64 concurrent streams) and `tight` (open, one search at a time, a small
 body limit) for the refusals that need tight limits. Answers are checked
 against the same strategy solved offline with the same seed and budget.
 """
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import httpx
 import openai
 import pytest
+from tiny_openai_server import TinyOpenAIServer
 
 from thinkscale.config import BudgetConfig
 from thinkscale.net import free_port
@@ -53,7 +54,7 @@ def running(config: ServeConfig, keys: list[str]):
 
 @pytest.fixture(scope="module")
 def main():
-    config = dataclasses.replace(load_serve_config(None), max_concurrent_per_key=32)
+    config = dataclasses.replace(load_serve_config(None), max_concurrent_per_key=64)
     with running(config, [KEY]) as url:
         yield url
 
@@ -207,8 +208,8 @@ def test_the_first_reasoning_arrives_while_the_search_runs(client):
     assert reasoning[-1] - reasoning[0] > 0.01 and reasoning[0] < first_content
 
 
-def test_sixteen_concurrent_streams_each_get_their_own_answer(main, offline):
-    problems = [(PROBLEMS[i % 4], 100 + i) for i in range(16)]
+def test_sixty_four_concurrent_streams_each_get_their_own_answer(main, offline, arithmetic):
+    problems = [(e.problem.prompt.strip(), 100 + i) for i, e in enumerate(arithmetic.examples("test", 64))]
 
     async def one(aclient, problem, seed):
         stream = await aclient.chat.completions.create(
@@ -331,6 +332,80 @@ def test_too_many_concurrent_requests_is_429_then_a_client_hanging_up_frees_its_
     assert httpx.get(f"{tight}/health").json()["in_flight"] == 0
     assert 'thinkscale_searches_cancelled_total{strategy="beam_search"} 1.0' in httpx.get(f"{tight}/metrics").text
     assert httpx.post(f"{tight}/v1/chat/completions", json=chat(seed=0)).status_code == 200
+
+
+def test_tokens_per_minute_are_limited_per_key_and_answered_traces_are_stored_under_the_keys_id(tmp_path):
+    other = "other-key-4567"
+    config = dataclasses.replace(load_serve_config(None), max_tokens_per_minute_per_key=50,
+                                 trace_store=str(tmp_path / "served"))
+    with running(config, [KEY, other]) as url:
+        def ask(key):
+            return httpx.post(f"{url}/v1/chat/completions", json=chat(model="majority_vote:arithmetic", seed=1),
+                              headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+        first = ask(KEY)
+        assert first.status_code == 200 and first.json()["usage"]["total_tokens"] >= 50
+        refused = ask(KEY)  # the first request spent the minute's tokens of this key
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0).models.list()  # spends none
+        assert ask(other).status_code == 200  # another key has its own minute
+    from thinkscale.serve.auth import key_id
+    from thinkscale.store import RunStore
+
+    store = RunStore.read(tmp_path / "served")
+    by_key = {key.split("/")[0]: key.split("/")[1] for key in store.done_keys()}
+    assert len(store.done_keys()) == 2 and by_key[key_id(KEY)] == first.json()["id"] and key_id(other) in by_key
+    (trace,) = [t for k, t in store.iter_keyed() if k.startswith(key_id(KEY))]
+    assert trace.chosen_answer == first.json()["thinkscale"]["answer"]
+    store.close()
+    stored = b"".join(f.read_bytes() for f in (tmp_path / "served").iterdir())
+    assert KEY.encode() not in stored and other.encode() not in stored
+
+
+def test_the_token_window_says_when_a_key_may_spend_again():
+    from thinkscale.serve.errors import APIError
+    from thinkscale.serve.limits import TokenWindow
+
+    now = [0.0]
+    window = TokenWindow(100, clock=lambda: now[0])
+    window.charge("a", 60)
+    now[0] = 10.0
+    window.charge("a", 50)
+    window.check("b")
+    with pytest.raises(APIError) as refused:
+        window.check("a")
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "50"  # the first 60 leave at 60 s
+    now[0] = 60.0
+    window.check("a")
+    assert window.spent("a") == 50
+    now[0] = 70.0
+    assert window.spent("a") == 0
+
+
+def test_a_served_upstream_another_openai_compatible_server_answers_as_in_process(offline, arithmetic):
+    """thinkscale serve in front of an OpenAI-compatible server (the tiny core over HTTP), not a model of its
+    own: the search's calls go upstream through the openai policy, and the answers are the offline ones."""
+    from thinkscale.config import PolicyConfig
+    from thinkscale.policies import get_policy
+    from thinkscale.serve.config import ModelConfig
+
+    with TinyOpenAIServer(get_policy("tiny", checkpoint_name="arithmetic")) as upstream:
+        served = ModelConfig("upstream", "arithmetic", PolicyConfig("openai", {"base_url": upstream.base_url}),
+                             ["prm"])
+        config = dataclasses.replace(load_serve_config(None), models=[served])
+        with running(config, []) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+            answers = [client.chat.completions.create(model=model, seed=5, messages=[
+                {"role": "user", "content": problem}], extra_body={"settings": settings})
+                for problem in PROBLEMS[:2]
+                for model, settings in [("majority_vote:upstream", {"n": 4}),
+                                        ("beam_search:upstream", {"n": 4, "width": 2})]]
+        assert len(upstream.bodies) > 4
+    plans = [a.model_extra["thinkscale"] for a in answers]
+    traces = offline([(problem, plan) for problem, plan in zip([PROBLEMS[0]] * 2 + [PROBLEMS[1]] * 2, plans)])
+    assert [a.choices[0].message.content for a in answers] == [solution(t) for t in traces]
+    assert [p["answer"] for p in plans] == [t.chosen_answer for t in traces]
 
 
 # -- the command ---------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /health   GET /metrics
 
-A completion request goes: key checked (401), a place among the searches in
-flight taken (429), the body read within its size limit (413) and turned into
+A completion request goes: key checked (401), the key's tokens in the last
+minute checked (429), a place among the searches in flight taken (429), the body read within its size limit (413) and turned into
 a Plan (400/404 naming what is wrong), then the search runs in a task of its
 own (events.py). A stream sends each step or sample as a reasoning delta while
 the search goes on, then the chosen solution as content, then the usage; a
 whole response waits for the search and returns the same in one body. If the
-client goes away, the search is cancelled: it makes no further calls.
+client goes away, the search is cancelled: it makes no further calls. What a
+search spent is charged to its key's tokens per minute when it ends (answered,
+failed or cancelled), and with a trace store an answered request's trace is
+written there under its key's id.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from thinkscale.serve.auth import Keys
 from thinkscale.serve.config import ServeConfig
 from thinkscale.serve.errors import APIError, bad_request
 from thinkscale.serve.events import SearchEvent, SearchRun
-from thinkscale.serve.limits import Gate, read_json
+from thinkscale.serve.limits import Gate, TokenWindow, read_json
 from thinkscale.serve.metrics import Metrics
 from thinkscale.serve.models import ServedModel, load_models
 from thinkscale.serve.plan import make_plan, model_ids
 from thinkscale.serve.shapes import Shaper, chosen_solution, content_pieces
+from thinkscale.store import RunStore
 
 log = logging.getLogger("thinkscale.serve")
 ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
@@ -65,6 +69,8 @@ class Flight:
         self.strategy = ""
         self.run: SearchRun | None = None
         self._landed = False
+        if server.tokens is not None:
+            server.tokens.check(key)
         server.gate.enter(key)
 
     def start(self, run: SearchRun) -> None:
@@ -82,9 +88,14 @@ class Flight:
             if not self.run.task.done():
                 self.run.cancel()
                 metrics.cancelled.labels(self.strategy).inc()
-        if trace is not None:
-            metrics.generated_tokens.labels(self.strategy).inc(trace.usage.generated_tokens)
-            metrics.prompt_tokens.labels(self.strategy).inc(trace.usage.prompt_tokens)
+        spent = trace if trace is not None else self.run.seen if self.run is not None else None
+        if spent is not None:
+            metrics.generated_tokens.labels(self.strategy).inc(spent.usage.generated_tokens)
+            metrics.prompt_tokens.labels(self.strategy).inc(spent.usage.prompt_tokens)
+            if self.server.tokens is not None:
+                self.server.tokens.charge(self.key, spent.usage.prompt_tokens + spent.usage.generated_tokens)
+        if status == 200 and trace is not None:
+            self.server.keep(self.key, trace)
         metrics.requests.labels(self.endpoint, self.strategy, str(status)).inc()
         metrics.latency.labels(self.endpoint, self.strategy).observe(time.perf_counter() - self.started)
 
@@ -97,6 +108,19 @@ class Server:
         self.gate = Gate(config.max_concurrent, config.max_concurrent_per_key, config.retry_after_s)
         self.metrics = Metrics()
         self.models: dict[str, ServedModel] = {}
+        per_minute = config.max_tokens_per_minute_per_key
+        self.tokens = TokenWindow(per_minute) if per_minute is not None else None
+        self.store: RunStore | None = None  # opened with the models, when the app starts
+
+    def keep(self, key: str, trace: Any) -> None:
+        """Write an answered request's trace to the trace store, if there is one; a failure is logged, and
+        the client, who has the answer, is not told."""
+        if self.store is None:
+            return
+        try:
+            self.store.put_trace(f"{key}/{trace.problem_id}", trace)
+        except Exception as e:  # noqa: BLE001 - a full disk must not fail requests that were answered
+            log.error("trace %s not stored: %s", trace.problem_id, e)
 
     def authorize(self, request: Request) -> str:
         key = self.keys.check(request.headers.get("authorization"))
@@ -205,10 +229,14 @@ def create_app(config: ServeConfig, keys: Keys | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server.models = load_models(config)
+        if config.trace_store is not None:
+            server.store = RunStore.open(config.trace_store, {"served": "thinkscale serve"})
         log.info("serving %s", ", ".join(server.models))
         yield
         for model in server.models.values():
             await model.close()
+        if server.store is not None:
+            server.store.close()
 
     app = FastAPI(title="thinkscale serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server

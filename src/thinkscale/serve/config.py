@@ -12,6 +12,8 @@
     presets:                      # extra model names, each a strategy with its settings
       careful: {model: arithmetic, strategy: beam_search, settings: {n: 16, width: 4}}
     max_concurrent: 64
+    max_tokens_per_minute_per_key: 200000   # optional; 429 with Retry-After past it
+    trace_store: runs/served      # optional: every answered request's trace, keyed by the key's id
 
 Read with the same typed checks as experiment configs (typed_yaml.py): an
 unknown key, a wrong type or a bad value names the file, the line and the key.
@@ -99,6 +101,13 @@ class ServeConfig:
     max_body_bytes: int = 65536
     max_concurrent: int = 64  # searches in flight at once, over all keys
     max_concurrent_per_key: int = 16
+    # prompt and generated tokens one key may spend in any 60 s (None: no limit); a request that finds its key
+    # at or over it gets 429 with Retry-After. A search in flight is charged when it ends, so a key can pass
+    # the limit by what its requests in flight spend; the next request then waits.
+    max_tokens_per_minute_per_key: int | None = None
+    # a run directory (store.py) where each answered request's trace is written, keyed "KEY_ID/RESPONSE_ID":
+    # the key's id, never the key (opt-in; `thinkscale report` and `export` read it like any run)
+    trace_store: str | None = None
     retry_after_s: int = 1  # what a 429 tells the client to wait
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
 
@@ -143,8 +152,9 @@ def check_serve_config(config: ServeConfig, source: Source) -> ServeConfig:
         over = over_cap(budget, config.cap)
         if over:
             raise source.error(path + ("budget",), over)
-    for key in ("max_body_bytes", "max_concurrent", "max_concurrent_per_key", "retry_after_s"):
-        if getattr(config, key) < 1:
+    for key in ("max_body_bytes", "max_concurrent", "max_concurrent_per_key", "retry_after_s",
+                "max_tokens_per_minute_per_key"):
+        if getattr(config, key) is not None and getattr(config, key) < 1:
             raise source.error((key,), f"must be at least 1, got {getattr(config, key)}")
     return config
 

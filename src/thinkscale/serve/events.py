@@ -61,6 +61,7 @@ class SearchRun:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self._queue: asyncio.Queue[SearchEvent | None] = asyncio.Queue()
+        self.seen: Trace | None = None  # the search's trace as its last event left it (what a cancelled one spent)
         self.task = asyncio.create_task(self._solve())
 
     async def _solve(self) -> Trace:
@@ -73,6 +74,7 @@ class SearchRun:
             self._queue.put_nowait(None)
 
     def _listen(self, event: str, trace: Trace, nodes: list[Node]) -> None:
+        self.seen = trace
         for node in nodes:
             self._queue.put_nowait(event_of(event, trace, node, self.plan.scorer_name))
 

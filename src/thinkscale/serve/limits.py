@@ -1,14 +1,18 @@
-"""What one request may take of the server: a bounded body, a place among the searches in flight.
+"""What one request may take of the server: a bounded body, a place among the searches in flight, tokens.
 
 The gate counts searches in flight, over all keys and per key; a request that
 would pass either limit is refused at once with 429 and `Retry-After`, rather
 than queued, so a client learns to back off and the server's memory stays flat.
+The token window counts what each key's requests spent in the last minute.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -41,6 +45,48 @@ class Gate:
         self._by_key[key] -= 1
         if self._by_key[key] <= 0:
             del self._by_key[key]
+
+
+class TokenWindow:
+    """Tokens each key spent in the last `window_s` seconds; `check` refuses a key at or over its limit."""
+
+    def __init__(self, per_window: int, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_window, self.window_s, self.clock = per_window, window_s, clock
+        self._spent: dict[str, deque[tuple[float, int]]] = {}
+        self._totals: Counter[str] = Counter()
+
+    def _forget(self, key: str, now: float) -> None:
+        spent = self._spent.get(key)
+        while spent and spent[0][0] <= now - self.window_s:
+            self._totals[key] -= spent.popleft()[1]
+        if spent is not None and not spent:
+            del self._spent[key], self._totals[key]
+
+    def spent(self, key: str) -> int:
+        self._forget(key, self.clock())
+        return self._totals[key]
+
+    def charge(self, key: str, tokens: int) -> None:
+        if tokens > 0:
+            self._spent.setdefault(key, deque()).append((self.clock(), tokens))
+            self._totals[key] += tokens
+
+    def check(self, key: str) -> None:
+        """Nothing if `key` is under its limit; a 429 saying when it will be, otherwise."""
+        now = self.clock()
+        self._forget(key, now)
+        if self._totals[key] < self.per_window:
+            return
+        over, wait = self._totals[key] - self.per_window, 0.0
+        for at, tokens in self._spent[key]:  # the wait until enough of the oldest spending leaves the window
+            wait = at + self.window_s - now
+            over -= tokens
+            if over < 0:
+                break
+        retry = max(1, math.ceil(wait))
+        raise APIError(429, f"this key spent {self._totals[key]} tokens in the last {self.window_s:g} s, its most "
+                            f"is {self.per_window}; retry after {retry} s", None, "rate_limit_exceeded",
+                       {"Retry-After": str(retry)})
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
