@@ -1,7 +1,7 @@
 """Adaptive stopping against a fixed number of samples, on the tiny core.
 
     python benchmarks/adaptive.py [--task arithmetic] [--problems 200] [--n 64] [--problem-seed 0] [--threads 1]
-                                  [--verifier] [--particles 4,16]
+                                  [--verifier] [--particles 4,16] [--deepconf]
 
 Majority vote with the Adaptive-Consistency rule (strategies/stopping.py)
 against plain majority@n on the same test problems, in the same run: the
@@ -13,6 +13,10 @@ test split): the most saving confidence whose dev accuracy is within
 `--verifier` does the same for weighted best-of-n with the verifier rule and
 the shipped PRM. `--particles K,...` sets particle filtering beside beam
 search (width sqrt(K)) at K samples' worth, with tokens and FLOPs spent.
+`--deepconf` sets DeepConf (strategies/deepconf.py) beside plain majority@n:
+its `keep` and `window` are chosen on the dev problems (the most token-saving
+online setting within `--max-loss` of majority@n there), then offline and
+online are measured on the test problems, accuracy and generated tokens.
 
 Every figure is measured here, in this run; `--problem-seed` draws another
 set of test problems (0 is the first `--problems` of the split as the other
@@ -94,6 +98,38 @@ def compare_on_test(label, name, settings, rule, confidence, test, task, policy,
     return ratio, diff
 
 
+DEEPCONF_GRID = [(keep, window) for keep in (0.9, 0.5, 0.1) for window in (4, 8, 16)]
+
+
+def deepconf_against_majority(n, dev, test, task, policy, max_loss):
+    """DeepConf's keep and window chosen on dev; then offline and online against majority@n on test."""
+    from thinkscale.strategies import get_strategy
+
+    fixed = summary(solve(dev, task, get_strategy("majority_vote", n=n), policy)[0])
+    print(f"DeepConf: dev majority@{n} accuracy {fixed['accuracy']:.3f}, {fixed['tokens']:.0f} tokens a problem")
+    best = None
+    for keep, window in DEEPCONF_GRID:
+        s = summary(solve(dev, task, get_strategy("deepconf", n=n, keep=keep, window=window), policy)[0])
+        ok = s["accuracy"] >= fixed["accuracy"] - max_loss
+        print(f"  online keep {keep}, window {window}: accuracy {s['accuracy']:.3f}, {s['tokens']:.0f} tokens, "
+              f"{s['samples']:.1f} samples{'' if ok else ' (loses too much)'}")
+        key = (ok, -s["tokens"] if ok else s["accuracy"])
+        if best is None or key > best[0]:
+            best = (key, keep, window)
+    _, keep, window = best
+    print(f"  chosen on dev: keep {keep}, window {window}")
+    rows = {f"majority@{n}": get_strategy("majority_vote", n=n),
+            f"DeepConf offline@{n}": get_strategy("deepconf", n=n, mode="offline", keep=keep, window=window),
+            f"DeepConf online@{n}": get_strategy("deepconf", n=n, keep=keep, window=window)}
+    results = {label: summary(solve(test, task, strategy, policy)[0]) for label, strategy in rows.items()}
+    base = results[f"majority@{n}"]
+    for label, r in results.items():
+        diff, low, high = accuracy_difference(r["correct"], base["correct"])
+        print(f"  test {label}: accuracy {r['accuracy']:.3f} ({100 * diff:+.1f} pt, 90% interval {100 * low:+.1f} "
+              f"to {100 * high:+.1f}), {r['tokens']:.0f} tokens ({base['tokens'] / r['tokens']:.2f}x fewer), "
+              f"{r['samples']:.1f} samples a problem")
+
+
 def particles_against_beam(ks, test, task, policy, scorer):
     import math
 
@@ -121,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--verifier", action="store_true", help="also weighted best-of-n with the verifier rule")
     parser.add_argument("--particles", default="", help="budgets K for particle filtering against beam search")
+    parser.add_argument("--deepconf", action="store_true", help="also DeepConf offline and online against majority")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
@@ -152,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         particles_against_beam([int(k) for k in args.particles.split(",")], test, task, policy, prm)
     if not task.votable:
         raise SystemExit(f"{task.name} is graded on its steps: there is no majority vote to stop early")
+    if args.deepconf:
+        deepconf_against_majority(args.n, dev, test, task, policy, args.max_loss)
     settings = {"n": args.n}
     confidence = choose_confidence("majority_vote", settings, dev, task, policy, None, "adaptive_consistency",
                                    args.max_loss)

@@ -29,7 +29,8 @@ LIMITS = {  # Budget field -> the Usage counter it bounds
     "max_flops": "flops",
     "max_wall_s": "wall_s",
 }
-SMALL = {"n": 4, "width": 2, "iterations": 6, "expansion_width": 2, "max_depth": 8}  # where a strategy has them
+SMALL = {"n": 4, "width": 2, "iterations": 6, "expansion_width": 2, "max_depth": 8,  # where a strategy has them
+         "warmup": 2, "wave": 1}
 
 
 def small_strategy(name: str):
@@ -71,6 +72,10 @@ def solve(strategy, examples, task, policy, scorer, budget):
 def test_no_strategy_passes_any_limit(name, backend, backends, arithmetic, prm):
     examples = arithmetic.examples("test", 3)
     strategy = small_strategy(name)
+    if name == "deepconf" and not backends[backend].capabilities.confidence:  # it needs the engine's confidences
+        with pytest.raises(ValueError, match="needs per-token confidences"):
+            solve(strategy, examples, arithmetic, backends[backend], prm, Budget())
+        return
     free = solve(strategy, examples, arithmetic, backends[backend], prm, Budget())
     assert all(t.stopped_by is None for t in free)
     for limit, counter in LIMITS.items():

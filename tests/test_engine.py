@@ -181,3 +181,47 @@ def test_a_cancelled_request_stops_at_once_and_changes_no_other_sample(arithmeti
     assert any(c is None for c in cut[1])  # its rows were dropped, its waiting samples never started
     assert len(finished) < sum(r.n for r in reqs)
     assert [cut[i] for i in (0, 2, 3)] == [whole[i] for i in (0, 2, 3)]
+
+
+def test_confidence_is_deepconfs_lowest_group_and_a_floor_cuts_only_its_own_rows(arithmetic_checkpoint, arithmetic):
+    """Each completion's confidence is the lowest window mean of minus the mean top-k log-probability, as the
+    model's own forward pass gives them; asking for it changes no sample; a floor cuts a row in flight
+    exactly where its window first falls below it, and no other row."""
+    model, window, k = arithmetic_checkpoint.model, 6, 3
+    plain = requests_for(arithmetic_checkpoint, arithmetic, 5, 6, temperature=1.0, max_tokens=100)
+    asked = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=100, seed=r.params.seed,
+                                                             confidence_window=window, confidence_top_k=k))
+             for r in plain]
+    engine = Engine(model, max_rows=7)
+    before, measured = engine.generate(plain), engine.generate(asked)
+    assert [[c.token_ids for c in r] for r in before] == [[c.token_ids for c in r] for r in measured]
+    assert all(c.confidence is None for r in before for c in r)
+
+    def groups(prompt, tokens):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + tokens]))[0, len(prompt) - 1:-1].double()
+        conf = -torch.log_softmax(logits, -1).topk(k, -1).values.mean(-1)
+        return conf.unfold(0, window, 1).mean(-1) if len(conf) >= window else conf.mean()[None]
+
+    for request, result in zip(asked, measured):
+        for c in result:
+            assert c.confidence == pytest.approx(float(groups(list(request.prompt_ids), list(c.token_ids)).min()),
+                                                 abs=1e-4)
+    everything = sorted(c.confidence for r in measured for c in r)
+    floor = everything[len(everything) // 2]
+    cut_requests = [SampleRequest(r.prompt_ids, r.n, SamplingParams(
+        temperature=1.0, max_tokens=100, seed=r.params.seed, confidence_window=window, confidence_top_k=k,
+        confidence_floor=floor)) for r in asked[:3]] + plain[3:]  # the last two ask for nothing
+    cut = engine.generate(cut_requests)
+    assert [[c.token_ids for c in r] for r in cut[3:]] == [[c.token_ids for c in r] for r in before[3:]]
+    stopped = 0
+    for request, whole, result in zip(asked[:3], measured[:3], cut[:3]):
+        for full, c in zip(whole, result):
+            g = groups(list(request.prompt_ids), list(full.token_ids))
+            below = [i for i, v in enumerate(g.tolist()) if v < floor and len(full.token_ids) >= window]
+            if below:  # cut at the first window below the floor: that window's last token is the last one
+                stopped += 1
+                assert c.finish_reason == "cut" and c.token_ids == full.token_ids[:below[0] + window]
+            else:
+                assert c.token_ids == full.token_ids and c.finish_reason == full.finish_reason
+    assert stopped > 0

@@ -84,3 +84,60 @@ def test_rules_a_strategy_cannot_use_are_refused_by_name():
         get_strategy("repeated_sampling", stopping={"rule": "esc"})  # coverage has nothing to stop on
     with pytest.raises(ValueError, match="confidence must be between 0 and 1"):
         get_strategy("best_of_n", stopping={"rule": "verifier", "confidence": 1.5})
+
+
+# -- DeepConf: confidence-weighted votes, and samples cut in flight ------------------------------------------
+
+def test_deepconf_offline_filters_and_weights_the_same_samples_majority_vote_draws(examples, arithmetic, policy):
+    from thinkscale.strategies.deepconf import SCORE, floor_of, weighted_vote
+
+    plain = run(examples, arithmetic, get_strategy("majority_vote", n=16), policy, Budget(), seed=4)
+    offline = run(examples, arithmetic, get_strategy("deepconf", n=16, mode="offline", keep=0.5, window=8), policy,
+                  Budget(), seed=4)
+    for vote, trace in zip(plain, offline):
+        assert [n.text for n in trace.terminals()] == [n.text for n in vote.terminals()]  # the same samples
+        confidences = [n.scores[SCORE] for n in trace.terminals()]
+        assert trace.settings["floor"] == floor_of(confidences, 0.5)
+        kept = [n for n in trace.terminals() if n.finished and n.answer and n.scores[SCORE] >= trace.settings["floor"]]
+        totals = {}
+        for n in kept:
+            totals[n.answer] = totals.get(n.answer, 0.0) + n.scores[SCORE]
+        assert trace.chosen_answer == (max(totals, key=totals.get) if totals else None)
+        assert weighted_vote(list(trace.terminals()), trace.settings["floor"])[0] == trace.chosen_answer
+
+
+def test_deepconf_online_cuts_unconfident_samples_and_spends_less(examples, arithmetic, policy):
+    from thinkscale.strategies.deepconf import SCORE
+
+    settings = {"n": 32, "warmup": 8, "wave": 8, "keep": 0.5, "window": 8, "consensus": None}
+    offline = run(examples, arithmetic, get_strategy("deepconf", mode="offline", **settings), policy, Budget(), seed=5)
+    online = run(examples, arithmetic, get_strategy("deepconf", **settings), policy, Budget(), seed=5)
+    assert sum(t.usage.generated_tokens for t in online) < 0.9 * sum(t.usage.generated_tokens for t in offline)
+    cut = [n for t in online for n in t.terminals() if n.finish_reason == "cut"]
+    assert cut and all(n.answer is None for n in cut)
+    for t in online:
+        assert t.usage.samples == 32 and t.usage.generated_tokens == sum(n.num_tokens for n in t.terminals())
+        warm = list(t.terminals())[:8]  # drawn whole: none is cut, and they set the floor
+        assert all(n.finish_reason != "cut" for n in warm)
+        later = list(t.terminals())[8:]  # drawn with the floor: every window of those not cut stayed above it
+        assert all(n.scores[SCORE] >= t.settings["floor"] for n in later if n.finish_reason != "cut"
+                   and n.num_tokens >= 8)
+    again = run(examples[:3], arithmetic, get_strategy("deepconf", **settings), policy, Budget(), seed=5)
+    assert [t.to_dict()["nodes"] for t in again] == [t.to_dict()["nodes"] for t in online[:3]]
+    # with consensus, a settled vote stops drawing; a token budget holds as for every strategy
+    settled = run(examples, arithmetic, get_strategy("deepconf", **{**settings, "consensus": 0.8}), policy, Budget(),
+                  seed=5)
+    assert sum(t.usage.samples for t in settled) < 32 * len(examples)
+    tight = run(examples[:4], arithmetic, get_strategy("deepconf", **settings), policy,
+                Budget(max_generated_tokens=300), seed=5)
+    assert all(t.usage.generated_tokens <= 300 for t in tight)
+
+
+def test_deepconf_is_refused_on_a_policy_without_confidences(arithmetic):
+    from thinkscale.policies.openai import OpenAIPolicy
+
+    with pytest.raises(ValueError, match="deepconf needs per-token confidences.*the openai policy gives neither"):
+        run(arithmetic.examples("test", 1), arithmetic, get_strategy("deepconf"), OpenAIPolicy("http://127.0.0.1:9/v1"),
+            Budget())
+    with pytest.raises(ValueError, match="mode must be 'online' or 'offline'"):
+        get_strategy("deepconf", mode="live")

@@ -16,6 +16,7 @@ from thinkscale.budget import Usage
 
 FINISH_STOP = "stop"  # the generation ended on its own (end token or stop string)
 FINISH_LENGTH = "length"  # cut off by the token limit: never counts as an answer
+FINISH_CUT = "cut"  # stopped while generating by the search's own rule (a confidence floor): never an answer
 
 
 @dataclass

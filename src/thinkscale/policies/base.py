@@ -22,6 +22,26 @@ class Capabilities:
     prefix_caching: bool  # the prompt is computed once for all n samples
     logprobs: bool  # generations carry log-probabilities
     tool_calls: bool = False  # the API declares tools and returns calls as data (OpenAI's tools / tool_calls)
+    confidence: bool = False  # generations carry DeepConf confidences, and a confidence floor cuts them in flight
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """What a request asks of a generation's confidence (DeepConf, arXiv 2508.15260; tiny/engine.py).
+
+    A token's confidence is minus the mean log-probability of the `top_k` most
+    likely tokens at its step; a group's is the mean over `window` tokens; a
+    generation reports its lowest group's. With a `floor`, a generation whose
+    current group falls below it is cut while it is generated (FINISH_CUT).
+    """
+
+    window: int = 16
+    top_k: int = 5
+    floor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.top_k < 1:
+            raise ValueError(f"confidence window and top_k must be at least 1, got {self.window}, {self.top_k}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,7 @@ class GenerationRequest:
     # assistant's message to continue.
     reply_start: int | None = None
     tools: tuple[ToolSpec, ...] = ()  # tools declared to an API that takes them (Capabilities.tool_calls)
+    confidence: Confidence | None = None  # confidences wanted (Capabilities.confidence), and a floor
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -86,6 +107,7 @@ class Generation:
     finish_reason: str  # FINISH_STOP (ended on its own or at a stop string) or FINISH_LENGTH (cut off)
     logprob: float | None = None  # sum over the generated tokens
     stop_string: str | None = None  # the stop string it ended at; None if it ended on its own or was cut off
+    confidence: float | None = None  # its lowest group confidence, where the request asked (Confidence)
 
     @property
     def ended(self) -> bool:

@@ -9,6 +9,8 @@ Strategies never see this.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from thinkscale import torch_thread
@@ -21,7 +23,7 @@ from thinkscale.trace import FINISH_STOP
 
 class TinyPolicy(Policy):
     name = "tiny"
-    capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True)
+    capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True, confidence=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
                  prefix_cache_mb: float = 512) -> None:
@@ -60,8 +62,13 @@ class TinyPolicy(Policy):
 
     def _to_engine(self, r: GenerationRequest) -> SampleRequest:
         stop_ids, _ = self._stop_ids(r.stop)
+        confidence = {}
+        if r.confidence is not None:
+            floor = r.confidence.floor
+            confidence = {"confidence_window": r.confidence.window, "confidence_top_k": r.confidence.top_k,
+                          "confidence_floor": -math.inf if floor is None else floor}
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                stop_ids=stop_ids, seed=r.seed)
+                                stop_ids=stop_ids, seed=r.seed, **confidence)
         return SampleRequest(prompt_ids=tuple(self.tokenizer.encode(r.prompt)), n=r.n, params=params,
                              cache_scope=r.cache_scope)
 
@@ -78,7 +85,7 @@ class TinyPolicy(Policy):
                 if s in text:
                     text, reason, matched = text[: text.index(s)], FINISH_STOP, s
             gens.append(Generation(text=text, num_tokens=len(c.token_ids), finish_reason=reason, logprob=c.logprob,
-                                   stop_string=matched))
+                                   stop_string=matched, confidence=c.confidence))
         cached = completions[0].prompt_cached if completions else 0
         return GenerationResult(generations=tuple(gens), prompt_tokens=prompt_tokens, cached_prompt_tokens=cached)
 

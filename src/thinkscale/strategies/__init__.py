@@ -73,6 +73,13 @@ def _compute_optimal(**settings: Any) -> Strategy:
     return ComputeOptimal(settings_from_dict(ComputeOptimal.Settings, settings, "compute_optimal settings"))
 
 
+@STRATEGIES.register("deepconf")
+def _deepconf(**settings: Any) -> Strategy:
+    from thinkscale.strategies.deepconf import DeepConf
+
+    return DeepConf(settings_from_dict(DeepConf.Settings, settings, "deepconf settings"))
+
+
 def get_strategy(name: str, **settings: Any) -> Strategy:
     return STRATEGIES.get(name)(**settings)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from thinkscale.budget import Budget, BudgetExceeded, Work
-from thinkscale.policies.base import Generation, GenerationRequest, GenerationResult, Policy
+from thinkscale.policies.base import Confidence, Generation, GenerationRequest, GenerationResult, Policy
 from thinkscale.seeds import derive_seed
 from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import FINISH_LENGTH, FINISH_STOP, Node, Trace
@@ -403,8 +403,7 @@ async def sample_whole(search: Search, settings: SamplingSettings, scored: bool 
     drawn, index = 0, 0
     while drawn < settings.n:
         size = min(wave or settings.n, settings.n - drawn)
-        seed = search.seed if index == 0 else derive_seed(search.seed, "wave", index)
-        new = await _draw_wave(search, settings, size, seed, scored)
+        new = await draw_wave(search, settings, size, wave_seed(search, index), scored)
         if not new:
             return  # the budget ended it
         drawn, index = drawn + len(new), index + 1
@@ -412,12 +411,21 @@ async def sample_whole(search: Search, settings: SamplingSettings, scored: bool 
             return
 
 
-async def _draw_wave(search: Search, settings: SamplingSettings, n: int, seed: int, scored: bool) -> list[Node]:
+def wave_seed(search: Search, index: int) -> int:
+    """The seed of a search's wave `index` of whole samples: the trace's own for the first, derived after."""
+    return search.seed if index == 0 else derive_seed(search.seed, "wave", index)
+
+
+async def draw_wave(search: Search, settings: SamplingSettings, n: int, seed: int, scored: bool = False,
+                    confidence: Confidence | None = None) -> list[Node]:
+    """Up to `n` whole samples in one policy call, as much as the budget affords, hung under the root; their
+    nodes (none when the budget ended the search). With `confidence`, each node's `scores["deepconf"]` is
+    its generation's lowest group confidence."""
     trace, problem, budget = search.trace, search.problem, search.budget
 
     def request(n: int, max_tokens: int = settings.max_tokens) -> GenerationRequest:
         return GenerationRequest(prompt=problem.prompt, n=n, temperature=settings.temperature, top_p=settings.top_p,
-                                 max_tokens=max_tokens, seed=seed)
+                                 max_tokens=max_tokens, seed=seed, confidence=confidence)
 
     if budget.max_samples is not None and n > budget.max_samples - trace.usage.samples > 0:
         n = budget.max_samples - trace.usage.samples
@@ -438,7 +446,8 @@ async def _draw_wave(search: Search, settings: SamplingSettings, n: int, seed: i
     trace.root.num_tokens = result.prompt_tokens
     nodes = [trace.add(trace.root.id, g.text, num_tokens=g.num_tokens, logprob=g.logprob, terminal=True,
                        finish_reason=g.finish_reason,
-                       answer=search.task.extract_answer(g.text) if g.finish_reason == FINISH_STOP else None)
+                       answer=search.task.extract_answer(g.text) if g.finish_reason == FINISH_STOP else None,
+                       **({"scores": {"deepconf": g.confidence}} if g.confidence is not None else {}))
              for g in result.generations]
     search.emit("generated", nodes)
     return nodes

@@ -24,6 +24,15 @@ what the uninterrupted run drew; and the prefix cache (prefix_cache.py) can
 hand a prompt the keys and values of its longest known prefix, computed by
 an earlier prompt or by the decode steps that generated it, and change no
 result: only what is computed.
+
+Confidence (DeepConf, arXiv 2508.15260), where a request asks for it with a
+`confidence_window`: each token's confidence is minus the mean log-probability
+of the `confidence_top_k` most likely tokens at its step (high: the model was
+sure), a group's confidence is the mean over a sliding window of tokens, and a
+completion reports its lowest group's (its mean, if it is shorter than a
+window). With a `confidence_floor`, a row whose current window falls below it
+is stopped at once, `FINISH_CUT`, its tokens counted: the other rows and every
+sample's tokens stay as they would be without it.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import torch.nn.functional as F
 from thinkscale.budget import forward_flops_per_token
 from thinkscale.tiny.model import TinyLlama, apply_rope, rope_tables
 from thinkscale.tiny.prefix_cache import Entry, PrefixCache
-from thinkscale.trace import FINISH_LENGTH, FINISH_STOP
+from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
 
 _M32 = 0xFFFFFFFF
 MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 rows here)
@@ -53,6 +62,9 @@ class SamplingParams:
     max_tokens: int = 128
     stop_ids: tuple[int, ...] = ()  # besides the end token
     seed: int = 0
+    confidence_window: int = 0  # tokens per group of a completion's confidence; 0: no confidence computed
+    confidence_top_k: int = 5  # the most likely tokens whose mean log-probability makes a token's confidence
+    confidence_floor: float = -math.inf  # a row whose current group's confidence falls below this is cut
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Completion:
     finish_reason: str
     logprob: float  # sum of the model's log-probabilities (temperature 1) of token_ids
     prompt_cached: int = 0  # prompt positions taken from the prefix cache, not computed
+    confidence: float | None = None  # its lowest group's confidence, where the request asked for it
 
 
 def _fmix32(h: torch.Tensor) -> torch.Tensor:
@@ -475,6 +488,11 @@ class Engine:
         req_temp = torch.tensor([float(r.params.temperature) for r in requests], device=dev)
         req_top_p = torch.tensor([float(r.params.top_p) for r in requests], device=dev)
         req_seed = torch.tensor([r.params.seed for r in requests], dtype=torch.int64, device=dev)
+        req_window = torch.tensor([r.params.confidence_window for r in requests], device=dev)
+        req_top_k = torch.tensor([max(1, min(r.params.confidence_top_k, c.vocab_size)) for r in requests],
+                                 device=dev)
+        req_floor = torch.tensor([float(r.params.confidence_floor) for r in requests], device=dev)
+        confident = bool((req_window > 0).any())
         stop_table = torch.zeros(len(requests), c.vocab_size, dtype=torch.bool, device=dev)
         stop_table[:, self.eos_id] = True
         for i, r in enumerate(requests):
@@ -497,6 +515,10 @@ class Engine:
         row_ngen = torch.zeros(R_alloc, dtype=torch.long, device=dev)
         row_lp = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
         out_tokens = torch.zeros(R_alloc, int(req_max.max()), dtype=torch.long, device=dev)
+        # With confidence: each token's, the sum over the row's current window, and whether the floor cut it.
+        out_conf = torch.zeros(R_alloc if confident else 1, int(req_max.max()), dtype=torch.float64, device=dev)
+        row_wsum = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
+        row_cut = torch.zeros(R_alloc, dtype=torch.bool, device=dev)
         A = 0
 
         def free(row: int) -> None:
@@ -505,8 +527,10 @@ class Engine:
             A -= 1
             if row != A:
                 cache[:, :, :, row] = cache[:, :, :, A]
-                for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens):
+                for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut):
                     t[row] = t[A]
+                if confident:
+                    out_conf[row] = out_conf[A]
 
         dropped: set[int] = set()
 
@@ -526,7 +550,8 @@ class Engine:
             for row in sorted(done.tolist(), reverse=True):
                 ri, j, n = int(row_req[row]), int(row_sample[row]), int(row_ngen[row])
                 last = int(out_tokens[row, n - 1])
-                reason = FINISH_STOP if bool(stop_table[ri, last]) else FINISH_LENGTH
+                reason = FINISH_CUT if bool(row_cut[row]) else FINISH_STOP if bool(stop_table[ri, last]) \
+                    else FINISH_LENGTH
                 tokens = tuple(out_tokens[row, :n].tolist())
                 if self.prefix_cache is not None and reason == FINISH_STOP and last != self.eos_id and n > 1:
                     # a step, to be continued: its keys and values (all but the stop token, not fed yet)
@@ -534,14 +559,26 @@ class Engine:
                     self.prefix_cache.put(tuple(requests[ri].prompt_ids) + tokens[:-1],
                                           Entry(cache[:, :, :-(-length // CHUNK), row].clone(), None),
                                           requests[ri].cache_scope)
-                results[ri][j] = Completion(tokens, reason, float(row_lp[row]),
-                                            prompt_cached[int(req_prompt[ri])])
+                window = int(req_window[ri])
+                results[ri][j] = Completion(tokens, reason, float(row_lp[row]), prompt_cached[int(req_prompt[ri])],
+                                            _lowest_group(out_conf[row, :n], window) if window else None)
                 free(row)
                 if on_finish:
                     on_finish(1)
                 unfinished[ri] -= 1
                 if unfinished[ri] == 0 and on_request_done:
                     on_request_done(ri, results[ri])
+
+        def track_confidence(rows: torch.Tensor, req: torch.Tensor, logits: torch.Tensor) -> None:
+            """This step's token confidences, each row's window sum, and the floor's cut (before ngen moves on)."""
+            k, window, n = req_top_k[req], req_window[req], row_ngen[rows]
+            ranked = F.log_softmax(logits.double(), dim=-1).sort(dim=-1, descending=True).values
+            conf = -ranked.cumsum(-1).gather(-1, (k - 1)[:, None])[:, 0] / k
+            out_conf[rows, n] = conf
+            leaving = torch.where(n >= window, out_conf[rows, (n - window).clamp(min=0)], torch.zeros_like(conf))
+            row_wsum[rows] += conf - leaving
+            full = (window > 0) & (n + 1 >= window)
+            row_cut[rows] = full & (row_wsum[rows] / window.clamp(min=1) < req_floor[req])
 
         def take_token(rows: torch.Tensor, logits: torch.Tensor) -> None:
             """Draw the next token for `rows` and finish those that stop or run out."""
@@ -551,8 +588,10 @@ class Engine:
             out_tokens[rows, row_ngen[rows]] = tok
             row_tok[rows] = tok
             row_lp[rows] += lp.double()
+            if confident:
+                track_confidence(rows, req, logits)
             row_ngen[rows] += 1
-            done = stop_table[req, tok] | (row_ngen[rows] >= req_max[req])
+            done = stop_table[req, tok] | (row_ngen[rows] >= req_max[req]) | row_cut[rows]
             if bool(done.any()):
                 finish_rows(rows[done])
 
@@ -569,6 +608,7 @@ class Engine:
                 req = torch.tensor([a[0] for a in admitted], device=dev)
                 row_req[rows], row_sample[rows] = req, torch.tensor([a[1] for a in admitted], device=dev)
                 row_pos[rows], row_ngen[rows], row_lp[rows] = req_len[req], 0, 0.0
+                row_wsum[rows], row_cut[rows] = 0.0, False
                 cache[:, :, :chunks, A:A + m] = prompt_kv[:, :, :, req_prompt[req]]
                 A += m
                 take_token(rows, prompt_logits[req_prompt[req]])
@@ -581,6 +621,13 @@ class Engine:
             row_pos[:A] += 1
             take_token(active, logits)
         return results  # type: ignore[return-value]
+
+
+def _lowest_group(conf: torch.Tensor, window: int) -> float:
+    """The lowest mean over `window` consecutive token confidences (the mean of all, if fewer)."""
+    if len(conf) < window:
+        return float(conf.mean())
+    return float(conf.unfold(0, window, 1).mean(-1).min())
 
 
 @torch.inference_mode()
