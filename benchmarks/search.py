@@ -8,8 +8,11 @@ verifier) and majority@k (exact estimators over a pool of max(budgets)
 samples per problem). Then every strategy runs at each budget k, sized to
 spend about k samples' worth of generated tokens: best-of-k by the ORM,
 best-of-k and weighted best-of-k by the PRM, PRM beam search with n = k
-(width sqrt(k)), DVTS with n = k (width 4), and MCTS with k iterations
-(expansion width 4). Each row reports what the strategy actually spent
+(width sqrt(k)), DVTS with n = k (width 4), and MCTS run until it has spent k
+samples' worth of generated tokens (`iterations: null` under a token budget
+of k x the pool's mean tokens a sample; `--mcts-exploration`, `--mcts-width`
+and `--mcts-rollouts` set its PUCT constant, expansion width and rollouts,
+chosen with `--split dev`). Each row reports what the strategy actually spent
 (generated tokens per problem, and FLOPs with the scorer's) beside its
 accuracy with a 90% bootstrap interval over problems, so budgets are matched
 by what was spent, not by N. The pool rows (pass@k, majority@k) report the
@@ -109,8 +112,11 @@ def pool_flops(traces, policy):
     return lambda k: per_token * (prompt + k * generated)
 
 
+MCTS = {"exploration": 1.0, "expansion_width": 4, "rollouts": 0}  # from --mcts-exploration, -width, -rollouts
+
+
 def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:
-    """label -> (strategy, settings, scorer) at a budget of k samples' worth."""
+    """label -> (strategy, settings, scorer) at a budget of k samples' worth (MCTS: a token budget, below)."""
     width = max(1, 2 ** round(math.log2(k) / 2))
     choose = "weighted" if votable else "best"  # answers that cannot be pooled: the best-scoring solution
     out = {
@@ -118,8 +124,7 @@ def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:
         f"prm-best_of_n@{k}": ("best_of_n", {"n": k, "aggregation": "min"}, "prm"),
         f"prm-beam@{k}": ("beam_search", {"n": k, "width": width, "aggregation": "min", "choose": choose}, "prm"),
         f"prm-dvts@{k}": ("dvts", {"n": k, "width": min(4, k), "aggregation": "min", "choose": choose}, "prm"),
-        f"prm-mcts@{k}": ("mcts", {"iterations": k, "expansion_width": 4, "aggregation": "min",
-                                   "choose": choose}, "prm"),
+        f"prm-mcts@{k}": ("mcts", {"iterations": None, **MCTS, "aggregation": "min", "choose": choose}, "prm"),
     }
     if votable:
         out[f"prm-weighted_best_of_n@{k}"] = ("weighted_best_of_n", {"n": k, "aggregation": "min"}, "prm")
@@ -238,7 +243,9 @@ def bench_task(name: str, args) -> dict:
             if args.only and not re.search(args.only, label):
                 continue
             t0 = time.perf_counter()
-            by_label[label] = run(examples, task, get_strategy(strategy, **settings), sampler, Budget(),
+            # MCTS runs until it has spent k samples' worth of the pool's tokens; the others are sized by n
+            budget = Budget(max_generated_tokens=round(k * per_sample)) if strategy == "mcts" else Budget()
+            by_label[label] = run(examples, task, get_strategy(strategy, **settings), sampler, budget,
                                   scorer=scorers[kind], seed=args.seed)
             print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
         if by_label:
@@ -341,7 +348,14 @@ def main(argv: list[str] | None = None) -> None:
                              "0 rereads every path at every step, as before the caches")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every strategy")
     parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
+    parser.add_argument("--mcts-exploration", type=float, default=MCTS["exploration"],
+                        help=f"MCTS's PUCT constant (default {MCTS['exploration']})")
+    parser.add_argument("--mcts-width", type=int, default=MCTS["expansion_width"],
+                        help=f"MCTS's expansion width (default {MCTS['expansion_width']})")
+    parser.add_argument("--mcts-rollouts", type=int, default=MCTS["rollouts"],
+                        help=f"MCTS's rollouts valuing each new node (default {MCTS['rollouts']})")
     args = parser.parse_args(argv)
+    MCTS.update(exploration=args.mcts_exploration, expansion_width=args.mcts_width, rollouts=args.mcts_rollouts)
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.base_policy_given = args.base_policy is not None
     if args.base_policy is None:

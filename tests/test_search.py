@@ -150,6 +150,19 @@ def test_mcts_with_too_few_iterations_still_follows_its_best_path_to_an_answer(a
         assert t.usage.generated_tokens <= 40  # committing never breaks the budget
 
 
+def test_mcts_without_an_iteration_count_runs_until_its_budget_is_spent(examples, arithmetic, policy, confidence):
+    settings = {"iterations": None, "expansion_width": 4, "exploration": 2.0}
+    with pytest.raises(ValueError, match="runs until its budget is spent: give it a budget"):
+        _solve("mcts", settings, examples[:1], arithmetic, policy, confidence)
+    counted = _solve("mcts", {**settings, "iterations": 8}, examples, arithmetic, policy, confidence)
+    budget = Budget(max_generated_tokens=600)
+    spent = _solve("mcts", settings, examples, arithmetic, policy, confidence, budget=budget)
+    tokens = [t.usage.generated_tokens for t in spent]
+    assert all(n <= 600 for n in tokens)
+    assert sum(tokens) > sum(t.usage.generated_tokens for t in counted)  # more than 8 iterations bought
+    assert sum(t.stopped_by == "max_generated_tokens" for t in spent) >= len(spent) // 2
+
+
 def test_particle_filtering_resamples_in_proportion_to_the_reward():
     import random
 

@@ -206,6 +206,24 @@ def test_the_first_reasoning_arrives_while_the_search_runs(client):
     rounds = sum(1 for (_, _, a), (_, _, b) in zip(arrivals, arrivals[1:]) if a != "generated" and b == "generated")
     assert len(reasoning) >= 8 and rounds >= 3  # one burst of steps per round of the beam, not one at the end
     assert reasoning[-1] - reasoning[0] > 0.01 and reasoning[0] < first_content
+    # the first step's first sample arrives as it is generated, before the step is done
+    events = [event for _, kind, event in arrivals if kind == "reasoning"]
+    assert events[0] == "token" and events.index("generated") > 0
+
+
+def test_streamed_tokens_and_the_rest_of_their_steps_read_as_the_offline_search(client, offline):
+    problem, settings = PROBLEMS[2], {"n": 4, "width": 2}
+    stream = client.chat.completions.create(model="beam_search:arithmetic", seed=9, stream=True,
+                                            messages=[{"role": "user", "content": problem}],
+                                            extra_body={"settings": settings})
+    reasoning, content, events, last = read_stream(stream)
+    (trace,) = offline([(problem, last.model_extra["thinkscale"])])
+    assert reasoning == generated(trace) and content == solution(trace)
+    tokens = [e for e in events if e["event"] == "token"]
+    assert tokens and all(e["node"] is None for e in tokens)
+    # each round's first sample streamed: as many runs of tokens as the search made calls, at most
+    runs = sum(1 for a, b in zip([None] + events, events) if b["event"] == "token" and (a or {}).get("event") != "token")
+    assert 1 < runs <= trace.usage.policy_calls
 
 
 def test_sixty_four_concurrent_streams_each_get_their_own_answer(main, offline, arithmetic):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from thinkscale.trace import FINISH_STOP
 
@@ -23,6 +24,7 @@ class Capabilities:
     logprobs: bool  # generations carry log-probabilities
     tool_calls: bool = False  # the API declares tools and returns calls as data (OpenAI's tools / tool_calls)
     confidence: bool = False  # generations carry DeepConf confidences, and a confidence floor cuts them in flight
+    streams: bool = False  # a request's on_text hears its first sample's text as it is generated
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class GenerationRequest:
     reply_start: int | None = None
     tools: tuple[ToolSpec, ...] = ()  # tools declared to an API that takes them (Capabilities.tool_calls)
     confidence: Confidence | None = None  # confidences wanted (Capabilities.confidence), and a floor
+    # Called with the first sample's text as it is generated, piece by piece, on any thread, where the backend
+    # streams (Capabilities.streams); the pieces join to that sample's text. Not part of what is asked.
+    on_text: Callable[[str], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -23,7 +23,7 @@ from thinkscale.trace import FINISH_STOP
 
 class TinyPolicy(Policy):
     name = "tiny"
-    capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True, confidence=True)
+    capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True, confidence=True, streams=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
                  prefix_cache_mb: float = 512) -> None:
@@ -68,9 +68,14 @@ class TinyPolicy(Policy):
             confidence = {"confidence_window": r.confidence.window, "confidence_top_k": r.confidence.top_k,
                           "confidence_floor": -math.inf if floor is None else floor}
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                stop_ids=stop_ids, seed=r.seed, **confidence)
+                                stop_ids=stop_ids, seed=r.seed, stream=self._streams(r), **confidence)
         return SampleRequest(prompt_ids=tuple(self.tokenizer.encode(r.prompt)), n=r.n, params=params,
                              cache_scope=r.cache_scope)
+
+    def _streams(self, r: GenerationRequest) -> bool:
+        """Whether `r`'s first sample is streamed: it asks, and its stop strings are single tokens (a longer
+        one could only be cut once whole, after its first characters had gone out)."""
+        return r.on_text is not None and not self._stop_ids(r.stop)[1]
 
     def _from_engine(self, r: GenerationRequest, completions: list, prompt_tokens: int) -> GenerationResult:
         stop_ids, long_stops = self._stop_ids(r.stop)
@@ -105,4 +110,13 @@ class TinyPolicy(Policy):
         def request_done(i: int, completions: list) -> None:
             deliver(i, self._from_engine(requests[i], list(completions), len(engine_requests[i].prompt_ids)))
 
-        self.engine.generate(engine_requests, self.on_samples_done, request_done, cancelled)
+        ends = [set(r.params.stop_ids) | {self.engine.eos_id} for r in engine_requests]
+
+        def tokens_drawn(drawn: list[tuple[int, int]]) -> None:  # the text, never the end or a stop token
+            for i, token in drawn:
+                if token not in ends[i]:
+                    requests[i].on_text(self.tokenizer.decode([token]))
+
+        streaming = any(r.params.stream for r in engine_requests)
+        self.engine.generate(engine_requests, self.on_samples_done, request_done, cancelled,
+                             tokens_drawn if streaming else None)

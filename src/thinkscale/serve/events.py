@@ -6,16 +6,23 @@ request's search reports to it, and each event (a step or sample generated,
 scored, pruned, the one chosen) is copied at once into an asyncio.Queue that
 the response reads while the search goes on. Cancelling the run (the client
 hung up) cancels the strategy's coroutine: it makes no further calls.
+
+Where the policy streams (the tiny core), the first sample of each call also
+arrives token by token (`SEARCH_TOKENS`, called on the engine's thread and
+handed to the event loop): "token" events carry the text as it is generated,
+and the "generated" event of that sample then carries only the rest (its
+closing newline), so the reasoning reads the same, only sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from thinkscale.serve.plan import Plan
-from thinkscale.strategies.base import SEARCH_EVENTS
+from thinkscale.strategies.base import SEARCH_EVENTS, SEARCH_TOKENS
 from thinkscale.trace import Node, Trace
 
 
@@ -23,8 +30,8 @@ from thinkscale.trace import Node, Trace
 class SearchEvent:
     """One node's part in one event, as it was when the event happened."""
 
-    event: str  # "generated", "scored", "pruned" or "chosen"
-    node: int
+    event: str  # "token", "generated", "scored", "pruned" or "chosen"
+    node: int | None  # None for a token: its node does not exist until its step is done
     parent: int | None
     branch: int | None  # the node's ancestor just below the root: nodes that share it share their first step
     text: str  # reasoning this event adds: a generated step or sample (ending in a newline), else ""
@@ -62,10 +69,13 @@ class SearchRun:
         self.plan = plan
         self._queue: asyncio.Queue[SearchEvent | None] = asyncio.Queue()
         self.seen: Trace | None = None  # the search's trace as its last event left it (what a cancelled one spent)
+        self._live = ""  # text sent as tokens whose generated event has not come yet
+        self._loop = asyncio.get_running_loop()
         self.task = asyncio.create_task(self._solve())
 
     async def _solve(self) -> Trace:
         SEARCH_EVENTS.set(self._listen)  # this task's context only: other requests' searches do not see it
+        SEARCH_TOKENS.set(self._tokens)
         plan = self.plan
         try:
             return await plan.strategy.solve(plan.problem, plan.model.task, plan.model.policy, plan.scorer,
@@ -73,10 +83,22 @@ class SearchRun:
         finally:
             self._queue.put_nowait(None)
 
+    def _tokens(self, text: str) -> None:  # the engine's thread
+        self._loop.call_soon_threadsafe(self._token, text)
+
+    def _token(self, text: str) -> None:
+        self._live += text
+        self._queue.put_nowait(SearchEvent("token", None, None, None, text, 1, None, None, None))
+
     def _listen(self, event: str, trace: Trace, nodes: list[Node]) -> None:
         self.seen = trace
         for node in nodes:
-            self._queue.put_nowait(event_of(event, trace, node, self.plan.scorer_name))
+            item = event_of(event, trace, node, self.plan.scorer_name)
+            if event == "generated" and self._live:
+                if item.text.startswith(self._live):  # the streamed sample: only the rest is new
+                    item = dataclasses.replace(item, text=item.text[len(self._live):])
+                self._live = ""
+            self._queue.put_nowait(item)
 
     async def events(self) -> AsyncIterator[SearchEvent]:
         """Every event of the search, as it happens, until the search ends (then `trace()` is ready)."""
@@ -90,9 +112,13 @@ class SearchRun:
         scores): the response sends each burst in one write, not one write per event.
         """
         item = await self._queue.get()
-        burst = []
+        burst: list[SearchEvent] = []
         while item is not None:
-            burst.append(item)
+            if burst and item.event == burst[-1].event == "token":  # tokens ready together go out as one piece
+                burst[-1] = dataclasses.replace(burst[-1], text=burst[-1].text + item.text,
+                                                tokens=burst[-1].tokens + 1)
+            else:
+                burst.append(item)
             if self._queue.empty():
                 return burst
             item = self._queue.get_nowait()

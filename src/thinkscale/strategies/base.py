@@ -42,6 +42,12 @@ if TYPE_CHECKING:
 SearchListener = Callable[[str, Trace, "list[Node]"], None]
 SEARCH_EVENTS: ContextVar[SearchListener | None] = ContextVar("thinkscale_search_events", default=None)
 
+# Text as it is generated: a listener for the first sample of a search's calls, piece by piece, called on any
+# thread (the backend's), where the policy streams (Capabilities.streams). The server sets it to send tokens
+# before their step is done; the generated event that follows carries the whole step as ever.
+SearchTokens = Callable[[str], None]
+SEARCH_TOKENS: ContextVar[SearchTokens | None] = ContextVar("thinkscale_search_tokens", default=None)
+
 # The tools a search may run (tools/): whoever runs a strategy sets them in its context (the runner, from a
 # strategy's `tools:` in the config). Every generation of the search then stops at a call, the search runs
 # the tool, appends its result and lets the policy go on; strategies never see it.
@@ -99,6 +105,8 @@ class Search:
     _shortened_by: str | None = None  # the limit that shortened the generation `afford` last sized
     listener: SearchListener | None = None  # SEARCH_EVENTS of the context the search started in
     tools: "Toolbox | None" = None  # SEARCH_TOOLS of the context the search started in
+    tokens: SearchTokens | None = None  # SEARCH_TOKENS of the context the search started in
+    _streaming: bool = False  # a call streams its text now (one at a time: the pieces must not interleave)
     scope: int = dataclasses.field(default_factory=lambda: next(_SCOPES))  # its prefix caches' scope
 
     def __post_init__(self) -> None:
@@ -118,7 +126,7 @@ class Search:
                       difficulty=problem.difficulty)
         trace.add(None, problem.prompt)
         return cls(problem, task, policy, scorer, budget, seed, trace, listener=SEARCH_EVENTS.get(),
-                   tools=SEARCH_TOOLS.get())
+                   tools=SEARCH_TOOLS.get(), tokens=SEARCH_TOKENS.get())
 
     def emit(self, event: str, nodes: list[Node]) -> None:
         """Tell the listener, if any, what just happened to `nodes`."""
@@ -208,7 +216,15 @@ class Search:
         elif self.tools is not None:  # every generation stops at a call
             close = self.tools.syntax.close
             requests = [r if close in r.stop else dataclasses.replace(r, stop=r.stop + (close,)) for r in requests]
-        results, elapsed = await self._within_wall(self.policy.generate(requests))
+        streams = self.tokens is not None and self.tools is None and not self._streaming and \
+            self.policy.capabilities.streams
+        if streams:  # the first request's first sample, as it is generated
+            requests[0] = dataclasses.replace(requests[0], on_text=self.tokens)
+            self._streaming = True
+        try:
+            results, elapsed = await self._within_wall(self.policy.generate(requests))
+        finally:
+            self._streaming = self._streaming and not streams
         if results is None:
             return None
         shortened_by, self._shortened_by = self._shortened_by, None

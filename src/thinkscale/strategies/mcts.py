@@ -10,8 +10,9 @@ ones join the tree as solutions). The values are backed up to the root. A
 finished path is terminal: reaching it again backs up its value once more.
 The prior P is the policy's probability of each sibling step where the
 backend gives log-probabilities, else uniform. The search stops after
-`iterations`, when every path is finished, or when the budget cannot buy the
-next expansion. If no path has finished by then, it commits: it follows the
+`iterations` (with `iterations: null`, only when the budget is spent: the
+way to compare it with other strategies at equal spending), when every path
+is finished, or when the budget cannot buy the next expansion. If no path has finished by then, it commits: it follows the
 child of highest value from the root, expanding where it must, to the end of
 one path (within the budget). The answer is chosen among the finished
 solutions.
@@ -19,6 +20,7 @@ solutions.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -32,16 +34,21 @@ from thinkscale.tasks.base import Problem, Task
 from thinkscale.trace import FINISH_STOP, Node, Trace
 
 
+IDLE_ITERATIONS = 1000
+SPENDING = ("max_generated_tokens", "max_samples", "max_policy_calls", "max_flops", "max_wall_s")  # what ends it
+
+
 @dataclass(frozen=True)
 class MCTSSettings(StepSettings):
-    iterations: int = 16
+    iterations: int | None = 16  # None: until the budget cannot buy the next expansion (a budget is needed)
     expansion_width: int = 4  # next steps sampled at each expansion
     exploration: float = 1.0  # c in PUCT
     rollouts: int = 0  # completions sampled to value a new node (0: the reward model's score of its path)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.iterations < 1 or self.expansion_width < 1 or self.rollouts < 0 or self.exploration < 0:
+        if (self.iterations is not None and self.iterations < 1) or self.expansion_width < 1 or self.rollouts < 0 \
+                or self.exploration < 0:
             raise ValueError("iterations and expansion_width must be at least 1, rollouts and exploration >= 0")
 
 
@@ -76,16 +83,25 @@ class MCTS:
         s = self.settings
         search = Search.start(self.name, s, problem, task, policy, scorer, budget, seed, needs_scorer=True)
         trace, stats = search.trace, _Stats()
-        for iteration in range(s.iterations):
+        if s.iterations is None and all(getattr(budget, limit) is None for limit in SPENDING):
+            raise ValueError("mcts with iterations: null runs until its budget is spent: give it a budget "
+                             "(e.g. max_generated_tokens), or a number of iterations")
+        idle, done = 0, 0  # iterations in a row that only revisited finished paths (nothing bought); in all
+        for iteration in itertools.count() if s.iterations is None else range(s.iterations):
+            done = iteration + 1
             leaf = self._select(trace, stats)
             if leaf is None:
                 break  # every path is finished or dead
+            spent = trace.usage.policy_calls
             if not await self._visit(search, stats, leaf, salt=iteration):
                 break
+            idle = idle + 1 if trace.usage.policy_calls == spent else 0
+            if idle >= IDLE_ITERATIONS:
+                break  # the tree keeps choosing paths it has finished: more iterations buy nothing
             if await settled(search, [trace.nodes[c] for c in stats.children.get(leaf, [])] + [trace.nodes[leaf]], s):
                 break  # a finished solution scores above stop_score
         if not answered(trace):  # no path finished yet: commit to the best one and follow it to the end
-            await self._commit(search, stats)
+            await self._commit(search, stats, salt=s.iterations or done)
         await choose(search, s)
         return trace
 
@@ -114,7 +130,7 @@ class MCTS:
             stats.backup(trace, leaf, node.scores.get(name, 0.0))
         return True
 
-    async def _commit(self, search: Search, stats: _Stats) -> None:
+    async def _commit(self, search: Search, stats: _Stats, salt: int) -> None:
         """Follow the best child by value from the root, expanding where needed, until a path finishes.
 
         The iterations may end before any path reaches the end (few iterations,
@@ -122,7 +138,7 @@ class MCTS:
         MCTS that plays its best move at every turn, within the budget.
         """
         trace = search.trace
-        cur, salt = trace.root.id, self.settings.iterations
+        cur = trace.root.id
         while not trace.nodes[cur].terminal:
             if cur not in stats.children:
                 salt += 1

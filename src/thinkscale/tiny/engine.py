@@ -65,6 +65,7 @@ class SamplingParams:
     confidence_window: int = 0  # tokens per group of a completion's confidence; 0: no confidence computed
     confidence_top_k: int = 5  # the most likely tokens whose mean log-probability makes a token's confidence
     confidence_floor: float = -math.inf  # a row whose current group's confidence falls below this is cut
+    stream: bool = False  # report the first sample's tokens as they are drawn (generate's `on_tokens`)
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,7 @@ class Engine:
         self, requests: list[SampleRequest], on_finish: Callable[[int], None] | None = None,
         on_request_done: Callable[[int, list[Completion]], None] | None = None,
         cancelled: Callable[[], list[int]] | None = None,
+        on_tokens: Callable[[list[tuple[int, int]]], None] | None = None,
     ) -> list[list[Completion]]:
         """All samples of all requests; result[r][j] is sample j of request r.
 
@@ -445,6 +447,9 @@ class Engine:
         for any more (it may only grow): their rows are dropped at once and
         their waiting samples never start; their results stay None. The other
         requests' samples do not change (a sample does not depend on its batch).
+        `on_tokens([(r, token id), ...])` is called after each step with the
+        token just drawn for the first sample of each request r that asks
+        for `stream` (the end or stop token included).
         """
         c, dev = self.config, self.device
         if not requests:
@@ -493,6 +498,8 @@ class Engine:
                                  device=dev)
         req_floor = torch.tensor([float(r.params.confidence_floor) for r in requests], device=dev)
         confident = bool((req_window > 0).any())
+        req_stream = torch.tensor([r.params.stream for r in requests], dtype=torch.bool, device=dev)
+        streaming = on_tokens is not None and bool(req_stream.any())
         stop_table = torch.zeros(len(requests), c.vocab_size, dtype=torch.bool, device=dev)
         stop_table[:, self.eos_id] = True
         for i, r in enumerate(requests):
@@ -590,6 +597,10 @@ class Engine:
             row_lp[rows] += lp.double()
             if confident:
                 track_confidence(rows, req, logits)
+            if streaming:
+                live = req_stream[req] & (row_sample[rows] == 0)
+                if bool(live.any()):
+                    on_tokens(list(zip(req[live].tolist(), tok[live].tolist())))
             row_ngen[rows] += 1
             done = stop_table[req, tok] | (row_ngen[rows] >= req_max[req]) | row_cut[rows]
             if bool(done.any()):
