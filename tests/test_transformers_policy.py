@@ -94,3 +94,30 @@ def test_the_context_limit_is_the_tiny_policys(tiny, hf):
     near_the_end = [GenerationRequest(prompt="1+" * 120 + "1=\n", temperature=0, max_tokens=64)]
     (mine,), (theirs,) = generate(hf, near_the_end), generate(tiny, near_the_end)
     assert samples([mine]) == samples([theirs]) and mine.generations[0].finish_reason == "length"
+
+
+def test_a_caller_that_gives_up_stops_its_rows_in_a_running_generate(hf, arithmetic):
+    """A wall-time cut (or a client gone) marks the rows of its requests done at the next step of the running
+    `generate`; the policy serves the next call at once."""
+    import time
+
+    prompt = arithmetic.examples("test", 1)[0].problem.prompt
+    long = GenerationRequest(prompt=prompt, n=1024, max_tokens=120, seed=1)
+    short = GenerationRequest(prompt=prompt, n=2, max_tokens=20, seed=2)
+
+    async def whole():
+        started = time.perf_counter()
+        await hf.generate([long])
+        return time.perf_counter() - started
+
+    async def cut():
+        started = time.perf_counter()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(hf.generate([long]), timeout=0.2)
+        (after,) = await hf.generate([short])
+        return time.perf_counter() - started, after
+
+    alone = asyncio.run(whole())
+    seconds, after = asyncio.run(cut())
+    assert len(after.generations) == 2
+    assert seconds < 0.6 * alone, (seconds, alone)  # the cut generate did not run its rows to their end

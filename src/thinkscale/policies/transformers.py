@@ -111,16 +111,25 @@ class TransformersPolicy(Policy):
         return await self._batcher.submit(requests)
 
     def _run_batch(self, requests: list[GenerationRequest], deliver, cancelled) -> None:
-        """One `generate` per group of settings; requests whose callers gave up before it starts are skipped
-        (a group already running runs to its end: `generate` has no way to drop some of its rows)."""
+        """One `generate` per group of settings. Requests whose callers gave up before it starts are skipped;
+        in a running `generate`, their rows are marked done at the next step (a stopping criterion), and a
+        `generate` whose rows are all done returns."""
         gone = set(cancelled())
         live = [i for i in range(len(requests)) if i not in gone]
-        for i, result in zip(live, self._generate_batch([requests[i] for i in live])):
-            deliver(i, result)
+
+        def dropped() -> set[int]:  # positions in `live` whose callers gave up
+            now = set(cancelled())
+            return {k for k, i in enumerate(live) if i in now}
+
+        for k, result in enumerate(self._generate_batch([requests[i] for i in live], dropped)):
+            if live[k] not in set(cancelled()):
+                deliver(live[k], result)
 
     # -- generation (on the torch thread) ------------------------------------------------
-    def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """All rows of all requests, grouped by sampling settings; results in request order."""
+    def _generate_batch(self, requests: list[GenerationRequest],
+                        dropped: Callable[[], set[int]] = set) -> list[GenerationResult]:
+        """All rows of all requests, grouped by sampling settings; results in request order. Rows of the
+        requests `dropped()` names stop at the next step."""
         prompts = [self.prompt_ids(r.prompt) for r in requests]
         groups: dict[tuple, list[tuple[int, int]]] = {}  # settings -> (request index, sample index)
         for i, r in enumerate(requests):
@@ -133,14 +142,18 @@ class TransformersPolicy(Policy):
         for (temperature, top_p, max_tokens, stop, seed), rows in groups.items():
             for start in range(0, len(rows), self.max_batch_rows):
                 chunk = rows[start: start + self.max_batch_rows]
+                if {i for i, _ in chunk} <= dropped():  # nobody waits for these rows: never started
+                    samples.update((row, Generation("", 0, "length")) for row in chunk)
+                    continue
                 made = self._generate_rows([prompts[i] for i, _ in chunk], temperature, top_p, max_tokens, stop,
-                                           seed + start)
+                                           seed + start, [i for i, _ in chunk], dropped)
                 samples.update(zip(chunk, made))
         return [GenerationResult(generations=tuple(samples[i, j] for j in range(r.n)), prompt_tokens=len(prompts[i]))
                 for i, r in enumerate(requests)]
 
     def _generate_rows(self, prompts: list[list[int]], temperature: float, top_p: float, max_tokens: int,
-                       stop: tuple[str, ...], seed: int) -> list[Generation]:
+                       stop: tuple[str, ...], seed: int, owners: list[int] | None = None,
+                       dropped: Callable[[], set[int]] = set) -> list[Generation]:
         batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.device)
         options: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                                    "eos_token_id": sorted(self.eos_ids)}
@@ -149,9 +162,13 @@ class TransformersPolicy(Policy):
             options.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        criteria: list[transformers.StoppingCriteria] = []
         if stop:  # transformers' own stop_strings cannot read every vocabulary (the tiny core's, for one)
-            criteria = _StopStrings(self.decode, stop, batch["input_ids"].shape[1])
-            options["stopping_criteria"] = transformers.StoppingCriteriaList([criteria])
+            criteria.append(_StopStrings(self.decode, stop, batch["input_ids"].shape[1]))
+        if owners is not None:
+            criteria.append(_Dropped(owners, dropped))
+        if criteria:
+            options["stopping_criteria"] = transformers.StoppingCriteriaList(criteria)
         with torch.inference_mode():
             out = self.model.generate(**batch, **options)  # (rows, prompt + new)
         new = out[:, batch["input_ids"].shape[1]:].tolist()
@@ -180,6 +197,18 @@ class TransformersPolicy(Policy):
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+class _Dropped(transformers.StoppingCriteria):
+    """Finish the rows of requests whose callers gave up: `owners[row]` is the request of each row."""
+
+    def __init__(self, owners: list[int], dropped: Callable[[], set[int]]) -> None:
+        super().__init__()
+        self.owners, self.dropped = owners, dropped
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        gone = self.dropped()
+        return torch.tensor([owner in gone for owner in self.owners], dtype=torch.bool, device=input_ids.device)
 
 
 class _StopStrings(transformers.StoppingCriteria):
