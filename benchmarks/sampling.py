@@ -6,8 +6,10 @@ Both sample the same prompts from the same shipped checkpoint with the same
 thread count, in the same run. Throughput counts generated tokens up to and
 including each sample's end token. transformers gets several batchings of the
 same work (all prompts in one call, one prompt per call, a few per call) and
-the fastest is the baseline. Prints tokens/s for each, the engine's FLOP/s,
-and last, on a line of its own, `ratio: N.N` (engine / fastest transformers).
+the fastest is the baseline. Prints tokens/s for each, the engine's FLOP/s
+and its share of what this CPU's float32 matmuls reach at the engine's shapes
+(bfloat16 beside it), and last, on a line of its own, `ratio: N.N` (engine /
+fastest transformers).
 """
 
 from __future__ import annotations
@@ -23,6 +25,27 @@ def count_until_end(rows, eos_id: int) -> int:
     for row in rows.tolist():
         total += row.index(eos_id) + 1 if eos_id in row else len(row)
     return total
+
+
+def matmul_rates(config, rows: int, seconds: float = 0.3) -> dict[str, float]:
+    """FLOP/s of `rows` x hidden @ hidden x (3 x hidden, 2 x intermediate) matmuls, the engine's projections,
+    in float32 and bfloat16: the rate the engine's arithmetic could reach here."""
+    import torch
+
+    h, i = config.hidden_size, config.intermediate_size
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        best = 0.0
+        for k, n in ((h, 3 * h), (h, 2 * i), (i, h)):
+            x, w = torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            x @ w
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                x @ w
+                done += 1
+            best = max(best, 2 * rows * k * n * done / (time.perf_counter() - started))
+        rates[str(dtype).removeprefix("torch.")] = best
+    return rates
 
 
 def run_transformers(model, prompts, samples, per_call, max_new_tokens, pad_id, eos_id) -> tuple[int, float]:
@@ -98,6 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     flops = engine.flops_per_token() * engine_rate
     print(f"baseline: fastest transformers configuration ({best_name}) at {best_rate:,.0f} tokens/s")
     print(f"engine achieved {flops / 1e9:.1f} GFLOP/s (2 x non-embedding parameters x tokens / s)")
+    if device == "cpu":
+        rates = matmul_rates(ck.model.config, args.max_rows)
+        print("this CPU's matmul rate at the engine's projection shapes (the best of them, this thread count): "
+              + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in rates.items()))
+        print(f"engine share of the fp32 matmul rate: {flops / rates['float32']:.0%}")
     print(f"ratio: {engine_rate / best_rate:.1f}")
 
 
