@@ -112,7 +112,10 @@ def pool_flops(traces, policy):
     return lambda k: per_token * (prompt + k * generated)
 
 
-MCTS = {"exploration": 1.0, "expansion_width": 4, "rollouts": 0}  # from --mcts-exploration, -width, -rollouts
+# From --mcts-exploration, --mcts-width, --mcts-rollouts; these defaults were chosen on 100 dev problems at 16
+# samples' worth (docs/benchmarks.md): without rollouts, MCTS run to its budget explores breadth and ends with
+# no finished path and nothing left to commit with.
+MCTS = {"exploration": 0.3, "expansion_width": 4, "rollouts": 1}
 
 
 def strategies_at(k: int, votable: bool) -> dict[str, tuple[str, dict, str]]:

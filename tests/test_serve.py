@@ -426,6 +426,28 @@ def test_a_served_upstream_another_openai_compatible_server_answers_as_in_proces
     assert [p["answer"] for p in plans] == [t.chosen_answer for t in traces]
 
 
+def test_a_transformers_model_served_answers_as_the_tiny_core_greedily(offline):
+    """A local Hugging Face model behind the server (the shipped checkpoint through transformers' generate):
+    greedy, its answers are the tiny core's own, offline."""
+    pytest.importorskip("transformers")
+    from thinkscale.config import PolicyConfig
+    from thinkscale.serve.config import ModelConfig
+
+    served = ModelConfig("hf", "arithmetic", PolicyConfig("transformers", {"model": "arithmetic", "threads": 1}),
+                         ["prm"])
+    config = dataclasses.replace(load_serve_config(None), models=[served])
+    greedy = [("majority_vote:hf", {"n": 1, "temperature": 0}), ("beam_search:hf", {"n": 2, "width": 1,
+                                                                                    "temperature": 0})]
+    with running(config, []) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        answers = [client.chat.completions.create(model=model, seed=0, messages=[{"role": "user", "content": p}],
+                                                  extra_body={"settings": settings})
+                   for p in PROBLEMS[:2] for model, settings in greedy]
+    plans = [a.model_extra["thinkscale"] for a in answers]
+    traces = offline([(problem, plan) for problem, plan in zip([PROBLEMS[0]] * 2 + [PROBLEMS[1]] * 2, plans)])
+    assert [a.choices[0].message.content for a in answers] == [solution(t) for t in traces]
+
+
 # -- the command ---------------------------------------------------------------------
 
 def test_serve_command_answers_offline_and_stops_gracefully_on_sigterm(tmp_path):
