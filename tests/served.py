@@ -1,8 +1,13 @@
-"""What the tests of real servers (llama.cpp, vLLM) share: calling a policy, and the checks both must pass."""
+"""What the tests of real servers (llama.cpp, vLLM, thinkscale serve) share: calling a policy, the checks both
+must pass, and `thinkscale serve` running in a thread."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
+import time
+from contextlib import contextmanager
 
 from thinkscale.budget import Budget
 from thinkscale.policies import GenerationRequest
@@ -57,3 +62,23 @@ def check_votes_grade_like_tiny(policy, tiny, arithmetic, problems: int, n: int 
                [[n.correct for n in t.terminals()] for t in direct]
         traces += served
     return traces
+
+
+@contextmanager
+def running(config, keys: list[str]):
+    """A real `thinkscale serve` for `config` on a free port in a thread of its own; its base URL."""
+    from thinkscale.net import free_port
+    from thinkscale.serve.server import build_server
+
+    server = build_server(dataclasses.replace(config, port=free_port()), keys, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

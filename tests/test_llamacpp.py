@@ -23,7 +23,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python[serv
 pytest.importorskip("gguf", reason="needs gguf: run `make test-llamacpp`")
 
 from thinkscale.tiny.gguf import cached_gguf, serve_llamacpp  # noqa: E402
-from served import check_step_generation, check_votes_grade_like_tiny, generate, texts
+from served import check_step_generation, check_votes_grade_like_tiny, generate, running, texts
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "gguf"
 
@@ -105,3 +105,34 @@ def test_seeded_sampling_gives_distinct_samples(server, arithmetic):
 
 def arithmetic_checkpoint_ids(tiny, prompt):
     return tiny.tokenizer.encode(prompt)
+
+
+def test_thinkscale_serve_in_front_of_llamacpp_answers_as_the_tiny_core(server, tiny, arithmetic):
+    """thinkscale serve with llama.cpp as its upstream: beam search over llama.cpp's completions, greedy, gives
+    the answer the same search gives on the tiny core in process."""
+    import asyncio
+    import dataclasses
+
+    import openai
+
+    from thinkscale.config import PolicyConfig
+    from thinkscale.scorers import get_scorer
+    from thinkscale.serve.config import ModelConfig, load_serve_config
+    from thinkscale.tasks import Problem
+
+    upstream = ModelConfig("llamacpp", "arithmetic", PolicyConfig("openai", {
+        "base_url": server, "extra_body": LLAMACPP_PLAIN_SAMPLING}), ["prm"])
+    config = dataclasses.replace(load_serve_config(None), models=[upstream])
+    settings = {"n": 4, "width": 2, "temperature": 0}
+    problems = [e.problem.prompt.strip() for e in arithmetic.examples("test", 4)]
+    with running(config, []) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        answers = [client.chat.completions.create(model="beam_search:llamacpp", seed=0, extra_body={
+            "settings": settings}, messages=[{"role": "user", "content": p}]) for p in problems]
+    prm = get_scorer("prm", checkpoint_name="arithmetic-prm")
+    for problem, answer in zip(problems, answers):
+        plan = answer.model_extra["thinkscale"]
+        trace = asyncio.run(get_strategy("beam_search", **settings).solve(
+            Problem("offline", problem + "\n", 0), arithmetic, tiny, prm, Budget(**plan["budget"]), 0))
+        assert plan["answer"] == trace.chosen_answer
+        assert answer.choices[0].message.content == trace.solution(trace.chosen_node)

@@ -15,41 +15,22 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
+from served import running
 from tiny_openai_server import TinyOpenAIServer
 
 from thinkscale.config import BudgetConfig
 from thinkscale.net import free_port
-from thinkscale.serve.config import ServeConfig, load_serve_config
-from thinkscale.serve.server import build_server
+from thinkscale.serve.config import load_serve_config
 from thinkscale.strategies import get_strategy
 from thinkscale.tasks import Problem
 
 KEY = "test-key-0123"
 PROBLEMS = ["(3+5)*(7-2)=", "(8-3)*(2+4)-7=", "9*4-(6+2)*3=", "7+8*(9-6)-5*2="]
-
-
-@contextmanager
-def running(config: ServeConfig, keys: list[str]):
-    """A real server for `config` on a free port in a thread of its own; its base URL."""
-    server = build_server(dataclasses.replace(config, port=free_port()), keys, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
