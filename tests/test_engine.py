@@ -225,3 +225,17 @@ def test_confidence_is_deepconfs_lowest_group_and_a_floor_cuts_only_its_own_rows
             else:
                 assert c.token_ids == full.token_ids and c.finish_reason == full.finish_reason
     assert stopped > 0
+
+
+def test_streamed_first_samples_report_every_token_in_order_whatever_the_rows(arithmetic_checkpoint, arithmetic):
+    plain = requests_for(arithmetic_checkpoint, arithmetic, 6, 5, temperature=1.0, max_tokens=80)
+    asked = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=80, seed=r.params.seed,
+                                                             stream=i % 2 == 0)) for i, r in enumerate(plain)]
+    heard: dict[int, list[int]] = {}
+    # few rows: finished rows are swapped out and waiting ones admitted while the streamed rows run
+    result = Engine(arithmetic_checkpoint.model, max_rows=5).generate(
+        asked, on_tokens=lambda drawn: [heard.setdefault(r, []).append(t) for r, t in drawn])
+    assert [[c.token_ids for c in r] for r in result] == \
+           [[c.token_ids for c in r] for r in Engine(arithmetic_checkpoint.model).generate(plain)]
+    assert sorted(heard) == [0, 2, 4]  # the requests that asked; each one's first sample, whole, in order
+    assert all(tuple(heard[i]) == result[i][0].token_ids for i in heard)

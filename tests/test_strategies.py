@@ -178,3 +178,27 @@ def test_a_caller_that_gives_up_stops_the_tiny_cores_rows(arithmetic):
     assert len(after.generations) == 2
     # the 2 samples asked afterwards finished; of the 512 cut at 0.3 s, most never ran to their end
     assert len(finished) - 2 < 512
+
+
+@pytest.mark.parametrize("backend", ["tiny", "transformers"])
+def test_a_call_cut_by_the_wall_time_budget_still_counts_what_it_generated(arithmetic, backend):
+    """Its samples are dropped (none is an answer), but the tokens its rows had generated, and their FLOPs,
+    are in the trace's usage: the backend reports them when it stops the rows."""
+    import asyncio
+
+    from thinkscale.budget import Budget
+    from thinkscale.policies import get_policy
+    from thinkscale.runner import run
+
+    policy = get_policy("tiny", checkpoint_name="arithmetic", threads=1) if backend == "tiny" else \
+        get_policy("transformers", model="arithmetic", threads=1)
+    examples = arithmetic.examples("test", 1)
+    strategy = get_strategy("majority_vote", n=768, max_tokens=150)
+    run(examples, arithmetic, get_strategy("majority_vote", n=768, max_tokens=2), policy, Budget())  # warm up
+    (trace,) = run(examples, arithmetic, strategy, policy, Budget(max_wall_s=0.4))
+    assert trace.stopped_by == "max_wall_s" and len(trace.nodes) == 1 and trace.chosen_answer is None
+    assert trace.usage.generated_tokens > 0 and trace.usage.samples == 0
+    assert trace.usage.flops == pytest.approx(trace.usage.generated_tokens * policy.flops_per_token())
+    (whole,) = run(examples, arithmetic, strategy, policy, Budget())
+    assert trace.usage.generated_tokens < whole.usage.generated_tokens
+    assert asyncio.run(policy.generate([])) == []  # and the policy serves on

@@ -25,6 +25,7 @@ class Capabilities:
     tool_calls: bool = False  # the API declares tools and returns calls as data (OpenAI's tools / tool_calls)
     confidence: bool = False  # generations carry DeepConf confidences, and a confidence floor cuts them in flight
     streams: bool = False  # a request's on_text hears its first sample's text as it is generated
+    reports_cuts: bool = False  # a request given up reports what it had generated (on_cut)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class GenerationRequest:
     # Called with the first sample's text as it is generated, piece by piece, on any thread, where the backend
     # streams (Capabilities.streams); the pieces join to that sample's text. Not part of what is asked.
     on_text: Callable[[str], None] | None = field(default=None, compare=False)
+    # Called once, on any thread, with the tokens generated for this request if its caller gave up on it
+    # (a wall-time cut, a client gone), where the backend reports them (Capabilities.reports_cuts).
+    on_cut: Callable[[int], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -31,13 +31,24 @@ class _Pending:
     cancelled: bool = False  # the caller gave up (a deadline, a closed connection): its work may stop
 
 
+def cut(request: GenerationRequest, tokens: int) -> None:
+    """Report to `request`'s caller, who gave up on it, the tokens it had generated."""
+    if request.on_cut is not None:
+        request.on_cut(tokens)
+
+
 class CallerBatcher:
     """Gathers concurrent callers' requests into batches for `run_batch`, one batch at a time.
 
     `run_batch(requests, deliver, cancelled)` runs on the torch thread and
     calls `deliver(i, result)` once for each request, in any order, as each
     finishes; `cancelled()` lists the requests whose callers gave up, whose
-    work it may stop at once (and then need not deliver).
+    work it may stop at once (and then need not deliver, but must report what
+    they had generated: `cut(request, tokens)`).
+
+    Every request whose caller gave up is reported once: here if it never
+    started or had been delivered (before or after), by `run_batch` if it
+    stopped it while it ran.
     """
 
     def __init__(self, run_batch: RunBatch) -> None:
@@ -58,12 +69,19 @@ class CallerBatcher:
             return await pending.future
         except asyncio.CancelledError:  # the caller gave up: its rows stop, or it never starts
             pending.cancelled = True
+            for request, result in zip(pending.requests, pending.results):  # what was done is reported now
+                if result is not None:
+                    cut(request, sum(g.num_tokens for g in result.generations))
             raise
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
             await asyncio.sleep(0)  # let every coroutine that is ready add its requests
+            for p in self._queue:
+                if p.cancelled:  # never started: nothing generated
+                    for request in p.requests:
+                        cut(request, 0)
             batch, self._queue = [p for p in self._queue if not p.cancelled], []
             flat = [(p, i) for p in batch for i in range(len(p.requests))]
             if not flat:
@@ -74,6 +92,9 @@ class CallerBatcher:
 
             def deliver_on_loop(k: int, result: GenerationResult) -> None:
                 p, i = flat[k]
+                if p.cancelled:  # done after its caller gave up: what it generated is reported instead
+                    cut(p.requests[i], sum(g.num_tokens for g in result.generations))
+                    return
                 p.results[i] = result
                 p.left -= 1
                 if p.left == 0 and not p.future.done():  # a caller that gave up (cancelled) is skipped

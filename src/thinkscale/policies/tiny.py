@@ -15,7 +15,7 @@ import torch
 
 from thinkscale import torch_thread
 from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy
-from thinkscale.policies.batching import CallerBatcher
+from thinkscale.policies.batching import CallerBatcher, cut
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams
 from thinkscale.trace import FINISH_STOP
@@ -23,7 +23,8 @@ from thinkscale.trace import FINISH_STOP
 
 class TinyPolicy(Policy):
     name = "tiny"
-    capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True, confidence=True, streams=True)
+    capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True, confidence=True, streams=True,
+                                reports_cuts=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
                  prefix_cache_mb: float = 512) -> None:
@@ -119,4 +120,4 @@ class TinyPolicy(Policy):
 
         streaming = any(r.params.stream for r in engine_requests)
         self.engine.generate(engine_requests, self.on_samples_done, request_done, cancelled,
-                             tokens_drawn if streaming else None)
+                             tokens_drawn if streaming else None, lambda i, tokens: cut(requests[i], tokens))

@@ -31,12 +31,12 @@ import transformers
 from thinkscale import torch_thread
 from thinkscale.budget import forward_flops_per_token
 from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy, first_stop
-from thinkscale.policies.batching import CallerBatcher
+from thinkscale.policies.batching import CallerBatcher, cut
 
 
 class TransformersPolicy(Policy):
     name = "transformers"
-    capabilities = Capabilities(native_n=True, prefix_caching=False, logprobs=False)
+    capabilities = Capabilities(native_n=True, prefix_caching=False, logprobs=False, reports_cuts=True)
 
     def __init__(self, model: str = "arithmetic", device: str | None = None, dtype: str = "auto",
                  chat_template: bool | None = None, max_batch_rows: int = 256, threads: int | None = None,
@@ -116,13 +116,17 @@ class TransformersPolicy(Policy):
         `generate` whose rows are all done returns."""
         gone = set(cancelled())
         live = [i for i in range(len(requests)) if i not in gone]
+        for i in gone:  # never started
+            cut(requests[i], 0)
 
         def dropped() -> set[int]:  # positions in `live` whose callers gave up
             now = set(cancelled())
             return {k for k, i in enumerate(live) if i in now}
 
         for k, result in enumerate(self._generate_batch([requests[i] for i in live], dropped)):
-            if live[k] not in set(cancelled()):
+            if live[k] in set(cancelled()):  # stopped, or done after its caller gave up: reported, not delivered
+                cut(requests[live[k]], sum(g.num_tokens for g in result.generations))
+            else:
                 deliver(live[k], result)
 
     # -- generation (on the torch thread) ------------------------------------------------
@@ -178,6 +182,9 @@ class TransformersPolicy(Policy):
         """One row's text, token count and finish reason, stop strings cut as in OpenAI's API."""
         end = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
         body = ids if end is None else ids[:end]  # after the end token come only pads
+        pad = self.tokenizer.pad_token_id
+        if end is None and pad not in self.eos_ids and pad in body:  # a row stopped early (a caller gave up)
+            body = body[:body.index(pad)]
         text = self.decode(body)
         matched = first_stop(text, stop)
         if matched is not None:
@@ -193,7 +200,7 @@ class TransformersPolicy(Policy):
                               stop_string=matched)
         if end is not None:
             return Generation(text=text, num_tokens=end + 1, finish_reason="stop")
-        return Generation(text=text, num_tokens=len(ids), finish_reason="length")
+        return Generation(text=text, num_tokens=len(body), finish_reason="length")
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

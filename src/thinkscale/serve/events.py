@@ -7,17 +7,22 @@ scored, pruned, the one chosen) is copied at once into an asyncio.Queue that
 the response reads while the search goes on. Cancelling the run (the client
 hung up) cancels the strategy's coroutine: it makes no further calls.
 
-Where the policy streams (the tiny core), the first sample of each call also
-arrives token by token (`SEARCH_TOKENS`, called on the engine's thread and
-handed to the event loop): "token" events carry the text as it is generated,
-and the "generated" event of that sample then carries only the rest (its
-closing newline), so the reasoning reads the same, only sooner.
+Where the policy streams (the tiny core) and the client asked for a stream,
+the first sample of each call also arrives token by token (`SEARCH_TOKENS`,
+called on the engine's thread): "token" events carry the text as it is
+generated, and the "generated" event of that sample then carries only the
+rest (its closing newline), so the reasoning reads the same, only sooner.
+The first piece is handed to the event loop at once; after it, pieces are
+gathered for `TOKEN_FLUSH_S` (each hand-over wakes the event loop, which
+then competes with the engine's thread for the interpreter).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -62,6 +67,9 @@ def event_of(event: str, trace: Trace, node: Node, scorer: str | None) -> Search
                        node.num_tokens if event == "generated" else 0, score, node.answer, node.finish_reason)
 
 
+TOKEN_FLUSH_S = 0.02  # after a piece goes out, the next waits this long, gathering tokens
+
+
 class SearchRun:
     """`plan`'s search, started now in its own task; read `events()` as they come, then `trace()`."""
 
@@ -71,27 +79,45 @@ class SearchRun:
         self.seen: Trace | None = None  # the search's trace as its last event left it (what a cancelled one spent)
         self._live = ""  # text sent as tokens whose generated event has not come yet
         self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._waiting, self._waiting_tokens = "", 0  # tokens drawn, not yet handed to the event loop
+        self._handed_at: float | None = None
         self.task = asyncio.create_task(self._solve())
 
     async def _solve(self) -> Trace:
         SEARCH_EVENTS.set(self._listen)  # this task's context only: other requests' searches do not see it
-        SEARCH_TOKENS.set(self._tokens)
+        if self.plan.stream:  # a whole response gains nothing from tokens as they come
+            SEARCH_TOKENS.set(self._tokens)
         plan = self.plan
         try:
             return await plan.strategy.solve(plan.problem, plan.model.task, plan.model.policy, plan.scorer,
                                              plan.budget.to_budget(), plan.seed)
         finally:
+            self._hand_over()
             self._queue.put_nowait(None)
 
     def _tokens(self, text: str) -> None:  # the engine's thread
-        self._loop.call_soon_threadsafe(self._token, text)
+        with self._lock:
+            self._waiting += text
+            self._waiting_tokens += 1
+            now = time.perf_counter()
+            if self._handed_at is not None and now - self._handed_at < TOKEN_FLUSH_S:
+                return
+            self._handed_at = now
+        self._loop.call_soon_threadsafe(self._hand_over)
 
-    def _token(self, text: str) -> None:
-        self._live += text
-        self._queue.put_nowait(SearchEvent("token", None, None, None, text, 1, None, None, None))
+    def _hand_over(self) -> None:
+        """Queue the tokens drawn so far as one token event."""
+        with self._lock:
+            text, tokens, self._waiting, self._waiting_tokens = self._waiting, self._waiting_tokens, "", 0
+        if text:
+            self._live += text
+            self._queue.put_nowait(SearchEvent("token", None, None, None, text, tokens, None, None, None))
 
     def _listen(self, event: str, trace: Trace, nodes: list[Node]) -> None:
         self.seen = trace
+        if event == "generated":
+            self._hand_over()  # the streamed sample's last tokens go before its generated event
         for node in nodes:
             item = event_of(event, trace, node, self.plan.scorer_name)
             if event == "generated" and self._live:
@@ -116,7 +142,7 @@ class SearchRun:
         while item is not None:
             if burst and item.event == burst[-1].event == "token":  # tokens ready together go out as one piece
                 burst[-1] = dataclasses.replace(burst[-1], text=burst[-1].text + item.text,
-                                                tokens=burst[-1].tokens + 1)
+                                                tokens=burst[-1].tokens + item.tokens)
             else:
                 burst.append(item)
             if self._queue.empty():

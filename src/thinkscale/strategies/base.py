@@ -57,6 +57,10 @@ SEARCH_TOOLS: ContextVar["Toolbox | None"] = ContextVar("thinkscale_search_tools
 # time spent noticing and cancelling it still fits inside the budget.
 WALL_MARGIN_S = 0.02
 
+# How long a search waits, after giving up a call, for the backend to say what the call had generated
+# (Capabilities.reports_cuts; the tiny core says it at its next step).
+CUT_REPORT_S = 0.5
+
 # Each search gets its own cache scope: a backend's or scorer's prefix cache shares what one search computed
 # with that search only, so what a search is charged for does not depend on what ran before it.
 _SCOPES = itertools.count()
@@ -181,7 +185,8 @@ class Search:
         The wall-time budget is held as a deadline: the call is given up when
         the time left runs out, and a result that arrives after it (the event
         loop was late to notice) is dropped too. The time counted for a call
-        given up stops at the deadline; nothing it generated is kept or counted.
+        given up stops at the deadline; nothing it generated is kept (what it
+        cost is counted by `_policy_call`, where the backend says it).
         """
         left = self.budget.wall_left(self.trace.usage)
         started = time.perf_counter()
@@ -222,7 +227,7 @@ class Search:
             requests[0] = dataclasses.replace(requests[0], on_text=self.tokens)
             self._streaming = True
         try:
-            results, elapsed = await self._within_wall(self.policy.generate(requests))
+            results, elapsed = await self._policy_call(requests)
         finally:
             self._streaming = self._streaming and not streams
         if results is None:
@@ -314,6 +319,21 @@ class Search:
                                  cached_prompt_tokens=result.cached_prompt_tokens)
                 for i, result in enumerate(results)]
 
+    async def _policy_call(self, requests: list[GenerationRequest]) -> tuple[list[GenerationResult] | None, float]:
+        """The policy's results for `requests` and the time they took, within the wall-time budget. A call
+        given up still counts the tokens it had generated, where the backend says them (reports_cuts)."""
+        left = self.budget.wall_left(self.trace.usage)
+        if not self.policy.capabilities.reports_cuts or (left is not None and left <= WALL_MARGIN_S):
+            return await self._within_wall(self.policy.generate(requests))  # (the latter: it never starts)
+        spent = _CutTokens(len(requests))
+        requests = [dataclasses.replace(r, on_cut=spent.report) for r in requests]
+        results, elapsed = await self._within_wall(self.policy.generate(requests))
+        if results is None:
+            tokens = await spent.total(CUT_REPORT_S)
+            self.trace.usage.generated_tokens += tokens
+            self.trace.usage.flops += (self.policy.flops_per_token() or 0.0) * tokens
+        return results, elapsed
+
     async def _call_tool(self, text: str) -> str:
         """Run the call that `text` ends with and account for it; the text appended after it."""
         from thinkscale.tools import ToolResult
@@ -342,7 +362,7 @@ class Search:
             return None
         shortened = tokens < max(r.max_tokens for r in requests)
         requests = [dataclasses.replace(r, max_tokens=min(r.max_tokens, tokens)) for r in requests]
-        results, elapsed = await self._within_wall(self.policy.generate(requests))
+        results, elapsed = await self._policy_call(requests)
         if results is None:
             return None
         for result in results:
@@ -467,6 +487,32 @@ async def draw_wave(search: Search, settings: SamplingSettings, n: int, seed: in
              for g in result.generations]
     search.emit("generated", nodes)
     return nodes
+
+
+class _CutTokens:
+    """What a call's requests had generated when the search gave them up, as the backend reports them."""
+
+    def __init__(self, requests: int) -> None:
+        self.left, self.tokens = requests, 0
+        self._loop = asyncio.get_running_loop()
+        self._done = self._loop.create_future()
+
+    def report(self, tokens: int) -> None:  # any thread
+        self._loop.call_soon_threadsafe(self._add, tokens)
+
+    def _add(self, tokens: int) -> None:
+        self.tokens += tokens
+        self.left -= 1
+        if self.left == 0 and not self._done.done():
+            self._done.set_result(None)
+
+    async def total(self, timeout: float) -> int:
+        """The tokens reported, once every request has been (or `timeout` seconds on, what was by then)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._done), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self.tokens
 
 
 def _reply_start(request: GenerationRequest) -> int:

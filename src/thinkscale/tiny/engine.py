@@ -437,6 +437,7 @@ class Engine:
         on_request_done: Callable[[int, list[Completion]], None] | None = None,
         cancelled: Callable[[], list[int]] | None = None,
         on_tokens: Callable[[list[tuple[int, int]]], None] | None = None,
+        on_dropped: Callable[[int, int], None] | None = None,
     ) -> list[list[Completion]]:
         """All samples of all requests; result[r][j] is sample j of request r.
 
@@ -447,6 +448,8 @@ class Engine:
         for any more (it may only grow): their rows are dropped at once and
         their waiting samples never start; their results stay None. The other
         requests' samples do not change (a sample does not depend on its batch).
+        `on_dropped(r, tokens)` says, for each unfinished request r that
+        `cancelled()` dropped, the tokens its samples had generated.
         `on_tokens([(r, token id), ...])` is called after each step with the
         token just drawn for the first sample of each request r that asks
         for `stream` (the end or stop token included).
@@ -498,8 +501,8 @@ class Engine:
                                  device=dev)
         req_floor = torch.tensor([float(r.params.confidence_floor) for r in requests], device=dev)
         confident = bool((req_window > 0).any())
-        req_stream = torch.tensor([r.params.stream for r in requests], dtype=torch.bool, device=dev)
-        streaming = on_tokens is not None and bool(req_stream.any())
+        streamed = {i for i, r in enumerate(requests) if r.params.stream} if on_tokens is not None else set()
+        live_rows: dict[int, int] = {}  # row -> request, for the rows of streamed first samples
         stop_table = torch.zeros(len(requests), c.vocab_size, dtype=torch.bool, device=dev)
         stop_table[:, self.eos_id] = True
         for i, r in enumerate(requests):
@@ -532,12 +535,15 @@ class Engine:
             """Swap the last active row into `row`'s slot."""
             nonlocal A
             A -= 1
+            live_rows.pop(row, None)
             if row != A:
                 cache[:, :, :, row] = cache[:, :, :, A]
                 for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut):
                     t[row] = t[A]
                 if confident:
                     out_conf[row] = out_conf[A]
+                if A in live_rows:
+                    live_rows[row] = live_rows.pop(A)
 
         dropped: set[int] = set()
 
@@ -549,8 +555,16 @@ class Engine:
                 return
             dropped.update(gone)
             pending = [(ri, j) for ri, j in pending if ri not in gone]
+            spent = dict.fromkeys((ri for ri in gone if unfinished[ri]), 0)
+            for ri in spent:
+                spent[ri] += sum(len(c.token_ids) for c in results[ri] if c is not None)
             for row in sorted((r for r in range(A) if int(row_req[r]) in gone), reverse=True):
+                if int(row_req[row]) in spent:
+                    spent[int(row_req[row])] += int(row_ngen[row])
                 free(row)
+            if on_dropped is not None:
+                for ri, tokens in spent.items():
+                    on_dropped(ri, tokens)
 
         def finish_rows(done: torch.Tensor) -> None:
             """Record finished rows and swap the last active rows into their slots."""
@@ -597,10 +611,11 @@ class Engine:
             row_lp[rows] += lp.double()
             if confident:
                 track_confidence(rows, req, logits)
-            if streaming:
-                live = req_stream[req] & (row_sample[rows] == 0)
-                if bool(live.any()):
-                    on_tokens(list(zip(req[live].tolist(), tok[live].tolist())))
+            if live_rows:  # `rows` is always a contiguous range of rows
+                first, last = int(rows[0]), int(rows[0]) + len(rows)
+                drawn = [(ri, int(tok[row - first])) for row, ri in live_rows.items() if first <= row < last]
+                if drawn:
+                    on_tokens(drawn)
             row_ngen[rows] += 1
             done = stop_table[req, tok] | (row_ngen[rows] >= req_max[req]) | row_cut[rows]
             if bool(done.any()):
@@ -621,6 +636,7 @@ class Engine:
                 row_pos[rows], row_ngen[rows], row_lp[rows] = req_len[req], 0, 0.0
                 row_wsum[rows], row_cut[rows] = 0.0, False
                 cache[:, :, :chunks, A:A + m] = prompt_kv[:, :, :, req_prompt[req]]
+                live_rows.update((A + k, ri) for k, (ri, j) in enumerate(admitted) if j == 0 and ri in streamed)
                 A += m
                 take_token(rows, prompt_logits[req_prompt[req]])
                 continue  # finished-at-once rows may have freed slots
