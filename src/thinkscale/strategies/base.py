@@ -525,10 +525,12 @@ def _joined(pieces: list[Generation], prefix: str) -> Generation:
     included) and the last piece's text; its tokens those the policy generated."""
     last = pieces[-1]
     logprobs = [g.logprob for g in pieces if g.num_tokens]
+    confidences = [g.confidence for g in pieces if g.num_tokens]  # the lowest group of any piece is the lowest
     return Generation(text=prefix + last.text if len(pieces) > 1 else last.text,
                       num_tokens=sum(g.num_tokens for g in pieces), finish_reason=last.finish_reason,
                       logprob=sum(logprobs) if logprobs and None not in logprobs else None,
-                      stop_string=last.stop_string)
+                      stop_string=last.stop_string,
+                      confidence=min(confidences) if confidences and None not in confidences else None)
 
 
 def _release(policy: Policy, scorer: "Scorer | None", scope: int) -> None:
