@@ -207,8 +207,9 @@ def test_confidence_is_deepconfs_lowest_group_and_a_floor_cuts_only_its_own_rows
         for c in result:
             assert c.confidence == pytest.approx(float(groups(list(request.prompt_ids), list(c.token_ids)).min()),
                                                  abs=1e-4)
-    everything = sorted(c.confidence for r in measured for c in r)
-    floor = everything[len(everything) // 2]
+    everything = sorted({c.confidence for r in measured for c in r})
+    middle = len(everything) // 2
+    floor = (everything[middle - 1] + everything[middle]) / 2  # between two samples' confidences, not on one
     cut_requests = [SampleRequest(r.prompt_ids, r.n, SamplingParams(
         temperature=1.0, max_tokens=100, seed=r.params.seed, confidence_window=window, confidence_top_k=k,
         confidence_floor=floor)) for r in asked[:3]] + plain[3:]  # the last two ask for nothing
@@ -217,8 +218,10 @@ def test_confidence_is_deepconfs_lowest_group_and_a_floor_cuts_only_its_own_rows
     stopped = 0
     for request, whole, result in zip(asked[:3], measured[:3], cut[:3]):
         for full, c in zip(whole, result):
-            g = groups(list(request.prompt_ids), list(full.token_ids))
-            below = [i for i, v in enumerate(g.tolist()) if v < floor and len(full.token_ids) >= window]
+            g = groups(list(request.prompt_ids), list(full.token_ids)).tolist()
+            if any(abs(v - floor) < 1e-4 for v in g):
+                continue  # a window within the forward pass's rounding of the floor: either way is right
+            below = [i for i, v in enumerate(g) if v < floor and len(full.token_ids) >= window]
             if below:  # cut at the first window below the floor: that window's last token is the last one
                 stopped += 1
                 assert c.finish_reason == "cut" and c.token_ids == full.token_ids[:below[0] + window]

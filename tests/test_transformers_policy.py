@@ -110,14 +110,14 @@ def test_a_caller_that_gives_up_stops_its_rows_in_a_running_generate(hf, arithme
         await hf.generate([long])
         return time.perf_counter() - started
 
-    async def cut():
+    async def cut(timeout):
         started = time.perf_counter()
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(hf.generate([long]), timeout=0.2)
+            await asyncio.wait_for(hf.generate([long]), timeout=timeout)
         (after,) = await hf.generate([short])
         return time.perf_counter() - started, after
 
     alone = asyncio.run(whole())
-    seconds, after = asyncio.run(cut())
+    seconds, after = asyncio.run(cut(0.15 * alone))  # a share of the whole, on a fast machine or a slow one
     assert len(after.generations) == 2
     assert seconds < 0.6 * alone, (seconds, alone)  # the cut generate did not run its rows to their end

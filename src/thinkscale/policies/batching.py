@@ -69,6 +69,11 @@ class CallerBatcher:
             return await pending.future
         except asyncio.CancelledError:  # the caller gave up: its rows stop, or it never starts
             pending.cancelled = True
+            if any(p is pending for p in self._queue):  # not in a batch yet: it never starts, nothing generated
+                self._queue = [p for p in self._queue if p is not pending]
+                for request in pending.requests:
+                    cut(request, 0)
+                raise
             for request, result in zip(pending.requests, pending.results):  # what was done is reported now
                 if result is not None:
                     cut(request, sum(g.num_tokens for g in result.generations))

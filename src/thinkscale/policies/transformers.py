@@ -22,6 +22,7 @@ completed it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -169,14 +170,20 @@ class TransformersPolicy(Policy):
         criteria: list[transformers.StoppingCriteria] = []
         if stop:  # transformers' own stop_strings cannot read every vocabulary (the tiny core's, for one)
             criteria.append(_StopStrings(self.decode, stop, batch["input_ids"].shape[1]))
-        if owners is not None:
-            criteria.append(_Dropped(owners, dropped))
+        stopper = _Dropped(owners, dropped, batch["input_ids"].shape[1]) if owners is not None else None
+        if stopper is not None:
+            criteria.append(stopper)
         if criteria:
             options["stopping_criteria"] = transformers.StoppingCriteriaList(criteria)
         with torch.inference_mode():
             out = self.model.generate(**batch, **options)  # (rows, prompt + new)
         new = out[:, batch["input_ids"].shape[1]:].tolist()
-        return [self._finish(ids, stop) for ids in new]
+        made = [self._finish(ids, stop) for ids in new]
+        for row, length in (stopper.stopped_at.items() if stopper is not None else ()):
+            # what follows a stopped row is padding, which may be the end token: it generated `length` tokens
+            made[row] = dataclasses.replace(made[row], num_tokens=min(made[row].num_tokens, length),
+                                            finish_reason="length", stop_string=None)
+        return made
 
     def _finish(self, ids: list[int], stop: tuple[str, ...]) -> Generation:
         """One row's text, token count and finish reason, stop strings cut as in OpenAI's API."""
@@ -209,13 +216,18 @@ class TransformersPolicy(Policy):
 class _Dropped(transformers.StoppingCriteria):
     """Finish the rows of requests whose callers gave up: `owners[row]` is the request of each row."""
 
-    def __init__(self, owners: list[int], dropped: Callable[[], set[int]]) -> None:
+    def __init__(self, owners: list[int], dropped: Callable[[], set[int]], prompt_length: int) -> None:
         super().__init__()
-        self.owners, self.dropped = owners, dropped
+        self.owners, self.dropped, self.prompt_length = owners, dropped, prompt_length
+        self.stopped_at: dict[int, int] = {}  # row -> tokens it had generated when it was stopped
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         gone = self.dropped()
-        return torch.tensor([owner in gone for owner in self.owners], dtype=torch.bool, device=input_ids.device)
+        done = [owner in gone for owner in self.owners]
+        for row, stopped in enumerate(done):
+            if stopped:
+                self.stopped_at.setdefault(row, input_ids.shape[1] - self.prompt_length)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _StopStrings(transformers.StoppingCriteria):

@@ -76,6 +76,13 @@ class Flight:
     def start(self, run: SearchRun) -> None:
         self.run, self.strategy = run, run.plan.strategy_name
         self.server.metrics.in_flight.labels(self.strategy).inc()
+        if self.server.tokens is not None:  # charged once the search has ended, cut calls counted
+            run.task.add_done_callback(self._charge)
+
+    def _charge(self, task: asyncio.Task) -> None:
+        spent = self.run.seen if self.run is not None else None
+        if spent is not None:
+            self.server.tokens.charge(self.key, spent.usage.prompt_tokens + spent.usage.generated_tokens)
 
     def land(self, status: int, trace: Any = None) -> None:
         if self._landed:
@@ -88,12 +95,9 @@ class Flight:
             if not self.run.task.done():
                 self.run.cancel()
                 metrics.cancelled.labels(self.strategy).inc()
-        spent = trace if trace is not None else self.run.seen if self.run is not None else None
-        if spent is not None:
-            metrics.generated_tokens.labels(self.strategy).inc(spent.usage.generated_tokens)
-            metrics.prompt_tokens.labels(self.strategy).inc(spent.usage.prompt_tokens)
-            if self.server.tokens is not None:
-                self.server.tokens.charge(self.key, spent.usage.prompt_tokens + spent.usage.generated_tokens)
+        if trace is not None:
+            metrics.generated_tokens.labels(self.strategy).inc(trace.usage.generated_tokens)
+            metrics.prompt_tokens.labels(self.strategy).inc(trace.usage.prompt_tokens)
         if status == 200 and trace is not None:
             self.server.keep(self.key, trace)
         metrics.requests.labels(self.endpoint, self.strategy, str(status)).inc()

@@ -5,7 +5,7 @@ the environment (`THINKSCALE_API_KEYS`, comma-separated). A request sends one
 as `Authorization: Bearer KEY` (what the openai client does). Each candidate is
 compared with `hmac.compare_digest`, so the time taken does not say how much of
 a key was right. A key is never logged, stored or reported: limits and metrics
-know it by its id, the first 8 hex digits of its SHA-256. With no key
+know it by its id, `key-` and the first 8 hex digits of its SHA-256. With no key
 configured the server is open, and then it binds to the loopback interface only.
 """
 

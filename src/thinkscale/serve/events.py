@@ -76,12 +76,13 @@ class SearchRun:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self._queue: asyncio.Queue[SearchEvent | None] = asyncio.Queue()
-        self.seen: Trace | None = None  # the search's trace as its last event left it (what a cancelled one spent)
+        self.seen: Trace | None = None  # the search's trace, from its start (what a cancelled one spent)
         self._live = ""  # text sent as tokens whose generated event has not come yet
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._waiting, self._waiting_tokens = "", 0  # tokens drawn, not yet handed to the event loop
         self._handed_at: float | None = None
+        self._due = False  # a hand-over is scheduled
         self.task = asyncio.create_task(self._solve())
 
     async def _solve(self) -> Trace:
@@ -100,16 +101,23 @@ class SearchRun:
         with self._lock:
             self._waiting += text
             self._waiting_tokens += 1
+            if self._due:
+                return  # a hand-over is coming
             now = time.perf_counter()
-            if self._handed_at is not None and now - self._handed_at < TOKEN_FLUSH_S:
-                return
-            self._handed_at = now
-        self._loop.call_soon_threadsafe(self._hand_over)
+            wait = 0.0 if self._handed_at is None else self._handed_at + TOKEN_FLUSH_S - now
+            self._due = True
+        if wait <= 0:
+            self._loop.call_soon_threadsafe(self._hand_over)
+        else:  # what the window gathers goes out when it closes, whether or not more tokens come
+            self._loop.call_soon_threadsafe(self._loop.call_later, wait, self._hand_over)
 
     def _hand_over(self) -> None:
         """Queue the tokens drawn so far as one token event."""
         with self._lock:
             text, tokens, self._waiting, self._waiting_tokens = self._waiting, self._waiting_tokens, "", 0
+            self._due = False
+            if text:
+                self._handed_at = time.perf_counter()
         if text:
             self._live += text
             self._queue.put_nowait(SearchEvent("token", None, None, None, text, tokens, None, None, None))

@@ -58,8 +58,10 @@ SEARCH_TOOLS: ContextVar["Toolbox | None"] = ContextVar("thinkscale_search_tools
 WALL_MARGIN_S = 0.02
 
 # How long a search waits, after giving up a call, for the backend to say what the call had generated
-# (Capabilities.reports_cuts; the tiny core says it at its next step).
+# (Capabilities.reports_cuts; the tiny core says it at its next step), and how much earlier than the
+# wall-time deadline such a call is given up, so that the wait usually fits inside the budget.
 CUT_REPORT_S = 0.5
+CUT_MARGIN_S = 0.03
 
 # Each search gets its own cache scope: a backend's or scorer's prefix cache shares what one search computed
 # with that search only, so what a search is charged for does not depend on what ran before it.
@@ -129,8 +131,11 @@ class Search:
         trace = Trace(problem_id=problem.id, strategy=name, settings=dataclasses.asdict(settings), seed=seed,
                       difficulty=problem.difficulty)
         trace.add(None, problem.prompt)
-        return cls(problem, task, policy, scorer, budget, seed, trace, listener=SEARCH_EVENTS.get(),
-                   tools=SEARCH_TOOLS.get(), tokens=SEARCH_TOKENS.get())
+        search = cls(problem, task, policy, scorer, budget, seed, trace, listener=SEARCH_EVENTS.get(),
+                     tools=SEARCH_TOOLS.get(), tokens=SEARCH_TOKENS.get())
+        if search.listener is not None:  # "started", no nodes: the listener has the trace from the start
+            search.listener("started", trace, [])
+        return search
 
     def emit(self, event: str, nodes: list[Node]) -> None:
         """Tell the listener, if any, what just happened to `nodes`."""
@@ -179,25 +184,26 @@ class Search:
         if why and self.trace.stopped_by is None:
             self.trace.stopped_by = why
 
-    async def _within_wall(self, call: Any) -> tuple[Any, float]:
+    async def _within_wall(self, call: Any, reserve: float = 0.0) -> tuple[Any, float]:
         """Await `call` and time it; (None, 0) when the wall-time budget ran out first.
 
         The wall-time budget is held as a deadline: the call is given up when
         the time left runs out, and a result that arrives after it (the event
         loop was late to notice) is dropped too. The time counted for a call
         given up stops at the deadline; nothing it generated is kept (what it
-        cost is counted by `_policy_call`, where the backend says it).
+        cost is counted by `_policy_call`, where the backend says it). `reserve`:
+        seconds more before the deadline at which the call is given up.
         """
         left = self.budget.wall_left(self.trace.usage)
         started = time.perf_counter()
         if left is None:
             return await call, time.perf_counter() - started
-        if left <= WALL_MARGIN_S:
+        if left <= WALL_MARGIN_S + reserve:
             call.close()
             self.stop("max_wall_s")
             return None, 0.0
         try:
-            value = await asyncio.wait_for(call, timeout=left - WALL_MARGIN_S)
+            value = await asyncio.wait_for(call, timeout=left - WALL_MARGIN_S - reserve)
         except asyncio.TimeoutError:
             value = None
         elapsed = time.perf_counter() - started
@@ -323,16 +329,33 @@ class Search:
         """The policy's results for `requests` and the time they took, within the wall-time budget. A call
         given up still counts the tokens it had generated, where the backend says them (reports_cuts)."""
         left = self.budget.wall_left(self.trace.usage)
-        if not self.policy.capabilities.reports_cuts or (left is not None and left <= WALL_MARGIN_S):
+        if not self.policy.capabilities.reports_cuts or (left is not None and left <= WALL_MARGIN_S + CUT_MARGIN_S):
             return await self._within_wall(self.policy.generate(requests))  # (the latter: it never starts)
         spent = _CutTokens(len(requests))
         requests = [dataclasses.replace(r, on_cut=spent.report) for r in requests]
-        results, elapsed = await self._within_wall(self.policy.generate(requests))
+        arrived: list[list[GenerationResult]] = []  # a result that came after the deadline, dropped
+
+        async def call() -> list[GenerationResult]:
+            results = await self.policy.generate(requests)
+            arrived.append(results)
+            return results
+
+        try:
+            results, elapsed = await self._within_wall(call(), reserve=CUT_MARGIN_S)
+        except asyncio.CancelledError:  # the whole search is given up (a client gone): what the call spent counts
+            await self._count_cut(arrived, spent)
+            raise
         if results is None:
-            tokens = await spent.total(CUT_REPORT_S)
-            self.trace.usage.generated_tokens += tokens
-            self.trace.usage.flops += (self.policy.flops_per_token() or 0.0) * tokens
+            await self._count_cut(arrived, spent)
         return results, elapsed
+
+    async def _count_cut(self, arrived: list[list[GenerationResult]], spent: "_CutTokens") -> None:
+        """Add to the usage what a call given up had generated: its results if they came after all, else
+        what the backend reports."""
+        tokens = sum(g.num_tokens for r in arrived[0] for g in r.generations) if arrived else \
+            await spent.total(CUT_REPORT_S)
+        self.trace.usage.generated_tokens += tokens
+        self.trace.usage.flops += (self.policy.flops_per_token() or 0.0) * tokens
 
     async def _call_tool(self, text: str) -> str:
         """Run the call that `text` ends with and account for it; the text appended after it."""

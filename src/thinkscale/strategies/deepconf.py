@@ -75,9 +75,9 @@ def weighted_vote(nodes: list[Node], floor: float) -> tuple[str | None, float]:
             totals[node.answer] = totals.get(node.answer, 0.0) + node.scores[SCORE]
     if not totals:
         return None, 0.0
-    best = max(totals.values())
+    best, total = max(totals.values()), sum(totals.values())
     leader = next(a for a in totals if totals[a] == best)
-    return leader, best / sum(totals.values())
+    return leader, best / total if total > 0 else 1.0 / len(totals)
 
 
 class DeepConf:
@@ -109,7 +109,7 @@ class DeepConf:
                 break  # the budget ended it
             index, count = index + 1, count + len(new)
         trace = search.trace
-        trace.settings["floor"] = floor
+        trace.settings["floor"] = floor if drawn else None  # None: the budget bought no sample
         trace.chosen_answer, _ = weighted_vote(list(trace.terminals()), floor)
         search.emit("chosen", [n for n in trace.terminals() if n.finished and n.answer == trace.chosen_answer
                                and n.scores[SCORE] >= floor][:1])

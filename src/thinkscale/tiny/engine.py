@@ -52,6 +52,7 @@ from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
 _M32 = 0xFFFFFFFF
 MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 rows here)
 CHUNK = 32  # attention reduces over fixed chunks of cache positions
+FLOOR_TOLERANCE = 1e-9  # a window this close to the confidence floor is not below it
 EXTEND_ROWS = 2048  # positions computed together by one pass of `extend` (bounds its memory)
 
 
@@ -599,7 +600,9 @@ class Engine:
             leaving = torch.where(n >= window, out_conf[rows, (n - window).clamp(min=0)], torch.zeros_like(conf))
             row_wsum[rows] += conf - leaving
             full = (window > 0) & (n + 1 >= window)
-            row_cut[rows] = full & (row_wsum[rows] / window.clamp(min=1) < req_floor[req])
+            # below the floor by more than rounding: the running sum and `_lowest_group` round differently, and a
+            # floor is often some sample's own confidence, which must not be cut
+            row_cut[rows] = full & (row_wsum[rows] / window.clamp(min=1) < req_floor[req] - FLOOR_TOLERANCE)
 
         def take_token(rows: torch.Tensor, logits: torch.Tensor) -> None:
             """Draw the next token for `rows` and finish those that stop or run out."""
