@@ -203,7 +203,8 @@ def test_streamed_tokens_and_the_rest_of_their_steps_read_as_the_offline_search(
     tokens = [e for e in events if e["event"] == "token"]
     assert tokens and all(e["node"] is None for e in tokens)
     # each round's first sample streamed: as many runs of tokens as the search made calls, at most
-    runs = sum(1 for a, b in zip([None] + events, events) if b["event"] == "token" and (a or {}).get("event") != "token")
+    runs = sum(1 for a, b in zip([None] + events, events)
+               if b["event"] == "token" and (a or {}).get("event") != "token")
     assert 1 < runs <= trace.usage.policy_calls
 
 

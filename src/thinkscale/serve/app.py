@@ -3,9 +3,9 @@
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /health   GET /metrics
 
 A completion request goes: key checked (401), the key's tokens in the last
-minute checked (429), a place among the searches in flight taken (429), the body read within its size limit (413) and turned into
-a Plan (400/404 naming what is wrong), then the search runs in a task of its
-own (events.py). A stream sends each step or sample as a reasoning delta while
+minute checked (429), a place among the searches in flight taken (429), the
+body read within its size limit (413) and turned into a Plan (400/404 naming
+what is wrong), then the search runs in a task of its own (events.py). A stream sends each step or sample as a reasoning delta while
 the search goes on, then the chosen solution as content, then the usage; a
 whole response waits for the search and returns the same in one body. If the
 client goes away, the search is cancelled: it makes no further calls. What a

@@ -11,11 +11,12 @@ finished path is terminal: reaching it again backs up its value once more.
 The prior P is the policy's probability of each sibling step where the
 backend gives log-probabilities, else uniform. The search stops after
 `iterations` (with `iterations: null`, only when the budget is spent: the
-way to compare it with other strategies at equal spending), when every path
-is finished, or when the budget cannot buy the next expansion. If no path has finished by then, it commits: it follows the
-child of highest value from the root, expanding where it must, to the end of
-one path (within the budget). The answer is chosen among the finished
-solutions.
+way to compare it with other strategies at equal spending; or after a
+thousand iterations in a row that only revisit finished paths), when every
+path is finished, or when the budget cannot buy the next expansion. If no
+path has finished by then, it commits: it follows the child of highest value
+from the root, expanding where it must, to the end of one path (within the
+budget). The answer is chosen among the finished solutions.
 """
 
 from __future__ import annotations
