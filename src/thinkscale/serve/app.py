@@ -5,10 +5,11 @@
 A completion request goes: key checked (401), the key's tokens in the last
 minute checked (429), a place among the searches in flight taken (429), the
 body read within its size limit (413) and turned into a Plan (400/404 naming
-what is wrong), then the search runs in a task of its own (events.py). A stream sends each step or sample as a reasoning delta while
-the search goes on, then the chosen solution as content, then the usage; a
-whole response waits for the search and returns the same in one body. If the
-client goes away, the search is cancelled: it makes no further calls. What a
+what is wrong), then the search runs in a task of its own (events.py). A
+stream sends each step or sample as a reasoning delta while the search goes
+on, then the chosen solution as content, then the usage; a whole response
+waits for the search and returns the same in one body. If the client goes
+away, the search is cancelled: it makes no further calls. What a
 search spent is charged to its key's tokens per minute when it ends (answered,
 failed or cancelled), and with a trace store an answered request's trace is
 written there under its key's id.
