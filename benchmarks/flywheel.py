@@ -1,7 +1,8 @@
 """The flywheel: expert iteration on the tiny core, against an oracle and against sampling more.
 
     python benchmarks/flywheel.py [--task arithmetic] [--rounds 3] [--problems 200] [--problem-seed 0]
-        [--search beam|sample] [--search-problems 2000] [--finetune-steps 150] [--out runs/flywheel]
+        [--search beam|dvts|sample] [--search-problems 2000] [--finetune-steps 150] [--out runs/flywheel]
+        [--method expert_iteration|grpo] [--rl-steps 472]
 
 1. **The flywheel** (`thinkscale improve`, training/improve.py): each round
    searches `--search-problems` fresh train-split problems with the current
@@ -15,7 +16,15 @@
    which every training draw leaves out), never on the test split: one round
    of each took dev pass@1 from 0.355 to 0.493 with beam search, and to 0.399
    to 0.401 with sampling (300 or 150 steps, lr 1e-3 or 3e-4, 2,000 x 16 or
-   4,000 x 8 samples).
+   4,000 x 8 samples). PRM DVTS (`--search dvts`) took it to 0.470 with
+   the same pass@32 (0.860), so beam search stays. `--refresh-steps 0`
+   leaves the PRM as it is; `--best-of 64` also evaluates PRM best-of-64.
+   Countdown's recipe, chosen the same way (`--task countdown --search
+   sample --samples 32 --search-problems 12000 --finetune-steps 900
+   --refresh-steps 0 --best-of 64`), is in docs/learn.md.
+   `--method grpo` replaces each round's search and fine-tuning with
+   `--rl-steps` GRPO steps (training/rl.py; 472 is about an expert-iteration
+   round's FLOPs), the rest unchanged.
 2. **Oracle ceiling**: the starting policy fine-tuned on the task's reference
    solutions, which no real user has, with as many optimizer steps of the
    same batch size as all rounds' fine-tuning together (the same training
@@ -48,19 +57,22 @@ from pathlib import Path
 SEARCHES = {  # how a round searches the train split for solutions to learn from
     "beam": lambda n: {"name": "beam_search", "settings": {"n": n, "width": 4, "aggregation": "min",
                                                           "choose": "weighted"}, "scorer": {"name": "prm"}},
+    "dvts": lambda n: {"name": "dvts", "settings": {"n": n, "width": 4, "aggregation": "min", "choose": "weighted"},
+                       "scorer": {"name": "prm"}},
     "sample": lambda n: {"name": "repeated_sampling", "settings": {"n": n, "temperature": 1.0}},
 }
 
 
 def improve_config(args: argparse.Namespace, out: Path) -> dict:
     return {
-        "task": args.task, "output": str(out / "flywheel"), "rounds": args.rounds, "seed": args.seed,
-        "threads": args.threads,
+        "task": args.task, "output": str(out / ("flywheel" if args.method == "expert_iteration" else args.method)),
+        "rounds": args.rounds, "seed": args.seed, "threads": args.threads, "method": args.method,
+        "rl": {"steps": args.rl_steps, "lr": args.rl_lr, "kl": args.rl_kl},
         "search": {"problems": args.search_problems, "strategy": SEARCHES[args.search](args.samples)},
         "finetune": {"steps": args.finetune_steps, "batch_size": args.batch_size, "lr": args.lr},
-        "refresh": {"problems": args.tree_problems, "steps": args.refresh_steps},
+        "refresh": {"problems": args.tree_problems, "steps": args.refresh_steps} if args.refresh_steps else None,
         "evaluate": {"split": "test", "problems": args.problems, "problem_seed": args.problem_seed,
-                     "samples": args.eval_samples, "beam": args.beam},
+                     "samples": args.eval_samples, "beam": args.beam, "best_of": args.best_of},
     }
 
 
@@ -74,7 +86,7 @@ def oracle(args: argparse.Namespace, config, rows: list[dict], out: Path) -> dic
 
     task = get_task(args.task)
     steps = args.finetune_steps * sum(1 for r in rows[1:] if not r["empty"])
-    target = out / "oracle-policy"
+    target = out / f"oracle-policy-{steps}"  # by steps: more rounds, a longer oracle
     if steps and not target.exists():
         pairs = list(islice(task.training_stream(args.seed + 7), steps * args.batch_size))
         settings = TrainSettings(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=20,
@@ -82,7 +94,8 @@ def oracle(args: argparse.Namespace, config, rows: list[dict], out: Path) -> dic
         finetune_policy(rows[0]["policy"], pairs, target, settings, progress=not args.quiet,
                         about={"oracle": "the task's reference solutions", "pairs_drawn": len(pairs)})
     policy = str(target) if steps else rows[0]["policy"]
-    return {"steps": steps, "eval": evaluate(config, out / "oracle-eval", policy, rows[0]["prm"], not args.quiet)}
+    measured = evaluate(config, out / f"oracle-eval-{steps}", policy, rows[0]["prm"], not args.quiet)
+    return {"steps": steps, "eval": measured}
 
 
 def sample_flops(run_dir: Path) -> float:
@@ -108,21 +121,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[2:]))
-    parser.add_argument("--task", default="arithmetic", help="a built-in task with a shipped PRM (arithmetic)")
+    parser.add_argument("--task", default="arithmetic",
+                        help="a built-in task with a shipped PRM (arithmetic, countdown)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of expert iteration (default 3)")
     parser.add_argument("--problems", type=int, default=200, help="test problems to evaluate on (default 200)")
     parser.add_argument("--problem-seed", type=int, default=0, help="which test problems are drawn (default 0)")
     parser.add_argument("--search-problems", type=int, default=2000, help="train problems searched a round (2000)")
     parser.add_argument("--search", choices=sorted(SEARCHES), default="beam",
-                        help="how a round searches: PRM beam search (default) or repeated sampling")
+                        help="how a round searches: PRM beam search (default), PRM DVTS or repeated sampling")
     parser.add_argument("--samples", type=int, default=16, help="samples' worth a searched problem (default 16)")
     parser.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps a round (default 150)")
     parser.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch (default 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
+    parser.add_argument("--method", choices=["expert_iteration", "grpo"], default="expert_iteration",
+                        help="how a round learns: expert iteration (default) or GRPO with the verifier's reward")
+    parser.add_argument("--rl-steps", type=int, default=472,
+                        help="GRPO steps a round (default 472: about an expert-iteration round's FLOPs)")
+    parser.add_argument("--rl-lr", type=float, default=1e-4, help="GRPO learning rate (default 1e-4)")
+    parser.add_argument("--rl-kl", type=float, default=0.02, help="GRPO's KL weight (default 0.02)")
     parser.add_argument("--tree-problems", type=int, default=300, help="train problems searched for PRM labels (300)")
-    parser.add_argument("--refresh-steps", type=int, default=150, help="PRM refresh steps a round (default 150)")
+    parser.add_argument("--refresh-steps", type=int, default=150,
+                        help="PRM refresh steps a round (default 150; 0: the PRM stays as it is)")
     parser.add_argument("--eval-samples", type=int, default=64, help="samples a test problem (default 64)")
     parser.add_argument("--beam", type=int, default=16, help="PRM beam search budget evaluated (default 16; 0: none)")
+    parser.add_argument("--best-of", type=int, default=0,
+                        help="also evaluate PRM best-of-N at this N (the PRM as a verifier; default 0: no)")
     parser.add_argument("--seed", type=int, default=0, help="training and sampling seed (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="runs/flywheel", help="where rounds, checkpoints and ledgers go")
@@ -158,9 +181,9 @@ def main() -> None:
           f"{base['steps']} steps: a ceiling)")
 
     spent = sum(sum(r.get("flops", {}).values()) for r in rows[1:])
-    per_sample = sample_flops(out / "flywheel" / "round-0" / "eval")
+    per_sample = sample_flops(Path(config.output) / "round-0" / "eval")
     k_equal = spent / args.problems / per_sample
-    ks, majority = majority_curve(out / "flywheel" / "round-0" / "eval", task.votable)
+    ks, majority = majority_curve(Path(config.output) / "round-0" / "eval", task.votable)
     start, last = rows[0]["eval"], rows[-1]["eval"]
     print(f"\nsampling instead of training: the flywheel spent {spent:.2e} FLOPs, {k_equal:,.0f} samples' worth "
           f"of the starting policy on each of the {args.problems} test problems ({per_sample:.2e} FLOPs a sample)")

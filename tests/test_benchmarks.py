@@ -10,6 +10,7 @@ search benchmark on a few problems is the slow tier.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -184,6 +185,29 @@ def test_flywheel_benchmark(tmp_path):
     assert any(line.startswith("oracle") or " oracle " in line for line in lines)
     assert any(line.startswith("sampling instead of training") for line in lines)
     assert re.fullmatch(rf"pass@1: {NUMBER} -> {NUMBER} in 1 rounds", lines[-1]), lines[-1]
+
+
+def test_flywheel_benchmark_with_grpo_and_no_refresh(tmp_path):
+    lines = bench("flywheel.py", "--method", "grpo", "--rl-steps", "2", "--rounds", "1", "--problems", "4",
+                  "--search-problems", "16", "--finetune-steps", "2", "--batch-size", "8", "--refresh-steps", "0",
+                  "--eval-samples", "4", "--beam", "0", "--problem-seed", "2", "--quiet", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "arithmetic-seed2" / "flywheel.json").read_text())["rounds"]
+    assert "grpo" in rows[1]["flops"] and rows[1]["prm_records"] == 0  # learnt by GRPO; the PRM left as it was
+    assert (tmp_path / "arithmetic-seed2" / "grpo" / "round-1" / "policy").is_dir()
+    assert not (tmp_path / "arithmetic-seed2" / "grpo" / "round-1" / "prm").exists()
+    assert re.fullmatch(rf"pass@1: {NUMBER} -> {NUMBER} in 1 rounds", lines[-1]), lines[-1]
+
+
+@pytest.mark.trl
+def test_grpo_benchmark_against_trl(tmp_path):
+    pytest.importorskip("trl", reason="needs trl: run `make test-trl`")
+    lines = bench("grpo.py", "--steps", "2", "--prompts", "2", "--group", "2", "--problems", "4", "--eval-samples",
+                  "2", "--problem-seed", "1", "--quiet", "--out", str(tmp_path))
+    result = json.loads(next(tmp_path.glob("*/grpo.json")).read_text())
+    for name in ("trl", "thinkscale"):  # both trained, both rewarded by the verifier each step, both evaluated
+        assert len(result[name]["reward"]) == 2 and result[name]["sampled_tokens"] > 0
+        assert 0 <= result[name]["eval"]["pass@1"] <= 1
+    assert re.fullmatch(rf"ratio: thinkscale GRPO {NUMBER}x TRL GRPOTrainer \(seconds a step\)", lines[-1]), lines[-1]
 
 
 def test_cost_benchmark_tools_part():

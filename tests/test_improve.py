@@ -15,7 +15,7 @@ from thinkscale.store import RunStore
 from thinkscale.tasks import TASKS, get_task
 from thinkscale.tasks.arithmetic import ArithmeticTask
 from thinkscale.tiny import checkpoint
-from thinkscale.training.improve import ImproveError, dev_prompts, improve, parse_improve_config
+from thinkscale.training.improve import CONFIG_FILE, ImproveError, dev_prompts, improve, parse_improve_config
 
 SMALL = """
 task: arithmetic
@@ -27,7 +27,7 @@ finetune: {{steps: 4, batch_size: 16}}
 refresh: {{problems: 8, steps: 2, batch_size: 4,
           strategy: {{name: beam_search, settings: {{n: 4, width: 2, aggregation: min, choose: weighted}},
                       scorer: {{name: prm}}}}}}
-evaluate: {{problems: 8, samples: 4, beam: 4}}
+evaluate: {{problems: 8, samples: 4, beam: 4, best_of: 4}}
 """
 
 
@@ -78,8 +78,12 @@ def test_a_round_fine_tunes_on_verified_solutions_only_and_refreshes_the_prm(fin
     with RunStore.read(out / "round-1" / "search") as store:
         kept = {(r["prompt"], r["completion"]) for r in training_rows(store, task, "sft", 4)}
     assert kept and kept <= verified
-    for metric in ("pass@1", "pass@4", "majority@4", "beam@4"):
+    for metric in ("pass@1", "pass@4", "majority@4", "beam@4", "prm-best@4"):
         assert 0.0 <= one["eval"][metric] <= 1.0 and 0.0 <= rows[0]["eval"][metric] <= 1.0
+    with RunStore.read(out / "round-1" / "eval") as store:  # best-of-4 chose by the refreshed PRM's scores
+        best = [t for k, t in store.iter_keyed() if k.startswith("prm-best@4/")]
+    assert len(best) == 8 and all(t.usage.samples == 4 and t.usage.scorer_calls > 0 for t in best)
+    assert one["eval"]["prm-best@4"] == sum(bool(t.correct) for t in best) / 8
     assert (out / "improve.png").stat().st_size > 0
     assert json.loads((out / "rounds.json").read_text()) == rows
     assert any("pass@1" in line for line in logged)
@@ -105,14 +109,34 @@ def test_a_killed_run_resumes_without_retraining_what_it_finished(finished, tmp_
     assert all(torch.equal(prm_a[k], prm_b[k]) for k in prm_a)
 
 
-def test_another_config_in_the_same_output_is_refused_and_fresh_moves_it_aside(finished, tmp_path: Path) -> None:
+def moved(finished, to: Path) -> Path:
+    """A copy of the finished run at `to`, as if it had been made there."""
     out, _, _ = finished
-    copy = tmp_path / "run"
-    shutil.copytree(out, copy)
-    other = parse_improve_config(small(copy, rounds="2"))
-    with pytest.raises(ImproveError, match="another config.*rounds"):
+    shutil.copytree(out, to)
+    saved = json.loads((to / CONFIG_FILE).read_text())
+    (to / CONFIG_FILE).write_text(json.dumps({**saved, "output": str(to)}))
+    return to
+
+
+def test_another_config_in_the_same_output_is_refused_and_fresh_moves_it_aside(finished, tmp_path: Path) -> None:
+    copy = moved(finished, tmp_path / "run")
+    other = parse_improve_config(small(copy, seed="4"))
+    with pytest.raises(ImproveError, match=r"another config \(differing: seed\)"):
         improve(other, progress=False, log=lambda _: None)
     assert (copy / "round-1" / "policy").exists()  # nothing already trained is lost
+
+
+def test_more_rounds_continue_the_run_from_its_last_round(finished, tmp_path: Path) -> None:
+    _, rows, _ = finished
+    copy = moved(finished, tmp_path / "run")
+    policy_file = copy / "round-1" / "policy" / "model.safetensors"
+    before = policy_file.stat().st_mtime_ns
+    more = improve(parse_improve_config(small(copy, rounds="2")), progress=False, log=lambda _: None)
+    assert policy_file.stat().st_mtime_ns == before  # round 1 stands as it was
+    assert [r["round"] for r in more] == [0, 1, 2] and more[1]["eval"] == rows[1]["eval"]
+    assert (copy / "round-2" / "policy").is_dir()
+    start, second = weights(more[1]["policy"]), weights(more[2]["policy"])  # round 2 went on from round 1
+    assert any(not torch.equal(start[k], second[k]) for k in start)
 
 
 class LeakyArithmetic(ArithmeticTask):

@@ -7,12 +7,13 @@ import json
 import random
 
 import pytest
+import torch
 
 from thinkscale.policies import get_policy
 from thinkscale.scorers import aggregate, get_scorer
 from thinkscale.tasks.base import split_of
 from thinkscale.training.policy import TrainSettings
-from thinkscale.training.reward import likelihood_batch, prm_batch, step_targets, train_prm
+from thinkscale.training.reward import likelihood_batch, likelihood_loss, prm_batch, step_targets, train_prm
 from thinkscale.training.step_labels import StepLabels, label_steps, read_jsonl, write_jsonl
 
 
@@ -89,6 +90,32 @@ def test_prm_batches_mark_each_steps_last_token_or_what_each_step_teaches(arithm
     ids, goal, failed = likelihood_batch([lucky], tok)
     assert (goal == -100).all()
     assert tok.decode([ids[0, t + 1].item() for t in failed[0].nonzero()[:, 0].tolist()]) == "9*2\n"
+
+
+def test_soft_targets_unlearn_every_failed_step_hard_only_the_first(arithmetic_checkpoint):
+    """A path of the search tree, labelled by its subtrees: a wrong step, then a step that forces the answer
+    (countdown's usual mistake). Hard targets stop at the first failure; soft ones mark the later one too,
+    as a step of its own, so that the loss pushes down each one's weakest token."""
+    tok = arithmetic_checkpoint.tokenizer
+    path = StepLabels("p", "(3+5)*2=\n", ["9*2\n", "17\n"], [0.0, 0.0], [0, 0])
+
+    def failed_text(target: str) -> list[str]:
+        ids, goal, failed = likelihood_batch([path], tok, target=target)
+        assert (goal == -100).all()  # nothing of a failed path is learnt
+        return [tok.decode([ids[0, t + 1].item() for t in (failed[0] == k).nonzero()[:, 0].tolist()])
+                for k in range(1, int(failed.max()) + 1)]
+
+    assert failed_text("hard") == ["9*2\n"]
+    assert failed_text("soft") == ["9*2\n", "17\n"]
+    # the loss: one -log(1 - p) a failed step, p its weakest token's probability under the model
+    model = arithmetic_checkpoint.model
+    batch = likelihood_batch([path], tok, target="soft")
+    ids, _, failed = batch
+    with torch.no_grad():
+        loss = likelihood_loss(model, batch)
+        lp = torch.log_softmax(model(ids).float()[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
+    weakest = [lp[failed[0, :-1] == k].min() for k in (1, 2)]
+    assert loss.item() == pytest.approx(sum(-torch.log(1 - w.exp()).item() for w in weakest) / 2, rel=1e-5)
 
 
 def test_hard_targets_stop_at_the_first_error():

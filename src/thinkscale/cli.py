@@ -369,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Each round searches the train split with the current policy, keeps the "
                                      "solutions the verifier accepts, fine-tunes the policy on them, refreshes the "
                                      "PRM on the new policy's own search trees and evaluates on the test split "
-                                     "(pass@1, majority@N, pass@N, PRM beam search); `method: grpo` learns by "
-                                     "reinforcement learning instead. Checkpoints and ledgers of every round stay "
-                                     "in the output directory; run the same command again to resume. See "
+                                     "(pass@1, majority@N, pass@N, PRM beam search, PRM best-of-N); `method: grpo` "
+                                     "learns by reinforcement learning instead. Checkpoints and ledgers of every "
+                                     "round stay in the output directory; run the same command again to resume "
+                                     "(with more rounds, to continue). See "
                                      "examples/improve.yaml and docs/learn.md.")
     imp.add_argument("config", help="the improve run's YAML file")
     imp.add_argument("--fresh", action="store_true",

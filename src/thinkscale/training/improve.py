@@ -18,7 +18,8 @@ Each round:
    answer (`training.sets.step_rows`: the tree is the Monte-Carlo estimate, no
    extra rollouts), and the PRM continues training on those labels;
 4. **evaluate** on the test split: pass@1, majority@N and pass@N of N samples
-   at temperature 1, and PRM beam search at `evaluate.beam`. A config whose
+   at temperature 1, PRM beam search at `evaluate.beam` and PRM best-of-N at
+   `evaluate.best_of` (the PRM alone as the verifier). A config whose
    training draws share a problem with the test set is refused. With
    `evaluate.split: train` the evaluation set is a dev set (where recipes are
    chosen), and every training draw leaves its problems out.
@@ -130,6 +131,9 @@ class RefreshPhase:
     epochs: float = _checked(_positive, default=2.0)
     batch_size: int = _checked(_at_least(1), default=64)
     lr: float = _checked(_positive, default=1e-4)
+    # which failed steps the PRM unlearns (training/reward.py): hard, the first step from which no continuation
+    # verified; soft, every step whose subtree reached no verified answer (errors after the first one included)
+    target: Literal["hard", "soft"] = "hard"
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class EvaluatePhase:
     problem_seed: int = 0
     samples: int = _checked(_at_least(1), default=64)
     beam: int = _checked(_at_least(0), default=16)  # PRM beam search at this many samples' worth; 0: none
+    best_of: int = _checked(_at_least(0), default=0)  # PRM best-of-N at this N (the PRM as a verifier); 0: none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,24 +287,30 @@ def _search(config: ImproveConfig, out: Path, split: str, problems: int, problem
 
 
 def evaluate(config: ImproveConfig, out: Path, policy: str, prm: str | None, progress: bool = True) -> dict:
-    """pass@1, majority@N, pass@N and PRM beam-search accuracy of `policy` on the evaluation set."""
+    """pass@1, majority@N, pass@N, PRM beam-search and PRM best-of-N accuracy of `policy` on the evaluation set."""
     task = get_task(config.task)
     e = config.evaluate
     strategies = [{"name": "repeated_sampling", "label": "sample", "settings": {"n": e.samples, "temperature": 1.0}}]
-    beam = f"beam@{e.beam}"
+    beam, best = f"beam@{e.beam}", f"prm-best@{e.best_of}"
     if e.beam and prm is not None:
         strategies.append(_with_prm(StrategyConfig(name="beam_search", label=beam, settings={
             "n": e.beam, "width": min(4, e.beam), "aggregation": "min", "choose": "weighted"},
             scorer=ScorerConfig(name="prm")), prm))
+    if e.best_of and prm is not None:
+        strategies.append(_with_prm(StrategyConfig(name="best_of_n", label=best, settings={
+            "n": e.best_of, "temperature": 1.0, "aggregation": "min"}, scorer=ScorerConfig(name="prm")), prm))
     _search(config, out, e.split, e.problems, e.problem_seed, policy, strategies, progress)
     with RunStore.read(out) as store:
         sampled = summarize((t for k, t in store.iter_keyed() if k.startswith("sample/")), votable=task.votable)
-        beamed = [t.correct for k, t in store.iter_keyed() if k.startswith(beam + "/")]
+        chosen = {label: [t.correct for k, t in store.iter_keyed() if k.startswith(label + "/")]
+                  for label in (beam, best)}
     everything = sampled["groups"]["all"]
     metrics = {"pass@1": everything["pass_at_k"][0], f"pass@{e.samples}": everything["pass_at_k"][-1],
                f"majority@{e.samples}": everything["majority_at_k"][-1] if task.votable else None}
-    if e.beam:
-        metrics[beam] = round(sum(map(bool, beamed)) / len(beamed), 4) if beamed else None
+    for label, size in ((beam, e.beam), (best, e.best_of)):
+        if size:
+            right = chosen[label]
+            metrics[label] = round(sum(map(bool, right)) / len(right), 4) if right else None
     return metrics
 
 
@@ -336,12 +347,14 @@ def _train_into(target: Path, train: Callable[[Path], Any]) -> None:
 
 
 def _claim(out: Path, config: ImproveConfig, fresh: bool) -> None:
-    """Own OUTPUT for this config; another config's run there is refused (or moved aside with `fresh`)."""
+    """Own OUTPUT for this config; another config's run there is refused (or moved aside with `fresh`).
+
+    Only the number of rounds may change: more rounds continue the run from its last one."""
     saved = out / CONFIG_FILE
     data = config.to_dict()
     if saved.exists():
         before = json.loads(saved.read_text())
-        if before != data:
+        if {**before, "rounds": data["rounds"]} != data:
             if not fresh:
                 changed = sorted(k for k in set(before) | set(data) if before.get(k) != data.get(k))
                 raise ImproveError(f"{out} holds an improve run with another config (differing: {', '.join(changed)}); "
@@ -510,7 +523,8 @@ def _refresh(config: ImproveConfig, task: Task, round_: int, rd: Path, policy: s
                 "strategy": r.strategy.name, "round": round_}
         log(f"round {round_}: refreshing the PRM on {len(records)} labelled paths")
         _timed(phases, "refresh", timing, lambda: _train_into(target, lambda to: train_prm(
-            task.name, records, to, settings, init=prm, label_info=info, progress=progress, head=head)))
+            task.name, records, to, settings, init=prm, label_info=info, progress=progress, target=r.target,
+            head=head)))
     return str(target), len(records)
 
 

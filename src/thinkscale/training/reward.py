@@ -79,19 +79,23 @@ def prm_batch(records: list[StepLabels], tokenizer: CharTokenizer, target: str =
 
 def likelihood_batch(records: list[StepLabels], tokenizer: CharTokenizer, target: str = "hard") -> Batch:
     """Likelihood head: ids (B, T); next-token targets (B, T), IGNORE outside verified solutions'
-    steps; and (B, T) marks on the positions that predict the tokens of each first failed step."""
+    steps; and (B, T) marks on the positions that predict the tokens of each failed step: k on the k-th
+    failed step of its row, 0 elsewhere (hard targets mark only the first failed step; soft ones every step
+    whose value is below 1/2)."""
     encoded = [tokenizer.encode_steps(r.prompt, r.steps) for r in records]
     batch = tokenizer.pad([ids for ids, _ in encoded])
     goal = torch.full(batch.shape, IGNORE, dtype=torch.long)
-    failed = torch.zeros(batch.shape, dtype=torch.bool)
+    failed = torch.zeros(batch.shape, dtype=torch.long)
     for i, ((ids, spans), r) in enumerate(zip(encoded, records)):
         targets = step_targets(r, target)
         verified = r.values[-1] >= 1.0 and all(t is not None and t >= 0.5 for t in targets)
+        k = 0
         for (start, end), t in zip(spans, targets):
             if verified:  # token t is predicted at position t - 1
                 goal[i, start - 1:end - 1] = torch.tensor(ids[start:end])
             elif t is not None and t < 0.5:
-                failed[i, start - 1:end - 1] = True
+                k += 1
+                failed[i, start - 1:end - 1] = k
     return batch, goal, failed
 
 
@@ -100,7 +104,8 @@ def likelihood_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
 
     A step scores the lowest probability of its tokens, so a failed step is
     taught through that token alone (-log(1 - p_min)): usually the wrong digit,
-    and never the many tokens of the step that were right.
+    and never the many tokens of the step that were right. Each failed step
+    of a row is taught through its own weakest token.
     """
     ids, goal, failed = batch
     logits = model(ids).float()
@@ -108,11 +113,17 @@ def likelihood_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
                             reduction="sum")
     count = (goal != IGNORE).sum()
     token_lp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
-    rows = failed[:, :-1].any(1)
-    if rows.any():
-        weakest = token_lp.masked_fill(~failed[:, :-1], 0.0).min(1).values[rows].clamp(max=-1e-6)
-        unlearn = -torch.log(-torch.expm1(weakest))  # -log(1 - p_min)
-        return (learn + unlearn.sum()) / (count + rows.sum())
+    step = failed[:, :-1]
+    if step.any():
+        slots = int(step.max()) + 1  # a row's failed steps 1..max, and 0 for every other position
+        index = (torch.arange(step.shape[0])[:, None] * slots + step).reshape(-1)
+        lowest = token_lp.new_zeros(step.shape[0] * slots).scatter_reduce(0, index, token_lp.reshape(-1), "amin",
+                                                                           include_self=False)
+        marked = torch.zeros(step.shape[0] * slots, dtype=torch.bool).index_fill_(0, index[step.reshape(-1) > 0],
+                                                                                  True)
+        weakest = lowest[marked].clamp(max=-1e-6)
+        unlearn = -torch.log(-torch.expm1(weakest))  # -log(1 - p_min), one a failed step
+        return (learn + unlearn.sum()) / (count + marked.sum())
     return learn / count.clamp(min=1)
 
 
