@@ -173,7 +173,7 @@ def main() -> None:
         print(f"  round {r['round']}: {sum(r['seconds'].values()) / 60:.1f} min ({phases}); "
               f"{r['verified']} of {r['attempts']} attempts verified, {r['kept']} kept of {r['problems_solved']} "
               f"problems, {r['prm_records']} PRM paths")
-    metrics = list(rows[0]["eval"])
+    metrics = [m for m in rows[0]["eval"] if any(r["eval"].get(m) is not None for r in rows)]  # as the table
     print("\n" + format_rounds(rows, "pass@1 and search-augmented accuracy by round (test split)"))
     oracle_cells = " ".join(f"{base['eval'][m]:>12.3f}" if base["eval"].get(m) is not None else f"{'-':>12}"
                             for m in metrics)
@@ -187,17 +187,20 @@ def main() -> None:
     start, last = rows[0]["eval"], rows[-1]["eval"]
     print(f"\nsampling instead of training: the flywheel spent {spent:.2e} FLOPs, {k_equal:,.0f} samples' worth "
           f"of the starting policy on each of the {args.problems} test problems ({per_sample:.2e} FLOPs a sample)")
-    print("  starting policy: " + ", ".join(f"majority@{k} {m:.3f}" for k, m in zip(ks, majority))
+    # a task whose answers cannot be voted on (countdown's expressions) has pass@k instead: the verifier choosing
+    vote = "majority" if task.votable else "pass"
+    print("  starting policy: " + ", ".join(f"{vote}@{k} {m:.3f}" for k, m in zip(ks, majority))
           + (f", PRM beam@{args.beam} {start[f'beam@{args.beam}']:.3f}" if start.get(f"beam@{args.beam}") else ""))
     target = last["pass@1"]
     matched = next((k for k, m in zip(ks, majority) if m >= target), None)
     if matched is None:
-        print(f"  no majority vote of the starting policy up to k={ks[-1]} reaches the improved policy's pass@1 "
-              f"({target:.3f}): voting cannot buy what the flywheel learned")
+        print(f"  no {vote}@k of the starting policy up to k={ks[-1]} reaches the improved policy's pass@1 "
+              f"({target:.3f}): sampling cannot buy what the flywheel learned")
     else:
         extra = (matched - 1) * per_sample
-        print(f"  majority@{matched} of the starting policy reaches the improved pass@1 ({target:.3f}); the "
-              f"flywheel's training is the cheaper way after {math.ceil(spent / extra):,} problems")
+        oracle_note = "" if task.votable else " (with the verifier choosing, which a user does not have)"
+        print(f"  {vote}@{matched} of the starting policy reaches the improved pass@1 ({target:.3f}){oracle_note}; "
+              f"the flywheel's training is the cheaper way after {math.ceil(spent / extra):,} problems")
     beam = f"beam@{args.beam}"
     if start.get(beam) is not None and last.get(beam) is not None:
         print(f"  with search: PRM beam@{args.beam} {start[beam]:.3f} -> {last[beam]:.3f}; pass@{args.eval_samples} "
