@@ -24,7 +24,8 @@
    --refresh-steps 0 --best-of 64`), is in docs/learn.md.
    `--method grpo` replaces each round's search and fine-tuning with
    `--rl-steps` GRPO steps (training/rl.py; 472 is about an expert-iteration
-   round's FLOPs), the rest unchanged.
+   round's FLOPs), the rest unchanged (the oracle still gets
+   `--finetune-steps` a round).
 2. **Oracle ceiling**: the starting policy fine-tuned on the task's reference
    solutions, which no real user has, with as many optimizer steps of the
    same batch size as all rounds' fine-tuning together (the same training
@@ -170,9 +171,11 @@ def main() -> None:
     print("\nper round (minutes by phase; the issue's limit is 30 a round):")
     for r in rows[1:]:
         phases = ", ".join(f"{k} {v / 60:.1f}" for k, v in r["seconds"].items())
-        print(f"  round {r['round']}: {sum(r['seconds'].values()) / 60:.1f} min ({phases}); "
-              f"{r['verified']} of {r['attempts']} attempts verified, {r['kept']} kept of {r['problems_solved']} "
-              f"problems, {r['prm_records']} PRM paths")
+        learnt = (f"{r['attempts']} GRPO samples" if r["verified"] is None else  # GRPO keeps no solutions
+                  f"{r['verified']} of {r['attempts']} attempts verified, {r['kept']} kept of "
+                  f"{r['problems_solved']} problems")
+        print(f"  round {r['round']}: {sum(r['seconds'].values()) / 60:.1f} min ({phases}); {learnt}, "
+              f"{r['prm_records']} PRM paths")
     metrics = [m for m in rows[0]["eval"] if any(r["eval"].get(m) is not None for r in rows)]  # as the table
     print("\n" + format_rounds(rows, "pass@1 and search-augmented accuracy by round (test split)"))
     oracle_cells = " ".join(f"{base['eval'][m]:>12.3f}" if base["eval"].get(m) is not None else f"{'-':>12}"

@@ -129,6 +129,9 @@ def test_another_config_in_the_same_output_is_refused_and_fresh_moves_it_aside(f
 def test_more_rounds_continue_the_run_from_its_last_round(finished, tmp_path: Path) -> None:
     _, rows, _ = finished
     copy = moved(finished, tmp_path / "run")
+    saved = json.loads((copy / CONFIG_FILE).read_text())  # as saved before refresh.target existed (its default)
+    del saved["refresh"]["target"]
+    (copy / CONFIG_FILE).write_text(json.dumps(saved))
     policy_file = copy / "round-1" / "policy" / "model.safetensors"
     before = policy_file.stat().st_mtime_ns
     more = improve(parse_improve_config(small(copy, rounds="2")), progress=False, log=lambda _: None)
@@ -137,6 +140,8 @@ def test_more_rounds_continue_the_run_from_its_last_round(finished, tmp_path: Pa
     assert (copy / "round-2" / "policy").is_dir()
     start, second = weights(more[1]["policy"]), weights(more[2]["policy"])  # round 2 went on from round 1
     assert any(not torch.equal(start[k], second[k]) for k in start)
+    with pytest.raises(ImproveError, match="another config"):  # fewer rounds would rewrite what was measured
+        improve(parse_improve_config(small(copy, rounds="1")), progress=False, log=lambda _: None)
 
 
 class LeakyArithmetic(ArithmeticTask):

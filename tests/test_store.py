@@ -105,9 +105,10 @@ def test_iter_traces_streams_in_insertion_order(tmp_path):
         assert next(stream).problem_id == "p3"
         assert [t.problem_id for t in stream] == ["p1", "p2"]
         for where in ("", "WHERE t.strategy = ?"):  # ordered by the b-trees themselves: no sort to materialise
-            plan = store._conn.execute("EXPLAIN QUERY PLAN " + _SELECT.format(where=where, stopped_by="t.stopped_by"),
-                                       ("x",) if where else ()).fetchall()
+            query = _SELECT.format(where=where, stopped_by="t.stopped_by", order="t.id")
+            plan = store._conn.execute("EXPLAIN QUERY PLAN " + query, ("x",) if where else ()).fetchall()
             assert not any("TEMP B-TREE" in row[-1] for row in plan), plan
+        assert [k for k, _ in store.iter_keyed(by_key=True)] == ["k1", "k2", "k3"]
 
 
 def test_resume_by_done_keys_and_duplicates_refused(tmp_path):

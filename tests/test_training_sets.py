@@ -126,6 +126,22 @@ def test_no_training_set_holds_a_test_problem(tmp_path, policy, arithmetic, trai
             list(training_rows(store, arithmetic, "sft"))
 
 
+@pytest.mark.parametrize("kind", ["sft", "preference", "steps"])
+def test_a_training_set_does_not_depend_on_which_search_finished_first(train_run, tmp_path, arithmetic, kind):
+    """The searches of a run finish in whatever order the machine allows; the rows, and so what is trained on
+    them, come out the same."""
+    with RunStore.read(train_run) as store:
+        keyed = list(store.iter_keyed())
+        config = store.config
+        as_run = list(training_rows(store, arithmetic, kind, run="r"))
+    with RunStore.open(tmp_path / "reversed", config) as other:  # the same traces, put in the other order
+        for key, trace in reversed(keyed):
+            other.put_trace(key, trace)
+    with RunStore.read(tmp_path / "reversed") as other:
+        assert list(training_rows(other, arithmetic, kind, run="r")) == as_run
+    assert as_run
+
+
 def test_write_rows_appears_whole_or_not_at_all(tmp_path):
     def rows():
         yield {"a": 1}

@@ -103,7 +103,7 @@ _INSERT_NODE = ("INSERT INTO nodes (trace_id, node_id, parent, text, num_tokens,
 _SELECT = ("SELECT t.id, t.key, t.problem_id, t.strategy, t.settings, t.seed, t.difficulty, t.chosen_answer, "
            "t.correct, t.usage, n.node_id, n.parent, n.text, n.num_tokens, n.logprob, n.scores, n.terminal, "
            "n.finish_reason, n.answer, n.correct, t.chosen_node, {stopped_by} "
-           "FROM traces t LEFT JOIN nodes n ON n.trace_id = t.id {where} ORDER BY t.id, n.node_id")
+           "FROM traces t LEFT JOIN nodes n ON n.trace_id = t.id {where} ORDER BY {order}, n.node_id")
 
 
 class ConfigMismatchError(ValueError):
@@ -404,15 +404,18 @@ class RunStore:
         for _, trace in self.iter_keyed(strategy):
             yield trace
 
-    def iter_keyed(self, strategy: str | None = None) -> Iterator[tuple[str, Trace]]:
-        """Like `iter_traces`, with each trace's key."""
+    def iter_keyed(self, strategy: str | None = None, by_key: bool = False) -> Iterator[tuple[str, Trace]]:
+        """Like `iter_traces`, with each trace's key; `by_key`: in the order of their keys, which does not
+        depend on which search of a run happened to finish first (training sets are built in this order)."""
         if strategy is None:
-            return self._iter("", ())
-        return self._iter("WHERE t.strategy = ?", (strategy,))
+            return self._iter("", (), by_key)
+        return self._iter("WHERE t.strategy = ?", (strategy,), by_key)
 
-    def _iter(self, where: str, params: tuple) -> Iterator[tuple[str, Trace]]:
+    def _iter(self, where: str, params: tuple, by_key: bool = False) -> Iterator[tuple[str, Trace]]:
         old = self._conn.execute("PRAGMA user_version").fetchone()[0] < 2  # a ledger read as it was written
-        cursor = self._conn.execute(_SELECT.format(where=where, stopped_by="NULL" if old else "t.stopped_by"), params)
+        query = _SELECT.format(where=where, stopped_by="NULL" if old else "t.stopped_by",
+                               order="t.key" if by_key else "t.id")
+        cursor = self._conn.execute(query, params)
         try:
             current, key, trace = None, None, None
             for row in cursor:

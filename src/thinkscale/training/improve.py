@@ -131,8 +131,9 @@ class RefreshPhase:
     epochs: float = _checked(_positive, default=2.0)
     batch_size: int = _checked(_at_least(1), default=64)
     lr: float = _checked(_positive, default=1e-4)
-    # which failed steps the PRM unlearns (training/reward.py): hard, the first step from which no continuation
-    # verified; soft, every step whose subtree reached no verified answer (errors after the first one included)
+    # which failed steps the PRM unlearns (training/reward.py): hard, the first step valued 0; soft, every step
+    # valued below 1/2. A search tree's labels are 0 or 1 (did the step's subtree reach a verified answer), so
+    # soft unlearns every step whose subtree did not: the errors after the first one too
     target: Literal["hard", "soft"] = "hard"
 
 
@@ -349,12 +350,17 @@ def _train_into(target: Path, train: Callable[[Path], Any]) -> None:
 def _claim(out: Path, config: ImproveConfig, fresh: bool) -> None:
     """Own OUTPUT for this config; another config's run there is refused (or moved aside with `fresh`).
 
-    Only the number of rounds may change: more rounds continue the run from its last one."""
+    Only the number of rounds may grow: more rounds continue the run from its last one. A config saved
+    before a setting existed is read with that setting's default."""
     saved = out / CONFIG_FILE
     data = config.to_dict()
     if saved.exists():
         before = json.loads(saved.read_text())
-        if {**before, "rounds": data["rounds"]} != data:
+        try:
+            before = ImproveConfig.from_dict(before, source=str(saved)).to_dict()
+        except ValueError:
+            pass  # not a config this version reads: it differs, and is reported as it is
+        if {**before, "rounds": data["rounds"]} != data or data["rounds"] < before.get("rounds", 0):
             if not fresh:
                 changed = sorted(k for k in set(before) | set(data) if before.get(k) != data.get(k))
                 raise ImproveError(f"{out} holds an improve run with another config (differing: {', '.join(changed)}); "

@@ -158,7 +158,7 @@ def training_rows(store: RunStore, task: Task, kind: str, max_per_problem: int =
             f"{len(held_out)} trace(s) in {store.path.parent} are of problems in {task.name}'s held-out test split "
             f"(by their content), e.g. {held_out[0]!r}; no training set may contain them. Export from a run "
             f"on the train split (`split: train` in its config).")
-    for key, trace in store.iter_keyed():
+    for key, trace in store.iter_keyed(by_key=True):  # the same rows in the same order, however the run went
         if not trace.nodes or not any(n.correct is not None for n in trace.terminals()):
             continue  # ungraded
         label = key.split("/", 1)[0]
