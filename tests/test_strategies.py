@@ -192,8 +192,10 @@ def test_a_call_cut_by_the_wall_time_budget_still_counts_what_it_generated(arith
 
     policy = get_policy("tiny", checkpoint_name="arithmetic", threads=1) if backend == "tiny" else \
         get_policy("transformers", model="arithmetic", threads=1)
-    examples = arithmetic.examples("test", 1)
-    strategy = get_strategy("majority_vote", n=768, max_tokens=150)
+    # the hardest of a few test problems: its long solutions keep the whole call several times longer than the
+    # cut even on a quiet machine (an easy one's 768 samples ended in 0.35-0.6 s, around the 0.4 s cut)
+    examples = [max(arithmetic.examples("test", len(arithmetic.difficulties)), key=lambda e: e.problem.difficulty)]
+    strategy = get_strategy("majority_vote", n=384, max_tokens=150)
     # the whole call first: it also warms the backend up (the engine's cache for these rows is allocated, which
     # takes longer than the cut leaves on a slow machine, and nothing is generated before it is)
     (whole,) = run(examples, arithmetic, strategy, policy, Budget())
@@ -202,4 +204,5 @@ def test_a_call_cut_by_the_wall_time_budget_still_counts_what_it_generated(arith
     assert trace.usage.generated_tokens > 0 and trace.usage.samples == 0
     assert trace.usage.flops == pytest.approx(trace.usage.generated_tokens * policy.flops_per_token())
     assert trace.usage.generated_tokens < whole.usage.generated_tokens
+    assert whole.usage.wall_s > 2 * 0.4  # the cut came well inside the call
     assert asyncio.run(policy.generate([])) == []  # and the policy serves on
