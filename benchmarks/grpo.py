@@ -74,7 +74,7 @@ def run_trl(args: argparse.Namespace, target: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from thinkscale.tiny.checkpoint import resolve
-    from thinkscale.training.rl import RLSettings
+    from thinkscale.training.rl import RLSettings, rewards
 
     task, examples = examples_for(args)
     by_prompt = {e.problem.prompt: e for e in examples}
@@ -86,7 +86,7 @@ def run_trl(args: argparse.Namespace, target: Path) -> dict:
         for prompt, text, ids in zip(prompts, completions, completion_ids):
             sampled[0] += len(ids)
             done = len(ids) > 0 and ids[-1] == tokenizer.eos_token_id
-            out.append(float(done and task.verify(by_prompt[prompt], text).correct))
+            out += rewards(task, by_prompt[prompt], [text], [done], "verifier")  # our loop's own reward
         rewards_seen.append(sum(out) / len(out))
         return out
 
@@ -104,11 +104,13 @@ def run_trl(args: argparse.Namespace, target: Path) -> dict:
     config = GRPOConfig(
         output_dir=str(target.parent / "trl-work"), max_steps=args.steps, num_generations=args.group,
         per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1,
-        max_completion_length=RLSettings().max_tokens, temperature=1.0, top_p=1.0, top_k=0, learning_rate=args.lr, beta=args.kl,
-        loss_type="dapo", num_iterations=1, gradient_checkpointing=False, scale_rewards="group", adam_beta1=0.9, adam_beta2=0.95,
-        weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0, shuffle_dataset=False,
+        max_completion_length=RLSettings().max_tokens, temperature=1.0, top_p=1.0, top_k=0, learning_rate=args.lr,
+        beta=args.kl, loss_type="dapo", num_iterations=1, gradient_checkpointing=False, scale_rewards="group",
+        adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
+        warmup_steps=0, shuffle_dataset=False,
         logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, disable_tqdm=args.quiet,
-        seed=args.seed, log_completions=False, use_transformers_continuous_batching=args.trl_continuous_batching)
+        seed=args.seed, log_completions=False,
+        use_transformers_continuous_batching=args.trl_continuous_batching)
     trainer = GRPOTrainer(model=model, reward_funcs=verifier, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[Rewards()])
     trainer.train()

@@ -207,7 +207,8 @@ def test_grpo_benchmark_against_trl(tmp_path):
     for name in ("trl", "thinkscale"):  # both trained, both rewarded by the verifier each step, both evaluated
         assert len(result[name]["reward"]) == 2 and result[name]["sampled_tokens"] > 0
         assert 0 <= result[name]["eval"]["pass@1"] <= 1
-    assert re.fullmatch(rf"ratio: thinkscale GRPO {NUMBER}x faster than TRL GRPOTrainer \(seconds a step\)", lines[-1]), lines[-1]
+    headline = rf"ratio: thinkscale GRPO {NUMBER}x faster than TRL GRPOTrainer \(seconds a step\)"
+    assert re.fullmatch(headline, lines[-1]), lines[-1]
 
 
 def test_cost_benchmark_tools_part():
