@@ -42,6 +42,15 @@ What it measures, in this order:
   completions, streamed and whole, at the largest concurrency: after 100 of
   them and at every tenth after, with the requests above served before.
 
+Event loop: uvicorn runs the server on uvloop (and httptools) where they
+are installed (the `serve` extra installs them); this script then runs its
+own loop, the client's and the in-process strategy's, on uvloop too, so the
+baseline gets the faster loop as well.
+
+Stream window: `--stream-interval-ms` is the server's `stream_interval_ms`
+(default 50, the server's default): after the first reasoning, at most one
+chunk per window.
+
 Threads: torch runs on `--threads` threads (default 1) in the server and in
 this process (set before torch loads). The two sides never compute at once:
 each phase runs one side at a time. On a busy 2-core machine more threads
@@ -94,14 +103,15 @@ class Timed:
 
 # -- the server ----------------------------------------------------------------
 
-def server_config(threads: int, concurrency: int) -> str:
+def server_config(threads: int, concurrency: int, stream_interval_ms: float = 50.0) -> str:
     """The default server, its policy on `threads` threads, limits wide enough for `concurrency` clients."""
     return (f"models:\n"
             f"  - name: {MODEL}\n"
             f"    task: arithmetic\n"
             f"    policy: {{name: tiny, options: {{checkpoint_name: arithmetic, threads: {threads}}}}}\n"
             f"max_concurrent: {concurrency}\n"
-            f"max_concurrent_per_key: {concurrency}\n")
+            f"max_concurrent_per_key: {concurrency}\n"
+            f"stream_interval_ms: {stream_interval_ms}\n")
 
 
 @contextmanager
@@ -267,12 +277,21 @@ class InProcess:
         return first[0] - started
 
     async def first_token(self, prompt: str, seed: int) -> float:
-        """Seconds the upstream (the same tiny policy) takes to its own first token of `prompt`."""
+        """Seconds the upstream (the same tiny policy) takes to its own first token of `prompt`.
+
+        In a cache scope of its own, as every served search has: the policy's
+        prefix cache must not hand it a prompt an earlier call computed (a
+        search's first call computes its prompt too), or the figure would be the
+        cost of one token, not of a first token.
+        """
         from thinkscale.policies import GenerationRequest
 
+        policy, scope = self.model.policy, object()
         started = time.perf_counter()
-        await self.model.policy.generate([GenerationRequest(prompt, n=1, max_tokens=1, seed=seed)])
-        return time.perf_counter() - started
+        await policy.generate([GenerationRequest(prompt, n=1, max_tokens=1, seed=seed, cache_scope=scope)])
+        seconds = time.perf_counter() - started
+        policy.release(scope)
+        return seconds
 
 
 # -- measuring -----------------------------------------------------------------------
@@ -391,6 +410,25 @@ class Bench:
         return rss
 
 
+def event_loop_name() -> str:
+    """The event loop both sides run on: uvicorn picks uvloop where it is installed, and so does this script."""
+    import importlib.util
+
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def event_loop_run(coroutine: Any) -> Any:
+    """`asyncio.run` on uvloop where it is installed (as the server runs), else on asyncio's own loop.
+
+    The client and the in-process strategy share this loop: both get the faster one.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
 # -- reporting -----------------------------------------------------------------------
 
 def report(args: argparse.Namespace, bench: Bench, latency: dict[str, list], rates: dict[int, dict[str, float]],
@@ -475,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                    f"(default 10000)")
     parser.add_argument("--memory-effort", default="none", help="reasoning_effort of the memory phase's requests "
                                                                 "(default none: one sample)")
+    parser.add_argument("--stream-interval-ms", type=float, default=50.0,
+                        help="the server's stream_interval_ms: a chunk at most this often after the first (default 50)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in the server and here (default 1)")
     args = parser.parse_args(argv)
     if args.requests <= MEMORY_FIRST:
@@ -498,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                            seed=args.problem_seed)]
     with tempfile.TemporaryDirectory(prefix="thinkscale-serve-bench-") as tmp:
         config_path = Path(tmp) / "serve.yaml"
-        config_path.write_text(server_config(args.threads, most))
+        config_path.write_text(server_config(args.threads, most, args.stream_interval_ms))
         with serving(config_path, args.threads, Path(tmp) / "serve.log") as (process, url, log):
             config = load_serve_config(config_path)  # the same config, loaded here while the server loads there
             local = InProcess(config, ServedModel.load(config.models[0]), args.effort)
@@ -506,9 +546,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"thinkscale serve (pid {process.pid}, {url}) against the same strategy in process: reasoning_effort "
                   f"{args.effort!r} = {local.strategy_name} {local.settings}, scorer {local.scorer_name}, budget "
                   f"{local.describe()['budget']}; {len(problems)} arithmetic test problems (problem seed "
-                  f"{args.problem_seed}); {args.threads} torch thread(s) each side; the official openai client",
+                  f"{args.problem_seed}); {args.threads} torch thread(s) each side; the official openai client; "
+                  f"event loop: {event_loop_name()} each side; stream_interval_ms {args.stream_interval_ms:g}",
                   flush=True)
-            results = asyncio.run(run_all(args, url, process.pid, local, problems))
+            results = event_loop_run(run_all(args, url, process.pid, local, problems))
     print(f"whole benchmark: {time.perf_counter() - started:.0f} s")
     report(args, *results)
 

@@ -26,6 +26,7 @@ from tiny_openai_server import TinyOpenAIServer
 from thinkscale.config import BudgetConfig
 from thinkscale.net import free_port
 from thinkscale.serve.config import load_serve_config
+from thinkscale.typed_yaml import ConfigError
 from thinkscale.strategies import get_strategy
 from thinkscale.tasks import Problem
 
@@ -35,13 +36,14 @@ PROBLEMS = ["(3+5)*(7-2)=", "(8-3)*(2+4)-7=", "9*4-(6+2)*3=", "7+8*(9-6)-5*2="]
 
 @pytest.fixture(scope="module")
 def main():
-    config = dataclasses.replace(load_serve_config(None), max_concurrent_per_key=64)
+    # a chunk per burst of events (no window), so that the tests see each round of a beam as it happens
+    config = dataclasses.replace(load_serve_config(None), max_concurrent_per_key=64, stream_interval_ms=0)
     with running(config, [KEY]) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def tight():
+def tight():  # the default stream window (50 ms)
     config = dataclasses.replace(load_serve_config(None), max_concurrent=1, max_body_bytes=2048)
     with running(config, []) as url:
         yield url
@@ -101,7 +103,7 @@ def read_stream(stream):
             reasoning += extra.get("reasoning_content") or ""
             assert (extra.get("reasoning") or "") == (extra.get("reasoning_content") or "")
             if "thinkscale" in extra:
-                events.append(extra["thinkscale"])
+                events += extra["thinkscale"]["events"]
             content += (choice.delta.content if hasattr(choice, "delta") else choice.text) or ""
     return reasoning, content, events, last
 
@@ -176,20 +178,49 @@ def test_the_first_reasoning_arrives_while_the_search_runs(client):
     stream = client.chat.completions.create(model="beam_search:arithmetic", seed=1, stream=True,
                                             messages=[{"role": "user", "content": PROBLEMS[3]}],
                                             extra_body={"settings": {"n": 4, "width": 2}})
-    arrivals = []
+    arrivals, roles = [], []
     for chunk in stream:
+        roles += [chunk.choices[0].delta.role] if chunk.choices else []
         extra = chunk.choices[0].delta.model_extra if chunk.choices else {}
         kind = "reasoning" if extra.get("reasoning_content") else "content" if chunk.choices and \
             chunk.choices[0].delta.content else "other"
-        arrivals.append((time.perf_counter(), kind, (extra.get("thinkscale") or {}).get("event")))
+        events = (extra.get("thinkscale") or {"events": []})["events"]
+        arrivals.append((time.perf_counter(), kind, [e["event"] for e in events]))
+    # the role rides on the first chunk, which is already reasoning; content and finish come in one chunk
+    assert roles[0] == "assistant" and arrivals[0][1] == "reasoning" and roles.count("assistant") == 1
     reasoning = [t for t, kind, _ in arrivals if kind == "reasoning"]
     first_content = next(t for t, kind, _ in arrivals if kind == "content")
-    rounds = sum(1 for (_, _, a), (_, _, b) in zip(arrivals, arrivals[1:]) if a != "generated" and b == "generated")
-    assert len(reasoning) >= 8 and rounds >= 3  # one burst of steps per round of the beam, not one at the end
+    rounds = [t for t, _, events in arrivals if "generated" in events]
+    assert len(rounds) >= 3  # one burst of steps per round of the beam, not one at the end
     assert reasoning[-1] - reasoning[0] > 0.01 and reasoning[0] < first_content
     # the first step's first sample arrives as it is generated, before the step is done
-    events = [event for _, kind, event in arrivals if kind == "reasoning"]
+    events = [event for _, _, events in arrivals for event in events]
     assert events[0] == "token" and events.index("generated") > 0
+
+
+def test_the_stream_window_gathers_events_and_reads_as_the_offline_search(tight, offline):
+    """At the default stream_interval_ms, the first chunk goes at once, then at most one chunk a window."""
+    problem, settings = PROBLEMS[3], {"n": 8, "width": 2}
+    with openai.OpenAI(base_url=f"{tight}/v1", api_key="none", max_retries=0) as plain:
+        started = time.perf_counter()
+        stream = plain.chat.completions.create(model="beam_search:arithmetic", seed=4, stream=True,
+                                               messages=[{"role": "user", "content": problem}],
+                                               extra_body={"settings": settings})
+        chunks = [(time.perf_counter(), chunk) for chunk in stream]
+    reasoning, content, events, last = read_stream(chunk for _, chunk in chunks)
+    (trace,) = offline([(problem, last.model_extra["thinkscale"])])
+    assert (reasoning, content) == (generated(trace), solution(trace))
+    assert [e["node"] for e in events if e["event"] == "chosen"] == [chosen_id(trace)]
+    # every event is there, in order: each node generated once, scored before pruned
+    assert [e["node"] for e in events if e["event"] == "generated"] == list(range(1, len(trace.nodes)))
+    # the server sent its chunks no closer than the window: all but the first and the end came a window apart,
+    # over a span no longer than the client saw from its request to its last chunk
+    window = load_serve_config(None).stream_interval_ms / 1000
+    with_events = [t for t, chunk in chunks if chunk.choices and "thinkscale" in (chunk.choices[0].delta.model_extra
+                                                                                 or {})]
+    assert len(with_events) <= 3 + (with_events[-1] - started) / window
+    assert sum(len(c.choices[0].delta.model_extra["thinkscale"]["events"]) for t, c in chunks
+               if c.choices and "thinkscale" in (c.choices[0].delta.model_extra or {})) > 2 * len(with_events)
 
 
 def test_streamed_tokens_and_the_rest_of_their_steps_read_as_the_offline_search(client, offline):
@@ -485,3 +516,6 @@ def test_serve_refuses_an_open_server_off_loopback_and_a_config_over_its_cap(tmp
     help_text = subprocess.run([sys.executable, "-m", "thinkscale.cli", "serve", "--help"], capture_output=True,
                                text=True, timeout=60).stdout
     assert "usage: thinkscale serve" in help_text and "--api-key-file" in help_text
+    config.write_text("stream_interval_ms: -5\n")
+    with pytest.raises(ConfigError, match="stream_interval_ms: must be at least 0, got -5"):
+        load_serve_config(config)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -234,6 +235,12 @@ def convert(hint: Any, value: Any, path: KeyPath, source: Source) -> Any:
     return float(value) if hint is float else value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """`typing.get_type_hints(cls)`, evaluated once a class (it compiles every string annotation each call)."""
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type, data: Any, path: KeyPath, source: Source, keep_given: bool = False) -> Any:
     """An instance of dataclass `cls` from a mapping, every key and value checked.
 
@@ -243,7 +250,7 @@ def build_dataclass(cls: type, data: Any, path: KeyPath, source: Source, keep_gi
     if not isinstance(data, dict):
         raise source.error(path, f"expected a mapping, got {show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     for key in data:
         if key not in fields:
             raise unknown_key(source, path, key, list(fields))

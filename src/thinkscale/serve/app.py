@@ -40,7 +40,7 @@ from thinkscale.serve.limits import Gate, TokenWindow, read_json
 from thinkscale.serve.metrics import Metrics
 from thinkscale.serve.models import ServedModel, load_models
 from thinkscale.serve.plan import make_plan, model_ids
-from thinkscale.serve.shapes import Shaper, chosen_solution, content_pieces
+from thinkscale.serve.shapes import Shaper
 from thinkscale.store import RunStore
 
 log = logging.getLogger("thinkscale.serve")
@@ -141,7 +141,7 @@ class Server:
             prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
             response_id = prefix + uuid.uuid4().hex
             plan = make_plan(self.config, self.models, body, kind, response_id)
-            flight.start(SearchRun(plan))
+            flight.start(SearchRun(plan, self.config.stream_interval_ms / 1000))
             shaper = Shaper(kind, response_id, body["model"], self.config.reasoning_fields)
             if plan.stream:
                 return await self._stream(request, flight, shaper)
@@ -190,32 +190,44 @@ class Server:
                                  background=BackgroundTask(hung_up))
 
     async def _events(self, flight: Flight, shaper: Shaper, first: list[SearchEvent] | None) -> AsyncIterator[str]:
-        """The stream's body, one chunk per event; what is ready at once goes out in one write.
+        """The stream's body: the first event at once, then one chunk a window (`stream_interval_ms`).
 
-        A search's events come in bursts (a round's steps, then their scores
-        and the pruned), and the chosen solution, the finish and the usage are
-        ready together: one write each, not one per chunk, because every write
-        is a system call that gives up the GIL to the engine's thread and waits
-        to get it back.
+        A search's events come in bursts (the first token; a round's steps;
+        then their scores and the pruned). The first burst goes out as soon
+        as it comes; after each chunk, what comes within the window is
+        gathered into the next, and the end (the last events, the chosen
+        solution with its finish, the usage) goes out at once, in one write;
+        the last events ride on the solution's chunk if they add no text.
+        Every chunk costs the client a parse (the openai client builds a
+        pydantic model of it) and the server a write: a system call that
+        gives up the GIL to the engine's thread and waits to get it back. A
+        chat's role rides on its first chunk.
         """
         run, status, trace = flight.run, 499, None
+        interval = self.config.stream_interval_ms / 1000
         try:
-            head = sse(shaper.role()) if shaper.kind == "chat" else ""  # goes out with the first write
-            burst = first
+            burst, opening, last = first, shaper.kind == "chat", []
             while burst is not None:
-                yield head + "".join(sse(shaper.reasoning(event)) for event in burst)
                 if burst is first:
                     self.metrics.first_reasoning.labels(flight.strategy).observe(time.perf_counter() - flight.started)
-                head, burst = "", await run.burst()
+                if run.ended:  # the search's last events: they go out with the end
+                    last = burst
+                    break
+                yield sse(shaper.reasoning(burst, opening))
+                opening, burst = False, await run.burst(time.perf_counter() + interval)
+            head = ""
+            if any(event.text for event in last):  # reasoning goes before the content, in a chunk of its own
+                head, opening, last = sse(shaper.reasoning(last, opening)), False, []
             try:
                 trace = await run.trace()
             except Exception as e:  # noqa: BLE001 - as above, told in the stream
                 error = search_error(e)
                 status = error.status
-                yield head + sse(error.body())
+                yield head + (sse(shaper.reasoning(last, opening)) if last else "") + sse(error.body())
                 return
-            yield "".join([head, *(sse(shaper.content(piece)) for piece in content_pieces(chosen_solution(trace) or "")),
-                           sse(shaper.finish(trace)), sse(shaper.usage_chunk(run.plan, trace)), sse("[DONE]")])
+            # events without text (the chosen, the last scores) ride on the content's chunk
+            yield "".join([head, sse(shaper.content(trace, last, opening)), sse(shaper.usage_chunk(run.plan, trace)),
+                           sse("[DONE]")])
             status = 200
         finally:
             flight.land(status, trace)

@@ -98,6 +98,10 @@ class ServeConfig:
     # where streamed and returned reasoning goes: vLLM renamed reasoning_content to reasoning, clients read either
     reasoning_fields: list[Literal["reasoning_content", "reasoning"]] = field(
         default_factory=lambda: ["reasoning_content", "reasoning"])
+    # a stream sends its first reasoning at once, then at most one chunk per this many ms: what the search does
+    # within it is gathered into one chunk, and the engine hands its tokens over at the same pace (0: a chunk per
+    # burst of events, a hand-over per token). Each chunk costs the client a parse and the server a write.
+    stream_interval_ms: float = 50.0
     max_body_bytes: int = 65536
     max_concurrent: int = 64  # searches in flight at once, over all keys
     max_concurrent_per_key: int = 16
@@ -156,6 +160,8 @@ def check_serve_config(config: ServeConfig, source: Source) -> ServeConfig:
                 "max_tokens_per_minute_per_key"):
         if getattr(config, key) is not None and getattr(config, key) < 1:
             raise source.error((key,), f"must be at least 1, got {getattr(config, key)}")
+    if config.stream_interval_ms < 0:
+        raise source.error(("stream_interval_ms",), f"must be at least 0, got {config.stream_interval_ms:g}")
     return config
 
 

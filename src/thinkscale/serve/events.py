@@ -13,8 +13,9 @@ called on the engine's thread): "token" events carry the text as it is
 generated, and the "generated" event of that sample then carries only the
 rest (its closing newline), so the reasoning reads the same, only sooner.
 The first piece is handed to the event loop at once; after it, pieces are
-gathered for `TOKEN_FLUSH_S` (each hand-over wakes the event loop, which
-then competes with the engine's thread for the interpreter).
+gathered for `flush_s` (the server's `stream_interval_ms`: each hand-over
+wakes the event loop, which then competes with the engine's thread for the
+interpreter).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class SearchEvent:
     finish_reason: str | None
 
     def extra(self) -> dict:
-        """The documented `thinkscale` field of a streamed reasoning delta."""
+        """One entry of the documented `thinkscale.events` list of a streamed reasoning delta."""
         return {"event": self.event, "node": self.node, "parent": self.parent, "branch": self.branch,
                 "score": self.score, "tokens": self.tokens, "answer": self.answer,
-                "finish_reason": self.finish_reason}
+                "finish_reason": self.finish_reason, "text": self.text}
 
 
 def branch_of(trace: Trace, node: Node) -> int | None:
@@ -67,14 +68,14 @@ def event_of(event: str, trace: Trace, node: Node, scorer: str | None) -> Search
                        node.num_tokens if event == "generated" else 0, score, node.answer, node.finish_reason)
 
 
-TOKEN_FLUSH_S = 0.02  # after a piece goes out, the next waits this long, gathering tokens
-
-
 class SearchRun:
-    """`plan`'s search, started now in its own task; read `events()` as they come, then `trace()`."""
+    """`plan`'s search, started now in its own task; read `events()` as they come, then `trace()`.
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
+    After the first piece of streamed text, the next is handed over `flush_s` later, with what was drawn meanwhile.
+    """
+
+    def __init__(self, plan: Plan, flush_s: float) -> None:
+        self.plan, self.flush_s = plan, flush_s
         self._queue: asyncio.Queue[SearchEvent | None] = asyncio.Queue()
         self.seen: Trace | None = None  # the search's trace, from its start (what a cancelled one spent)
         self._live = ""  # text sent as tokens whose generated event has not come yet
@@ -83,6 +84,7 @@ class SearchRun:
         self._waiting, self._waiting_tokens = "", 0  # tokens drawn, not yet handed to the event loop
         self._handed_at: float | None = None
         self._due = False  # a hand-over is scheduled
+        self.ended = False  # `burst` has seen the end
         self.task = asyncio.create_task(self._solve())
 
     async def _solve(self) -> Trace:
@@ -104,7 +106,7 @@ class SearchRun:
             if self._due:
                 return  # a hand-over is coming
             now = time.perf_counter()
-            wait = 0.0 if self._handed_at is None else self._handed_at + TOKEN_FLUSH_S - now
+            wait = 0.0 if self._handed_at is None else self._handed_at + self.flush_s - now
             self._due = True
         if wait <= 0:
             self._loop.call_soon_threadsafe(self._hand_over)
@@ -139,11 +141,16 @@ class SearchRun:
         while (item := await self._queue.get()) is not None:
             yield item
 
-    async def burst(self) -> list[SearchEvent] | None:
-        """The next event and every other one already waiting; None once the search has ended (or failed).
+    async def burst(self, until: float | None = None) -> list[SearchEvent] | None:
+        """The next event and every other one that comes by `until` (a `time.perf_counter()`; None: those
+        already waiting); None once the search has ended (or failed). `ended` is True once a burst has met the
+        end: the events it returned were the search's last.
 
         A search emits its events in bursts (a round's steps, then their
-        scores): the response sends each burst in one write, not one write per event.
+        scores): the response sends what one call returns in one chunk. An
+        event that comes after `until` (a quiet spell) returns at once; one
+        that comes before it waits for whatever else comes by then, so the
+        stream sends at most one chunk a window. The end never waits.
         """
         item = await self._queue.get()
         burst: list[SearchEvent] = []
@@ -153,9 +160,17 @@ class SearchRun:
                                                 tokens=burst[-1].tokens + item.tokens)
             else:
                 burst.append(item)
-            if self._queue.empty():
+            if not self._queue.empty():
+                item = self._queue.get_nowait()
+                continue
+            wait = 0.0 if until is None else until - time.perf_counter()
+            if wait <= 0:
                 return burst
-            item = self._queue.get_nowait()
+            try:
+                item = await asyncio.wait_for(self._queue.get(), wait)
+            except TimeoutError:
+                return burst
+        self.ended = True
         self._queue.put_nowait(None)  # the end stays queued for the next call (and for `events`)
         return burst or None
 

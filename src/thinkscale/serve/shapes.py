@@ -50,11 +50,6 @@ def about(plan: Plan, trace: Trace) -> dict[str, Any]:
             "usage": trace.usage.to_dict()}
 
 
-def content_pieces(text: str) -> list[str]:
-    """The chosen solution as it streams: one piece per step."""
-    return text.splitlines(keepends=True)
-
-
 class Shaper:
     """Bodies and chunks of one response: a chat completion or a text completion."""
 
@@ -90,16 +85,22 @@ class Shaper:
         return self._envelope([choice], chunk=True)
 
     def role(self) -> dict[str, Any]:
-        return self._chunk({"role": "assistant", "content": ""} if self.kind == "chat" else {})
+        """The delta that opens a chat stream (a text completion has none); it rides on the first chunk."""
+        return {"role": "assistant", "content": ""} if self.kind == "chat" else {}
 
-    def reasoning(self, event: SearchEvent) -> dict[str, Any]:
-        return self._chunk({**self._reasoning(event.text), "thinkscale": event.extra()})
+    def reasoning(self, events: list[SearchEvent], opening: bool = False) -> dict[str, Any]:
+        """One chunk for events that happened together: their texts joined, each event's fields in order."""
+        delta = self.role() if opening else {}
+        return self._chunk({**delta, **self._reasoning("".join(event.text for event in events)),
+                            "thinkscale": {"events": [event.extra() for event in events]}})
 
-    def content(self, text: str) -> dict[str, Any]:
-        return self._chunk({"content": text})
-
-    def finish(self, trace: Trace) -> dict[str, Any]:
-        return self._chunk({}, finish_reason(trace))
+    def content(self, trace: Trace, events: list[SearchEvent], opening: bool = False) -> dict[str, Any]:
+        """The chosen solution, whole, with the finish reason (it is all known at once), and `events` that came
+        with the end and add no reasoning text (the chosen)."""
+        delta = {**(self.role() if opening else {}), "content": chosen_solution(trace) or ""}
+        if events:
+            delta["thinkscale"] = {"events": [event.extra() for event in events]}
+        return self._chunk(delta, finish_reason(trace))
 
     def usage_chunk(self, plan: Plan, trace: Trace) -> dict[str, Any]:
         """The last chunk: no choices, the whole search's usage, and what ran."""
