@@ -287,11 +287,12 @@ class InProcess:
         from thinkscale.policies import GenerationRequest
 
         policy, scope = self.model.policy, object()
-        started = time.perf_counter()
-        await policy.generate([GenerationRequest(prompt, n=1, max_tokens=1, seed=seed, cache_scope=scope)])
-        seconds = time.perf_counter() - started
-        policy.release(scope)
-        return seconds
+        try:
+            started = time.perf_counter()
+            await policy.generate([GenerationRequest(prompt, n=1, max_tokens=1, seed=seed, cache_scope=scope)])
+            return time.perf_counter() - started
+        finally:
+            policy.release(scope)
 
 
 # -- measuring -----------------------------------------------------------------------

@@ -211,7 +211,7 @@ def test_the_stream_window_gathers_events_and_reads_as_the_offline_search(tight,
     (trace,) = offline([(problem, last.model_extra["thinkscale"])])
     assert (reasoning, content) == (generated(trace), solution(trace))
     assert [e["node"] for e in events if e["event"] == "chosen"] == [chosen_id(trace)]
-    # every event is there, in order: each node generated once, scored before pruned
+    # every event is there, in order: each node generated once
     assert [e["node"] for e in events if e["event"] == "generated"] == list(range(1, len(trace.nodes)))
     # the server sent its chunks no closer than the window: all but the first and the end came a window apart,
     # over a span no longer than the client saw from its request to its last chunk
@@ -517,5 +517,8 @@ def test_serve_refuses_an_open_server_off_loopback_and_a_config_over_its_cap(tmp
                                text=True, timeout=60).stdout
     assert "usage: thinkscale serve" in help_text and "--api-key-file" in help_text
     config.write_text("stream_interval_ms: -5\n")
-    with pytest.raises(ConfigError, match="stream_interval_ms: must be at least 0, got -5"):
+    with pytest.raises(ConfigError, match="stream_interval_ms: must be a finite number at least 0, got -5"):
+        load_serve_config(config)
+    config.write_text("stream_interval_ms: .nan\n")
+    with pytest.raises(ConfigError, match="stream_interval_ms: must be a finite number at least 0, got nan"):
         load_serve_config(config)
