@@ -99,9 +99,10 @@ class ServeConfig:
     # where streamed and returned reasoning goes: vLLM renamed reasoning_content to reasoning, clients read either
     reasoning_fields: list[Literal["reasoning_content", "reasoning"]] = field(
         default_factory=lambda: ["reasoning_content", "reasoning"])
-    # a stream sends its first reasoning at once, then at most one chunk per this many ms (the end apart): what the search does
-    # within it is gathered into one chunk, and the engine hands its tokens over at the same pace (0: a chunk per
-    # burst of events, a hand-over per token). Each chunk costs the client a parse and the server a write.
+    # a stream sends its first reasoning at once, then at most one chunk per this many ms (the end apart): what
+    # the search does within it is gathered into one chunk, and the engine hands its tokens over at the same pace
+    # (0: a chunk per burst of events, a hand-over per token). Each chunk costs the client a parse and the server
+    # a write.
     stream_interval_ms: float = 50.0
     max_body_bytes: int = 65536
     max_concurrent: int = 64  # searches in flight at once, over all keys
@@ -162,7 +163,8 @@ def check_serve_config(config: ServeConfig, source: Source) -> ServeConfig:
         if getattr(config, key) is not None and getattr(config, key) < 1:
             raise source.error((key,), f"must be at least 1, got {getattr(config, key)}")
     if not (math.isfinite(config.stream_interval_ms) and config.stream_interval_ms >= 0):
-        raise source.error(("stream_interval_ms",), f"must be a finite number at least 0, got {config.stream_interval_ms:g}")
+        raise source.error(("stream_interval_ms",),
+                           f"must be a finite number at least 0, got {config.stream_interval_ms:g}")
     return config
 
 
