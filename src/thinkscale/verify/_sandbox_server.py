@@ -594,7 +594,7 @@ def _status_text(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         name = signal.Signals(sig).name if sig in signal.Signals.__members__.values() else str(sig)
-        why = {signal.SIGXCPU: ": CPU time limit", signal.SIGXFSZ: ": file size limit",
+        why = {signal.SIGXCPU: ": timed out, CPU time limit", signal.SIGXFSZ: ": file size limit",
                signal.SIGSEGV: ": crashed (stack overflow?)", signal.SIGSYS: ": forbidden system call"}.get(sig, "")
         return f"killed by {name}{why}"
     return f"exit status {os.WEXITSTATUS(status)}"
