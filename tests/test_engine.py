@@ -49,6 +49,31 @@ def test_same_seed_same_samples_whatever_the_batch(arithmetic_checkpoint, arithm
     assert tokens(engine.generate(reseeded)) != tokens(first)
 
 
+def test_rows_read_a_chunk_in_runs_and_no_sample_changes_with_the_runs(arithmetic_checkpoint, arithmetic,
+                                                                        monkeypatch):
+    from thinkscale.tiny import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "GAP_ROWS", 2)
+    engine = Engine(arithmetic_checkpoint.model)
+    pos = torch.tensor([70, 3, 40] + list(range(5, 22)) + [45])  # chunk 1: rows 0, 2 and 20; chunk 2: row 0
+    plan = [(chunk, a, b) for chunk, a, b, _ in engine._plan(pos)]
+    assert plan == [(0, 0, 21), (1, 0, 3), (1, 20, 21), (2, 0, 1)]  # rows 0-2 read as one run: row 1 is no gap
+    for chunk, a, b, bias in engine._plan(pos):  # each row sees exactly its own positions of the chunk
+        visible = (chunk * 32 + torch.arange(32))[None, :] <= pos[a:b, None]
+        assert torch.equal(bias[:, 0, 0] == 0, visible)
+
+    # Rows that stop early are swapped out, so long and short rows mix: runs split at every gap (0) or never
+    # (a chunk is read by a prefix of the rows, as before runs), and the samples stay the same to the bit.
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 8, 6, temperature=1.0, max_tokens=100)
+    drawn = {}
+    for gap in (0, 10**6):
+        monkeypatch.setattr(engine_module, "GAP_ROWS", gap)
+        drawn[gap] = [[(c.token_ids, c.logprob) for c in r] for r in Engine(arithmetic_checkpoint.model,
+                                                                             max_rows=48).generate(reqs)]
+    assert drawn[0] == drawn[10**6]
+    assert max(len(ids) for r in drawn[0] for ids, _ in r) + min(map(len, (r.prompt_ids for r in reqs))) > 64
+
+
 def test_stop_tokens_and_length_limits(arithmetic_checkpoint, arithmetic):
     tok = arithmetic_checkpoint.tokenizer
     newline = tok.ids["\n"]
