@@ -590,7 +590,7 @@ class Engine:
             for ri in spent:
                 spent[ri] += sum(len(c.token_ids) for c in results[ri] if c is not None)
             leaving = [r for r, ri in enumerate(row_req[:A].tolist()) if ri in gone]
-            for row, ri, n in zip(leaving, row_req[leaving].tolist(), row_ngen[leaving].tolist()):
+            for ri, n in zip(row_req[leaving].tolist(), row_ngen[leaving].tolist()):
                 if ri in spent:
                     spent[ri] += n
             free(leaving)
