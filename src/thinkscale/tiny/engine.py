@@ -37,6 +37,7 @@ sample's tokens stay as they would be without it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -208,10 +209,9 @@ class Engine:
                 runs = [(0, len(pos))]
             else:
                 rows = (chunk_of >= chunk).nonzero()[:, 0]
-                cut = ((rows[1:] - rows[:-1]) > GAP_ROWS).nonzero()[:, 0].tolist()
-                starts, ends = [0] + [c + 1 for c in cut], cut + [len(rows) - 1]
-                bounds = rows[starts + ends].tolist()
-                runs = [(bounds[j], bounds[len(starts) + j] + 1) for j in range(len(starts))]
+                cut = ((rows[1:] - rows[:-1]) > GAP_ROWS).nonzero()[:, 0]  # a run ends at rows[cut]
+                last = rows.new_tensor([len(rows) - 1])
+                runs = zip(rows[torch.cat([last * 0, cut + 1])].tolist(), (rows[torch.cat([cut, last])] + 1).tolist())
             for start, stop in runs:
                 visible = chunk * CHUNK + offsets[None, :] <= pos[start:stop, None]  # (rows, CHUNK)
                 bias = torch.zeros(stop - start, 1, 1, CHUNK, device=self.device).masked_fill_(
@@ -673,12 +673,11 @@ class Engine:
                 row_req[rows], row_sample[rows] = req, torch.tensor([a[1] for a in admitted], device=dev)
                 row_pos[rows], row_ngen[rows], row_lp[rows] = req_len[req], 0, 0.0
                 row_wsum[rows], row_cut[rows] = 0.0, False
-                first = 0  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
-                for k in range(1, m + 1):
-                    if k == m or prompt_of[admitted[k][0]] != prompt_of[admitted[first][0]]:
-                        p = prompt_of[admitted[first][0]]
-                        cache[:, :, :prompt_chunks[p], A + first:A + k] = kvs[p][:, :, :prompt_chunks[p], None]
-                        first = k
+                first = A  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
+                for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]):
+                    stop = first + len(list(run))
+                    cache[:, :, :prompt_chunks[p], first:stop] = kvs[p][:, :, :prompt_chunks[p], None]
+                    first = stop
                 live_rows.update((A + k, ri) for k, (ri, j) in enumerate(admitted) if j == 0 and ri in streamed)
                 A += m
                 take_token(rows, prompt_logits[req_prompt[req]])
