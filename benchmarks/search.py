@@ -1,7 +1,7 @@
 """Reward models and search at equal compute, on the tiny core.
 
     python benchmarks/search.py [--tasks arithmetic,countdown] [--problems 200] [--budgets 4,16,64,256]
-        [--split test|dev] [--problem-seed 0] [--base-policy {task}-base]
+        [--split test|dev] [--problem-seed 0] [--base-policy {task}-base] [--threads 2] [--workers 1]
 
 For each task: repeated sampling gives pass@k (coverage, which needs the
 verifier) and majority@k (exact estimators over a pool of max(budgets)
@@ -58,6 +58,16 @@ Arithmetic has a verifier gap at N = 64: pass@64 - majority@64. The last line
 is the share of that gap closed by PRM-weighted best-of-64:
 `gap closed: 0.NN`. Countdown has no single answer to vote on; there
 best-of-N and search stand against pass@k.
+
+Wall time. Each row (a strategy at one budget over every problem) runs on
+its own: its searches keep their caches in scopes of their own and sampling
+is counter-based, so a row prints the same numbers whichever process ran it
+and whatever ran there before. `--workers N` runs the rows in N processes,
+each loading the models once and taking the next row when free (the largest
+budgets first); every figure but the seconds is the same as with one. On a
+2-core CPU `--workers 2 --threads 1` keeps both cores busy; each worker holds
+its own prefix caches (up to `--prefix-cache-mb` a model), so memory grows
+with N (docs/benchmarks.md has the measured peak).
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ import json
 import math
 import os
 import re
+import resource
 import time
 
 DEV_SEED_OFFSET = 1000  # dev draws: task.examples("train", ..., seed=DEV_SEED_OFFSET + problem_seed)
@@ -103,9 +114,9 @@ def pool_stats(task, examples, traces, ks):
     return cover, (vote if task.votable else None), (valid if checks_steps else None), tokens / samples
 
 
-def pool_flops(traces, policy):
-    """FLOPs of k samples of a pool, as a function of k: the prompt once (a prefix cache), k samples' tokens."""
-    per_token = policy.flops_per_token()
+def pool_flops(traces, per_token: float):
+    """FLOPs of k samples of a pool, as a function of k: the prompt once (a prefix cache), k samples' tokens,
+    at `per_token` FLOPs a token."""
     samples = sum(t.usage.samples for t in traces)
     generated = sum(t.usage.generated_tokens for t in traces) / samples
     prompt = sum(t.usage.prompt_tokens for t in traces) / samples  # counted once per sample: one prompt's length
@@ -188,13 +199,85 @@ def base_policy_name(pattern: str | None, task_name: str, explicit: bool) -> str
     return name
 
 
-def bench_task(name: str, args) -> dict:
-    from thinkscale.analysis.compare import compare, format_comparison
-    from thinkscale.budget import Budget
+# -- where rows run: in this process, or in worker processes -------------------
+# A row is one strategy over every problem of a task. Rows are independent: each search keeps its
+# caches in a scope of its own and is charged for what it computed itself, and sampling is
+# counter-based, so a row's results do not depend on which process ran it or what ran there before.
+LOADED: dict = {}  # what this process loaded to run rows (`load_rows`)
+
+
+def load_rows(task_name: str, examples, policies: dict[str, str], scorers: dict[str, str], threads: int,
+              prefix_cache_mb: float, seed: int) -> None:
+    """Load the task and the models the rows need: role -> policy checkpoint, kind -> scorer checkpoint."""
     from thinkscale.policies import get_policy
-    from thinkscale.runner import run
     from thinkscale.scorers import get_scorer
+    from thinkscale.tasks import get_task
+
+    cache = {"prefix_cache_mb": prefix_cache_mb}
+    LOADED.update(task=get_task(task_name), examples=examples, seed=seed,
+                  policies={role: get_policy("tiny", checkpoint_name=name, threads=threads, **cache)
+                            for role, name in policies.items()},
+                  scorers={kind: get_scorer(kind, checkpoint_name=name, **cache) for kind, name in scorers.items()})
+
+
+def run_row(strategy: str, settings: dict, kind: str | None, role: str, max_tokens: int | None):
+    """One row: `strategy` with `settings` over every problem, sampled by the policy `role` and scored by
+    the scorer `kind` under a budget of `max_tokens` generated tokens (None: none). (traces, seconds)."""
+    from thinkscale.budget import Budget
+    from thinkscale.runner import run
     from thinkscale.strategies import get_strategy
+
+    started = time.perf_counter()
+    budget = Budget(max_generated_tokens=max_tokens) if max_tokens is not None else Budget()
+    traces = run(LOADED["examples"], LOADED["task"], get_strategy(strategy, **settings), LOADED["policies"][role],
+                 budget, scorer=LOADED["scorers"][kind] if kind else None, seed=LOADED["seed"])
+    return traces, time.perf_counter() - started
+
+
+def model_facts(role: str) -> tuple[float, int]:
+    """The policy `role`'s FLOPs a token and parameters."""
+    policy = LOADED["policies"][role]
+    return policy.flops_per_token(), policy.checkpoint.model.config.num_parameters()
+
+
+class Later:
+    """A call made when its result is first asked for: rows in one process, in the order they are read."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args, self.done = fn, args, False
+
+    def result(self):
+        if not self.done:
+            self.value, self.done = self.fn(*self.args), True
+        return self.value
+
+
+class Here:
+    """Runs rows in this process, each when its result is read (what the script did before `--workers`)."""
+
+    def __init__(self, *load_args) -> None:
+        load_rows(*load_args)
+
+    def submit(self, fn, *args) -> Later:
+        return Later(fn, *args)
+
+    def shutdown(self, cancel_futures: bool = False) -> None:
+        pass
+
+
+def workers_for(count: int, *load_args):
+    """`count` worker processes, each with the models loaded once; rows go to whichever is free, in the order
+    they are submitted. One worker: this process. Workers start by spawning (the parent may hold torch threads)."""
+    if count <= 1:
+        return Here(*load_args)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=load_rows,
+                               initargs=load_args)
+
+
+def bench_task(name: str, args) -> dict:
     from thinkscale.tasks import get_task
 
     task = get_task(name)
@@ -207,50 +290,71 @@ def bench_task(name: str, args) -> dict:
     else:
         examples = task.examples("test", args.problems, seed=args.problem_seed)
         where = f"test problems (seed {args.problem_seed})"
-    cache = {"prefix_cache_mb": args.prefix_cache_mb}
-    policy = get_policy("tiny", checkpoint_name=name, threads=args.threads, **cache)
-    scorers = {kind: get_scorer(kind, checkpoint_name=checkpoint, **cache) for kind, checkpoint in reward_models.items()}
+    base_name = base_policy_name(args.base_policy, name, args.base_policy_given)
+    policies = {"policy": name, **({"base": base_name} if base_name else {})}
+    started = time.perf_counter()
+    rows = workers_for(args.workers, name, examples, policies, reward_models, args.threads, args.prefix_cache_mb,
+                       args.seed)
+    try:
+        out = bench_rows(name, args, task, examples, where, reward_models, base_name, rows)
+    finally:
+        rows.shutdown(cancel_futures=True)  # after an error, rows not yet started are not run
+    here, worker = (resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF,
+                                                                         resource.RUSAGE_CHILDREN))
+    print(f"{name}: {time.perf_counter() - started:.0f} s in all, {args.workers} worker"
+          f"{'s' if args.workers > 1 else ''} of {args.threads} torch thread{'s' if args.threads > 1 else ''}; "
+          f"peak memory {here:.0f} MB" + (f" here, {worker:.0f} MB the largest worker" if args.workers > 1 else ""),
+          flush=True)
+    return out
+
+
+def bench_rows(name, args, task, examples, where, reward_models, base_name, rows) -> dict:
+    """The task's pools and rows, run by `rows` (`workers_for`), and their tables."""
+    from thinkscale.analysis.compare import compare, format_comparison
+
     ks = args.budgets
     started = time.perf_counter()
-    pool = run(examples, task, get_strategy("repeated_sampling", n=max(ks)), policy, Budget(), seed=args.seed)
+    facts = {role: rows.submit(model_facts, role) for role in ("policy", "base") if role != "base" or base_name}
+    pool_size = args.base_pool or 4 * max(ks)
+    pool_job = rows.submit(run_row, "repeated_sampling", {"n": max(ks)}, None, "policy", None)
+    base_job = rows.submit(run_row, "repeated_sampling", {"n": pool_size}, None, "base", None) if base_name else None
+    pool, _ = pool_job.result()
+    per_token = facts["policy"].result()[0]
     cover, vote, valid, per_sample = pool_stats(task, examples, pool, ks)
-    flops_of = pool_flops(pool, policy)
+    flops_of = pool_flops(pool, per_token)
     print(f"\n== {name}: {len(examples)} {where}; repeated sampling pool of {max(ks)} "
           f"({per_sample:.1f} generated tokens a sample) in {time.perf_counter() - started:.0f} s", flush=True)
+    # Every row at once, so that workers never wait; with several, the largest budgets first (the longest rows),
+    # so that none is left running alone at the end. MCTS runs until it has spent k samples' worth of the pool's
+    # tokens; the others are sized by n.
+    jobs: dict[int, dict] = {}  # k -> label -> its row
+    for k in (ks if args.workers <= 1 else sorted(ks, reverse=True)):
+        todo = [(label, spec, "policy") for label, spec in strategies_at(k, task.votable).items()]
+        if base_name:
+            todo += [(label, spec, "base") for label, spec in base_strategies_at(k, task.votable).items()]
+        for label, (strategy, settings, kind), role in todo:
+            if not args.only or re.search(args.only, label):
+                jobs.setdefault(k, {})[label] = rows.submit(run_row, strategy, settings, kind, role,
+                                          round(k * per_sample) if strategy == "mcts" else None)
     base = None
-    base_name = base_policy_name(args.base_policy, name, args.base_policy_given)
     if base_name:
-        base = {"name": base_name, "policy": get_policy("tiny", checkpoint_name=base_name, threads=args.threads,
-                                                        **cache)}
-        pool_size = args.base_pool or 4 * max(ks)
-        same = base["policy"].flops_per_token() == policy.flops_per_token()
-        print(f"base policy {base_name}: {base['policy'].flops_per_token():.3e} FLOPs a token against the policy's "
-              f"{policy.flops_per_token():.3e} ({'the same' if same else 'NOT the same'}: "
-              f"{base['policy'].checkpoint.model.config.num_parameters():,} and "
-              f"{policy.checkpoint.model.config.num_parameters():,} parameters)", flush=True)
-        t0 = time.perf_counter()
-        base_pool = run(examples, task, get_strategy("repeated_sampling", n=pool_size), base["policy"], Budget(),
-                        seed=args.seed)
-        base.update(pool=pool_size, flops_of=pool_flops(base_pool, base["policy"]),
-                    stats=lambda some_ks: pool_stats(task, examples, base_pool, some_ks))
+        base_per_token, base_parameters = facts["base"].result()
+        same = base_per_token == per_token
+        print(f"base policy {base_name}: {base_per_token:.3e} FLOPs a token against the policy's "
+              f"{per_token:.3e} ({'the same' if same else 'NOT the same'}: "
+              f"{base_parameters:,} and {facts['policy'].result()[1]:,} parameters)", flush=True)
+        base_pool, seconds = base_job.result()
+        base = {"name": base_name, "pool": pool_size, "flops_of": pool_flops(base_pool, base_per_token),
+                "stats": lambda some_ks: pool_stats(task, examples, base_pool, some_ks)}
         base["cover"], base["vote"], _, base["per_sample"] = base["stats"](ks)
         print(f"base pool of {pool_size} ({base['per_sample']:.1f} generated tokens a sample) in "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+              f"{seconds:.0f} s", flush=True)
     by_label = {}
     title = f"{name}/{args.split}, PRM {reward_models['prm']}, ORM {reward_models['orm']}"
     for k in ks:  # the table so far after each budget: a long run shows its results as it goes
-        runs = [(label, spec, policy) for label, spec in strategies_at(k, task.votable).items()]
-        if base:
-            runs += [(label, spec, base["policy"]) for label, spec in base_strategies_at(k, task.votable).items()]
-        for label, (strategy, settings, kind), sampler in runs:
-            if args.only and not re.search(args.only, label):
-                continue
-            t0 = time.perf_counter()
-            # MCTS runs until it has spent k samples' worth of the pool's tokens; the others are sized by n
-            budget = Budget(max_generated_tokens=round(k * per_sample)) if strategy == "mcts" else Budget()
-            by_label[label] = run(examples, task, get_strategy(strategy, **settings), sampler, budget,
-                                  scorer=scorers[kind], seed=args.seed)
-            print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+        for label, job in jobs.get(k, {}).items():
+            by_label[label], seconds = job.result()
+            print(f"  {label}: {seconds:.0f} s", flush=True)
         if by_label:
             result = compare(by_label, seed=args.seed)
             print(format_comparison(result, title))
@@ -344,7 +448,10 @@ def main(argv: list[str] | None = None) -> None:
                              "(default {task}-base where it exists; 'none' for no base rows)")
     parser.add_argument("--base-pool", type=int, default=None,
                         help="samples a problem in the base policy's pool (default 4 x the largest budget)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each process (default 2)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that run the rows, each with its own models and caches (default 1: this "
+                             "one); on a 2-core CPU, --workers 2 --threads 1 keeps both cores busy")
     parser.add_argument("--prefix-cache-mb", type=float, default=4096,
                         help="the policy's and each scorer's prefix cache (default 4096: every problem's search "
                              "runs at once, and an evicted prefix is computed again; the library's default is 512); "
@@ -358,6 +465,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mcts-rollouts", type=int, default=MCTS["rollouts"],
                         help=f"MCTS's rollouts valuing each new node (default {MCTS['rollouts']})")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     MCTS.update(exploration=args.mcts_exploration, expansion_width=args.mcts_width, rollouts=args.mcts_rollouts)
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.base_policy_given = args.base_policy is not None

@@ -94,6 +94,19 @@ def test_search_benchmark_on_dev_problems_with_the_base_policy():
         lines[-1]
 
 
+def test_search_benchmark_rows_in_worker_processes_print_what_one_process_prints():
+    args = ("--tasks", "arithmetic", "--problems", "3", "--budgets", "4,16", "--threads", "1", "--base-policy", "none",
+            "--only", "prm-(beam|mcts|best_of_n)")
+    one, two = bench("search.py", *args), bench("search.py", *args, "--workers", "2")
+    assert re.fullmatch(rf"arithmetic: \d+ s in all, 2 workers of 1 torch thread; peak memory {NUMBER} MB here, "
+                        rf"{NUMBER} MB the largest worker", two[-1]), two[-1]
+
+    def results(lines: list[str]) -> list[str]:  # without the seconds each part took
+        return [re.sub(r"(: \d+ s| in \d+ s| \d+ s in all.*)$", "", line) for line in lines]
+
+    assert "  prm-mcts@16" in results(one) and results(one) == results(two)
+
+
 def test_search_dev_problems_are_train_problems_the_reward_models_never_saw():
     from thinkscale.tasks import get_task
     from thinkscale.tasks.base import split_of
