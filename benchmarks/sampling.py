@@ -1,6 +1,7 @@
 """Sampling throughput: thinkscale's engine against transformers' generate().
 
     python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
+        [--dtype float32|bfloat16] [--device cpu|cuda]
 
 Both sample the same prompts from the same shipped checkpoint with the same
 thread count, in the same run. Throughput counts generated tokens up to and
@@ -10,6 +11,11 @@ the fastest is the baseline. Prints tokens/s for each, the engine's FLOP/s
 and its share of what this CPU's float32 matmuls reach at the engine's shapes
 (bfloat16 beside it), and last, on a line of its own, `ratio: N.N` (engine /
 fastest transformers).
+
+`--dtype bfloat16` runs the engine in bfloat16 (tiny/engine.py says what that
+costs), prints how far its next-token distributions are from float32's on
+each prompt and its first sample, and gives transformers both dtypes, float32
+and bfloat16, each with every batching: the baseline is the fastest of all.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ def run_transformers(model, prompts, samples, per_call, max_new_tokens, pad_id, 
         width = max(map(len, group))
         ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in group])  # left padding
         mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in group])[:, None]).long()
+        ids, mask = ids.to(model.device), mask.to(model.device)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
                                  top_k=0, num_return_sequences=samples, max_new_tokens=max_new_tokens,
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-rows", type=int, default=1024, help="engine rows per batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the engine's dtype (default float32); with bfloat16, transformers tries both")
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
@@ -96,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"checkpoint {ck.path} ({ck.model.config.num_parameters():,} parameters); {args.prompts} prompts x "
           f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}")
 
-    engine = Engine(ck.model.to(device), max_rows=args.max_rows, device=device)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    engine = Engine(ck.model.to(device), max_rows=args.max_rows, device=device, dtype=dtypes[args.dtype])
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
     engine.generate(requests[:2])  # warm up
@@ -105,19 +115,30 @@ def main(argv: list[str] | None = None) -> None:
     engine_s = time.perf_counter() - started
     engine_tokens = sum(len(c.token_ids) for r in results for c in r)
     engine_rate = engine_tokens / engine_s
-    print(f"thinkscale engine (max_rows {args.max_rows}): {engine_tokens} tokens in {engine_s:.2f} s = "
+    print(f"thinkscale engine (max_rows {args.max_rows}, {args.dtype}): {engine_tokens} tokens in {engine_s:.2f} s = "
           f"{engine_rate:,.0f} tokens/s")
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(ck.path).to(device).eval()
+    if args.dtype != "float32":  # what the dtype costs: how far each next-token distribution moves
+        paths = [(None, 0, p + results[i][0].token_ids) for i, p in enumerate(prompts)]
+        reference = Engine(ck.model, max_rows=args.max_rows, device=device)
+        distance = torch.cat([(a.softmax(-1) - b.softmax(-1)).abs().sum(-1) / 2
+                              for (_, a), (_, b) in zip(reference.extend(paths), engine.extend(paths))])
+        print(f"{args.dtype} against float32: total variation distance of the next-token distribution at "
+              f"{len(distance):,} positions (each prompt and its first sample): mean {float(distance.mean()):.4f}, "
+              f"99th percentile {float(distance.quantile(0.99)):.3f}, largest {float(distance.max()):.3f}")
+
     best_name, best_rate = None, 0.0
-    for per_call in sorted({args.prompts, 1, 8} & set(range(1, args.prompts + 1)), reverse=True):
-        torch.manual_seed(0)
-        tokens, seconds = run_transformers(hf, prompts, args.samples, per_call, args.max_new_tokens, pad_id, eos_id)
-        rate = tokens / seconds
-        name = f"transformers generate, {per_call} prompt(s) x {args.samples} per call"
-        print(f"{name}: {tokens} tokens in {seconds:.2f} s = {rate:,.0f} tokens/s")
-        if rate > best_rate:
-            best_name, best_rate = name, rate
+    for dtype in ("float32", "bfloat16") if args.dtype == "bfloat16" else ("float32",):
+        hf = transformers.AutoModelForCausalLM.from_pretrained(ck.path, torch_dtype=dtypes[dtype]).to(device).eval()
+        for per_call in sorted({args.prompts, 1, 8} & set(range(1, args.prompts + 1)), reverse=True):
+            torch.manual_seed(0)
+            tokens, seconds = run_transformers(hf, prompts, args.samples, per_call, args.max_new_tokens, pad_id,
+                                               eos_id)
+            rate = tokens / seconds
+            name = f"transformers generate, {dtype}, {per_call} prompt(s) x {args.samples} per call"
+            print(f"{name}: {tokens} tokens in {seconds:.2f} s = {rate:,.0f} tokens/s")
+            if rate > best_rate:
+                best_name, best_rate = name, rate
     flops = engine.flops_per_token() * engine_rate
     print(f"baseline: fastest transformers configuration ({best_name}) at {best_rate:,.0f} tokens/s")
     print(f"engine achieved {flops / 1e9:.1f} GFLOP/s (2 x non-embedding parameters x tokens / s)")
@@ -125,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         rates = matmul_rates(ck.model.config, args.max_rows)
         print("this CPU's matmul rate at the engine's projection shapes (the best of them, this thread count): "
               + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in rates.items()))
-        print(f"engine share of the fp32 matmul rate: {flops / rates['float32']:.0%}")
+        short = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]  # the engine's own dtype's rate
+        print(f"engine share of the {short} matmul rate: {flops / rates[args.dtype]:.0%}")
     print(f"ratio: {engine_rate / best_rate:.1f}")
 
 

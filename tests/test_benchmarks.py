@@ -60,6 +60,15 @@ def test_sampling_benchmark():
     assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]
 
 
+def test_sampling_benchmark_in_bfloat16_says_how_far_it_is_from_float32():
+    lines = bench("sampling.py", "--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--max-rows", "8",
+                  "--threads", "1", "--device", "cpu", "--dtype", "bfloat16", "--problem-seed", "3")
+    assert any(re.fullmatch(rf"bfloat16 against float32: total variation distance .* mean {NUMBER}, 99th "
+                            rf"percentile {NUMBER}, largest {NUMBER}", line) for line in lines)
+    assert any(line.startswith("transformers generate, bfloat16, ") for line in lines)  # the baseline tries both
+    assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]
+
+
 def test_adaptive_benchmark():
     lines = bench("adaptive.py", "--problems", "3", "--dev-problems", "3", "--n", "4", "--particles", "2",
                   "--problem-seed", "2")

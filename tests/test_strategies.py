@@ -212,3 +212,13 @@ def test_a_call_cut_by_the_wall_time_budget_still_counts_what_it_generated(arith
     assert trace.usage.generated_tokens < whole.usage.generated_tokens
     assert whole.usage.wall_s > 2 * 0.4  # the cut came well inside the call
     assert asyncio.run(policy.generate([])) == []  # and the policy serves on
+
+
+def test_the_tiny_policy_in_bfloat16_solves_through_the_same_contract(arithmetic):
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, got 'float16'"):
+        get_policy("tiny", dtype="float16")
+    policy = get_policy("tiny", dtype="bfloat16", threads=1)
+    assert policy.engine.dtype.is_floating_point and str(policy.engine.dtype) == "torch.bfloat16"
+    examples = arithmetic.examples("test", 4)
+    traces = run(examples, arithmetic, get_strategy("repeated_sampling", n=4), policy, Budget(), seed=0)
+    assert all(len(list(t.terminals())) == 4 and t.usage.generated_tokens > 0 for t in traces)

@@ -21,24 +21,32 @@ from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams
 from thinkscale.trace import FINISH_STOP
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 class TinyPolicy(Policy):
     name = "tiny"
     capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True, confidence=True, streams=True,
                                 reports_cuts=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
-                 prefix_cache_mb: float = 512) -> None:
+                 prefix_cache_mb: float = 512, dtype: str = "float32") -> None:
         """`prefix_cache_mb`: memory for the keys and values of prompts and steps already computed, which
         later prompts start from (a step search's next step reads only the new tokens). Exact: it changes
-        what is computed, never a sample (tiny/prefix_cache.py). 0 turns it off."""
+        what is computed, never a sample (tiny/prefix_cache.py). 0 turns it off. `dtype`: "float32", or
+        "bfloat16" (faster where the CPU or GPU has bfloat16 units; samples then differ from float32's and
+        may change with what shares their batch: tiny/engine.py)."""
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
         def load() -> tuple:
             if threads is not None:
                 torch.set_num_threads(threads)
             ck = checkpoint.load(checkpoint_name)
-            return ck, Engine(ck.model, max_rows=max_rows, prefix_cache_bytes=int(prefix_cache_mb * 2**20))
+            return ck, Engine(ck.model, max_rows=max_rows, prefix_cache_bytes=int(prefix_cache_mb * 2**20),
+                              dtype=DTYPES[dtype])
 
         self.checkpoint, self.engine = torch_thread.call(load)  # all torch work on one thread: see torch_thread.py
         self.tokenizer = self.checkpoint.tokenizer

@@ -33,6 +33,18 @@ completion reports its lowest group's (its mean, if it is shorter than a
 window). With a `confidence_floor`, a row whose current window falls below it
 is stopped at once, `FINISH_CUT`, its tokens counted: the other rows and every
 sample's tokens stay as they would be without it.
+
+bfloat16 (`dtype`, off by default). The matmuls' weights and inputs and the
+keys and values in bfloat16; the residual stream, the norms and the logits in
+float32:
+half the memory each decode step reads, and the matmuls on a CPU's bfloat16
+units (AMX) or a GPU's. What it costs: each next-token distribution moves a
+little from float32's (a test bounds the distance), so a sample differs from
+float32's from the first token where two tokens were nearly tied. Samples
+are still counter-based and the same on every run. Whether they are also the
+same whatever else the batch holds, and however a sequence is split (what
+makes the prefix cache exact), is up to the bfloat16 kernels: on an Intel
+Xeon with AMX they were, in a probe, but no test holds other CPUs to it.
 """
 
 from __future__ import annotations
@@ -135,15 +147,20 @@ class Engine:
     """Continuous-batching sampler over one TinyLlama's weights."""
 
     def __init__(self, model: TinyLlama, max_rows: int = 1024, device: str | torch.device | None = None,
-                 prefix_cache_bytes: int = 0) -> None:
+                 prefix_cache_bytes: int = 0, dtype: torch.dtype | None = None) -> None:
         """`prefix_cache_bytes` > 0 keeps the keys and values of prompts, and of samples that ended at a stop
-        token other than the end token (a step, to be continued), for later prompts to start from."""
+        token other than the end token (a step, to be continued), for later prompts to start from. `dtype`:
+        what the weights, activations and keys and values are computed in (default the model's; bfloat16:
+        the module's docstring); logits are float32 either way."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        if dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.device = torch.device(device) if device else next(model.parameters()).device
         model = model.to(self.device).eval()
         self.model = model
+        self.dtype = dtype = dtype or next(model.parameters()).dtype
         self.config = c = model.config
         self.max_rows = max_rows
         self.eos_id = c.eos_token_id
@@ -151,17 +168,18 @@ class Engine:
         with torch.no_grad():
             # Fused projections: one matmul for q, k, v and one for gate, up.
             self.w_qkv = [torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
-                                     l.self_attn.v_proj.weight]).T.contiguous() for l in layers]  # (h, 3h)
-            self.w_o = [l.self_attn.o_proj.weight.T.contiguous() for l in layers]  # (h, h)
-            self.w_gu = [torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]).T.contiguous() for l in layers]
-            self.w_down = [l.mlp.down_proj.weight.T.contiguous() for l in layers]  # (i, h)
-            self.norm1 = [l.input_layernorm.weight.detach() for l in layers]
+                                     l.self_attn.v_proj.weight]).T.to(dtype).contiguous() for l in layers]  # (h, 3h)
+            self.w_o = [l.self_attn.o_proj.weight.T.to(dtype).contiguous() for l in layers]  # (h, h)
+            self.w_gu = [torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]).T.to(dtype).contiguous()
+                         for l in layers]
+            self.w_down = [l.mlp.down_proj.weight.T.to(dtype).contiguous() for l in layers]  # (i, h)
+            self.norm1 = [l.input_layernorm.weight.detach() for l in layers]  # norms and the residual: float32
             self.norm2 = [l.post_attention_layernorm.weight.detach() for l in layers]
             self.norm_f = model.model.norm.weight.detach()
             self.embed = model.model.embed_tokens.weight.detach()
-            self.w_head = model.lm_head.weight.T.contiguous()  # (h, vocab)
+            self.w_head = model.lm_head.weight.T.to(dtype).contiguous()  # (h, vocab)
             cos, sin = rope_tables(c, torch.arange(c.max_position_embeddings, device=self.device))
-            self.cos, self.sin = cos.contiguous(), sin.contiguous()  # (positions, head_dim)
+            self.cos, self.sin = cos.to(dtype).contiguous(), sin.to(dtype).contiguous()  # (positions, head_dim)
 
     def flops_per_token(self) -> float:
         """2 x (non-embedding parameters): the usual estimate of a forward pass."""
@@ -214,7 +232,7 @@ class Engine:
                 runs = zip(rows[torch.cat([last * 0, cut + 1])].tolist(), (rows[torch.cat([cut, last])] + 1).tolist())
             for start, stop in runs:
                 visible = chunk * CHUNK + offsets[None, :] <= pos[start:stop, None]  # (rows, CHUNK)
-                bias = torch.zeros(stop - start, 1, 1, CHUNK, device=self.device).masked_fill_(
+                bias = torch.zeros(stop - start, 1, 1, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(
                     ~visible[:, None, None, :], float("-inf"))
                 plan.append((chunk, start, stop, bias))
         return plan
@@ -233,14 +251,14 @@ class Engine:
         scale = 1.0 / math.sqrt(D)
         x = self.embed[tokens]  # (A, h)
         for i in range(c.num_hidden_layers):
-            qkv = self._rms(x, self.norm1[i]) @ self.w_qkv[i]  # (A, 3h)
+            qkv = self._rms(x, self.norm1[i]).to(self.dtype) @ self.w_qkv[i]  # (A, 3h)
             q, k, v = qkv.view(A, 3, H, D).unbind(1)  # each (A, H, D)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             y = attend(i, (q * scale)[:, :, None, :], k, v)  # (A, H, 1, D)
             x = x + y.reshape(A, -1) @ self.w_o[i]
-            g, u = (self._rms(x, self.norm2[i]) @ self.w_gu[i]).chunk(2, dim=-1)
+            g, u = (self._rms(x, self.norm2[i]).to(self.dtype) @ self.w_gu[i]).chunk(2, dim=-1)
             x = x + (F.silu(g) * u) @ self.w_down[i]
-        return self._rms(x, self.norm_f) @ self.w_head  # (A, vocab)
+        return (self._rms(x, self.norm_f).to(self.dtype) @ self.w_head).float()  # (A, vocab), float32 always
 
     def _store(self, kv: torch.Tensor, chunk_of: torch.Tensor, rows: torch.Tensor | None, offset: torch.Tensor,
                k: torch.Tensor, v: torch.Tensor) -> None:
@@ -255,11 +273,12 @@ class Engine:
 
     def new_kv(self, positions: int) -> torch.Tensor:
         """Keys and values for one sequence of `positions`: (layers, 2, chunks, H, CHUNK * D), all but the
-        last chunk uninitialised (whoever fills the sequence writes them), the last zeroed: its positions past
-        the sequence are masked, but multiplied by 0, and 0 x NaN is NaN."""
+        last chunk uninitialised (whoever fills the sequence writes them before reading them, or zeroes them:
+        `extend` over several passes), the last zeroed: its positions past the sequence are masked, but
+        multiplied by 0, and 0 x NaN is NaN."""
         c = self.config
         kv = torch.empty(c.num_hidden_layers, 2, -(-positions // CHUNK), c.num_attention_heads, CHUNK * c.head_dim,
-                         device=self.device, dtype=self.embed.dtype)
+                         device=self.device, dtype=self.dtype)
         kv[:, :, -1] = 0
         return kv
 
@@ -281,12 +300,19 @@ class Engine:
             if not tokens or start + len(tokens) > c.max_position_embeddings:
                 raise ValueError(f"cannot extend a sequence of {start} positions by {len(tokens)} tokens "
                                  f"(at least 1, and at most {c.max_position_embeddings} positions in all)")
+        # In one pass every position is stored before any is read, so a sequence's chunks are all written by
+        # then; over several passes, a pass reads chunks whose later positions a later pass writes: those must
+        # be zeros (masked, but multiplied by 0, and 0 x NaN is NaN), not whatever the memory held.
+        passes = -(-sum(len(tokens) for _, _, tokens in items) // EXTEND_ROWS)
         own = []
         for kv, start, tokens in items:
             buf = self.new_kv(start + len(tokens))
+            have = 0
             if kv is not None and start:
                 have = min(kv.shape[2], buf.shape[2], -(-start // CHUNK))
                 buf[:, :, :have] = kv[:, :, :have]
+            if passes > 1:
+                buf[:, :, have:] = 0
             own.append(buf)
         logits = [torch.empty(len(tokens), c.vocab_size, device=dev) for _, _, tokens in items]
         # Rows in order (item, position), cut into passes of at most EXTEND_ROWS: a pass sees the
@@ -436,7 +462,7 @@ class Engine:
                 rows, 0 if have is None else have.shape[3], min(1 << (rows - 1).bit_length(), self.max_rows))
             self._cache = None  # free the old one first
             self._cache = torch.zeros(c.num_hidden_layers, 2, *size, c.num_attention_heads, CHUNK * c.head_dim,
-                                      device=self.device, dtype=self.embed.dtype)
+                                      device=self.device, dtype=self.dtype)
         return self._cache[:, :, :chunks, :rows]
 
     def _known_prefix(self, prompt: tuple[int, ...], scope: object
