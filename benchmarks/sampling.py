@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-rows", type=int, default=1024, help="engine rows per batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",  # policies/tiny.py: DTYPES
                         help="the engine's dtype (default float32); with bfloat16, transformers tries both")
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformers
 
+    from thinkscale.policies.tiny import DTYPES
     from thinkscale.tasks import get_task
     from thinkscale.tiny import checkpoint
     from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams
@@ -105,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"checkpoint {ck.path} ({ck.model.config.num_parameters():,} parameters); {args.prompts} prompts x "
           f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}")
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    engine = Engine(ck.model.to(device), max_rows=args.max_rows, device=device, dtype=dtypes[args.dtype])
+    engine = Engine(ck.model.to(device), max_rows=args.max_rows, device=device, dtype=DTYPES[args.dtype])
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
     engine.generate(requests[:2])  # warm up
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
     best_name, best_rate = None, 0.0
     for dtype in ("float32", "bfloat16") if args.dtype == "bfloat16" else ("float32",):
-        hf = transformers.AutoModelForCausalLM.from_pretrained(ck.path, torch_dtype=dtypes[dtype]).to(device).eval()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(ck.path, dtype=DTYPES[dtype]).to(device).eval()
         for per_call in sorted({args.prompts, 1, 8} & set(range(1, args.prompts + 1)), reverse=True):
             torch.manual_seed(0)
             tokens, seconds = run_transformers(hf, prompts, args.samples, per_call, args.max_new_tokens, pad_id,

@@ -203,10 +203,10 @@ def base_policy_name(pattern: str | None, task_name: str, explicit: bool) -> str
 # A row is one strategy over every problem of a task. Rows are independent: each search keeps its
 # caches in a scope of its own and is charged for what it computed itself, and sampling is
 # counter-based, so a row's results do not depend on which process ran it or what ran there before.
-LOADED: dict = {}  # what this process loaded to run rows (`load_rows`)
+LOADED: dict = {}  # what this process loaded to run rows (`load_models`)
 
 
-def load_rows(task_name: str, examples, policies: dict[str, str], scorers: dict[str, str], threads: int,
+def load_models(task_name: str, examples, policies: dict[str, str], scorers: dict[str, str], threads: int,
               prefix_cache_mb: float, seed: int) -> None:
     """Load the task and the models the rows need: role -> policy checkpoint, kind -> scorer checkpoint."""
     from thinkscale.policies import get_policy
@@ -222,7 +222,8 @@ def load_rows(task_name: str, examples, policies: dict[str, str], scorers: dict[
 
 def run_row(strategy: str, settings: dict, kind: str | None, role: str, max_tokens: int | None):
     """One row: `strategy` with `settings` over every problem, sampled by the policy `role` and scored by
-    the scorer `kind` under a budget of `max_tokens` generated tokens (None: none). (traces, seconds)."""
+    the scorer `kind` under a budget of `max_tokens` generated tokens (None: none). (traces, seconds, the
+    process that ran it)."""
     from thinkscale.budget import Budget
     from thinkscale.runner import run
     from thinkscale.strategies import get_strategy
@@ -231,7 +232,7 @@ def run_row(strategy: str, settings: dict, kind: str | None, role: str, max_toke
     budget = Budget(max_generated_tokens=max_tokens) if max_tokens is not None else Budget()
     traces = run(LOADED["examples"], LOADED["task"], get_strategy(strategy, **settings), LOADED["policies"][role],
                  budget, scorer=LOADED["scorers"][kind] if kind else None, seed=LOADED["seed"])
-    return traces, time.perf_counter() - started
+    return traces, time.perf_counter() - started, os.getpid()
 
 
 def model_facts(role: str) -> tuple[float, int]:
@@ -240,7 +241,7 @@ def model_facts(role: str) -> tuple[float, int]:
     return policy.flops_per_token(), policy.checkpoint.model.config.num_parameters()
 
 
-class Later:
+class Deferred:
     """A call made when its result is first asked for: rows in one process, in the order they are read."""
 
     def __init__(self, fn, *args) -> None:
@@ -252,14 +253,14 @@ class Later:
         return self.value
 
 
-class Here:
+class InProcess:
     """Runs rows in this process, each when its result is read (what the script did before `--workers`)."""
 
     def __init__(self, *load_args) -> None:
-        load_rows(*load_args)
+        load_models(*load_args)
 
-    def submit(self, fn, *args) -> Later:
-        return Later(fn, *args)
+    def submit(self, fn, *args) -> Deferred:
+        return Deferred(fn, *args)
 
     def shutdown(self, cancel_futures: bool = False) -> None:
         pass
@@ -269,11 +270,11 @@ def workers_for(count: int, *load_args):
     """`count` worker processes, each with the models loaded once; rows go to whichever is free, in the order
     they are submitted. One worker: this process. Workers start by spawning (the parent may hold torch threads)."""
     if count <= 1:
-        return Here(*load_args)
+        return InProcess(*load_args)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=load_rows,
+    return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=load_models,
                                initargs=load_args)
 
 
@@ -293,37 +294,40 @@ def bench_task(name: str, args) -> dict:
     base_name = base_policy_name(args.base_policy, name, args.base_policy_given)
     policies = {"policy": name, **({"base": base_name} if base_name else {})}
     started = time.perf_counter()
-    rows = workers_for(args.workers, name, examples, policies, reward_models, args.threads, args.prefix_cache_mb,
+    runner = workers_for(args.workers, name, examples, policies, reward_models, args.threads, args.prefix_cache_mb,
                        args.seed)
     try:
-        out = bench_rows(name, args, task, examples, where, reward_models, base_name, rows)
+        out = bench_rows(name, args, task, examples, where, reward_models, base_name, runner)
     finally:
-        rows.shutdown(cancel_futures=True)  # after an error, rows not yet started are not run
+        runner.shutdown(cancel_futures=True)  # after an error, rows not yet started are not run
     here, worker = (resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF,
                                                                          resource.RUSAGE_CHILDREN))
+    elsewhere = len(out["pids"] - {os.getpid()})
     print(f"{name}: {time.perf_counter() - started:.0f} s in all, {args.workers} worker"
-          f"{'s' if args.workers > 1 else ''} of {args.threads} torch thread{'s' if args.threads > 1 else ''}; "
-          f"peak memory {here:.0f} MB" + (f" here, {worker:.0f} MB the largest worker" if args.workers > 1 else ""),
-          flush=True)
+          f"{'s' if args.workers > 1 else ''} of {args.threads} torch thread{'s' if args.threads > 1 else ''} "
+          f"(rows run in {elsewhere} other process{'es' if elsewhere != 1 else ''}); peak memory so far "
+          f"{here:.0f} MB" + (f" here, {worker:.0f} MB the largest worker" if args.workers > 1 else ""), flush=True)
     return out
 
 
-def bench_rows(name, args, task, examples, where, reward_models, base_name, rows) -> dict:
-    """The task's pools and rows, run by `rows` (`workers_for`), and their tables."""
+def bench_rows(name: str, args, task, examples: list, where: str, reward_models: dict[str, str], base_name: str | None,
+               runner) -> dict:
+    """The task's pools and rows, run by `runner` (`workers_for`), and their tables; `out["pids"]`: the processes
+    that ran them."""
     from thinkscale.analysis.compare import compare, format_comparison
 
     ks = args.budgets
-    started = time.perf_counter()
-    facts = {role: rows.submit(model_facts, role) for role in ("policy", "base") if role != "base" or base_name}
+    facts = {role: runner.submit(model_facts, role) for role in ("policy", "base") if role != "base" or base_name}
     pool_size = args.base_pool or 4 * max(ks)
-    pool_job = rows.submit(run_row, "repeated_sampling", {"n": max(ks)}, None, "policy", None)
-    base_job = rows.submit(run_row, "repeated_sampling", {"n": pool_size}, None, "base", None) if base_name else None
-    pool, _ = pool_job.result()
+    pool_job = runner.submit(run_row, "repeated_sampling", {"n": max(ks)}, None, "policy", None)
+    base_job = runner.submit(run_row, "repeated_sampling", {"n": pool_size}, None, "base", None) if base_name else None
+    pool, seconds, pid = pool_job.result()
+    pids = {pid}
     per_token = facts["policy"].result()[0]
     cover, vote, valid, per_sample = pool_stats(task, examples, pool, ks)
     flops_of = pool_flops(pool, per_token)
     print(f"\n== {name}: {len(examples)} {where}; repeated sampling pool of {max(ks)} "
-          f"({per_sample:.1f} generated tokens a sample) in {time.perf_counter() - started:.0f} s", flush=True)
+          f"({per_sample:.1f} generated tokens a sample) in {seconds:.0f} s", flush=True)
     # Every row at once, so that workers never wait; with several, the largest budgets first (the longest rows),
     # so that none is left running alone at the end. MCTS runs until it has spent k samples' worth of the pool's
     # tokens; the others are sized by n.
@@ -334,7 +338,7 @@ def bench_rows(name, args, task, examples, where, reward_models, base_name, rows
             todo += [(label, spec, "base") for label, spec in base_strategies_at(k, task.votable).items()]
         for label, (strategy, settings, kind), role in todo:
             if not args.only or re.search(args.only, label):
-                jobs.setdefault(k, {})[label] = rows.submit(run_row, strategy, settings, kind, role,
+                jobs.setdefault(k, {})[label] = runner.submit(run_row, strategy, settings, kind, role,
                                           round(k * per_sample) if strategy == "mcts" else None)
     base = None
     if base_name:
@@ -343,7 +347,8 @@ def bench_rows(name, args, task, examples, where, reward_models, base_name, rows
         print(f"base policy {base_name}: {base_per_token:.3e} FLOPs a token against the policy's "
               f"{per_token:.3e} ({'the same' if same else 'NOT the same'}: "
               f"{base_parameters:,} and {facts['policy'].result()[1]:,} parameters)", flush=True)
-        base_pool, seconds = base_job.result()
+        base_pool, seconds, pid = base_job.result()
+        pids.add(pid)
         base = {"name": base_name, "pool": pool_size, "flops_of": pool_flops(base_pool, base_per_token),
                 "stats": lambda some_ks: pool_stats(task, examples, base_pool, some_ks)}
         base["cover"], base["vote"], _, base["per_sample"] = base["stats"](ks)
@@ -351,9 +356,10 @@ def bench_rows(name, args, task, examples, where, reward_models, base_name, rows
               f"{seconds:.0f} s", flush=True)
     by_label = {}
     title = f"{name}/{args.split}, PRM {reward_models['prm']}, ORM {reward_models['orm']}"
-    for k in ks:  # the table so far after each budget: a long run shows its results as it goes
+    for k in ks:  # the table so far after each budget (with one worker, a long run shows them as it goes)
         for label, job in jobs.get(k, {}).items():
-            by_label[label], seconds = job.result()
+            by_label[label], seconds, pid = job.result()
+            pids.add(pid)
             print(f"  {label}: {seconds:.0f} s", flush=True)
         if by_label:
             result = compare(by_label, seed=args.seed)
@@ -370,7 +376,7 @@ def bench_rows(name, args, task, examples, where, reward_models, base_name, rows
     if base:
         print_base(base, task, ks, result)
     return {"result": result, "cover": cover, "vote": vote, "valid": valid, "per_sample": per_sample,
-            "base": base}
+            "base": base, "pids": pids}
 
 
 def flop_ratios(result: dict, k: int) -> dict[str, float]:

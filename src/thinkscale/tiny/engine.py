@@ -34,9 +34,10 @@ window). With a `confidence_floor`, a row whose current window falls below it
 is stopped at once, `FINISH_CUT`, its tokens counted: the other rows and every
 sample's tokens stay as they would be without it.
 
-bfloat16 (`dtype`, off by default). The matmuls' weights and inputs and the
-keys and values in bfloat16; the residual stream, the norms and the logits in
-float32:
+bfloat16 (`dtype`, off by default). The layers' matmuls (weights and
+inputs), rotary embeddings, attention (its softmax included) and the keys and
+values in bfloat16; the residual stream, the norms and the output head (so the
+logits) in float32:
 half the memory each decode step reads, and the matmuls on a CPU's bfloat16
 units (AMX) or a GPU's. What it costs: each next-token distribution moves a
 little from float32's (a test bounds the distance), so a sample differs from
@@ -150,8 +151,8 @@ class Engine:
                  prefix_cache_bytes: int = 0, dtype: torch.dtype | None = None) -> None:
         """`prefix_cache_bytes` > 0 keeps the keys and values of prompts, and of samples that ended at a stop
         token other than the end token (a step, to be continued), for later prompts to start from. `dtype`:
-        what the weights, activations and keys and values are computed in (default the model's; bfloat16:
-        the module's docstring); logits are float32 either way."""
+        what the layers compute in and keep their keys and values in (default the model's; bfloat16: the
+        module's docstring, which says what stays float32)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if dtype not in (None, torch.float32, torch.bfloat16):
@@ -177,7 +178,7 @@ class Engine:
             self.norm2 = [l.post_attention_layernorm.weight.detach() for l in layers]
             self.norm_f = model.model.norm.weight.detach()
             self.embed = model.model.embed_tokens.weight.detach()
-            self.w_head = model.lm_head.weight.T.to(dtype).contiguous()  # (h, vocab)
+            self.w_head = model.lm_head.weight.T.contiguous()  # (h, vocab): float32, as the logits
             cos, sin = rope_tables(c, torch.arange(c.max_position_embeddings, device=self.device))
             self.cos, self.sin = cos.to(dtype).contiguous(), sin.to(dtype).contiguous()  # (positions, head_dim)
 
@@ -258,7 +259,7 @@ class Engine:
             x = x + y.reshape(A, -1) @ self.w_o[i]
             g, u = (self._rms(x, self.norm2[i]).to(self.dtype) @ self.w_gu[i]).chunk(2, dim=-1)
             x = x + (F.silu(g) * u) @ self.w_down[i]
-        return (self._rms(x, self.norm_f).to(self.dtype) @ self.w_head).float()  # (A, vocab), float32 always
+        return self._rms(x, self.norm_f) @ self.w_head  # (A, vocab), float32 whatever the dtype
 
     def _store(self, kv: torch.Tensor, chunk_of: torch.Tensor, rows: torch.Tensor | None, offset: torch.Tensor,
                k: torch.Tensor, v: torch.Tensor) -> None:
@@ -300,24 +301,27 @@ class Engine:
             if not tokens or start + len(tokens) > c.max_position_embeddings:
                 raise ValueError(f"cannot extend a sequence of {start} positions by {len(tokens)} tokens "
                                  f"(at least 1, and at most {c.max_position_embeddings} positions in all)")
-        # In one pass every position is stored before any is read, so a sequence's chunks are all written by
-        # then; over several passes, a pass reads chunks whose later positions a later pass writes: those must
-        # be zeros (masked, but multiplied by 0, and 0 x NaN is NaN), not whatever the memory held.
-        passes = -(-sum(len(tokens) for _, _, tokens in items) // EXTEND_ROWS)
         own = []
         for kv, start, tokens in items:
             buf = self.new_kv(start + len(tokens))
-            have = 0
             if kv is not None and start:
                 have = min(kv.shape[2], buf.shape[2], -(-start // CHUNK))
                 buf[:, :, :have] = kv[:, :, :have]
-            if passes > 1:
-                buf[:, :, have:] = 0
             own.append(buf)
         logits = [torch.empty(len(tokens), c.vocab_size, device=dev) for _, _, tokens in items]
         # Rows in order (item, position), cut into passes of at most EXTEND_ROWS: a pass sees the
         # keys and values of every earlier position, written by this pass or an earlier one.
         flat = [(s, start + t, tok) for s, (_, start, tokens) in enumerate(items) for t, tok in enumerate(tokens)]
+        # A pass stores all its positions before it reads any. Where a pass ends inside a chunk of a sequence
+        # that the next pass goes on with, it reads that chunk before its later positions are written: they
+        # must be zeros (masked, but multiplied by 0, and 0 x NaN is NaN), not what the memory held.
+        for cut in range(EXTEND_ROWS, len(flat), EXTEND_ROWS):
+            (s, _, _), (same, position, _) = flat[cut - 1], flat[cut]
+            chunk, offset = divmod(position, CHUNK)
+            if s == same and offset:
+                for layer in own[s]:  # the chunk's positions from `offset` on; the earlier ones are written
+                    self._keys(layer)[chunk, :, :, offset:] = 0
+                    self._values(layer)[chunk, :, offset:] = 0
         for first in range(0, len(flat), EXTEND_ROWS):
             part = sorted(flat[first:first + EXTEND_ROWS], key=lambda r: (r[0], -r[1]))  # by item, longest first
             width = max(len(part), MIN_ROWS)  # rows past the real ones (position 0) are computed and ignored
