@@ -207,7 +207,7 @@ LOADED: dict = {}  # what this process loaded to run rows (`load_models`)
 
 
 def load_models(task_name: str, examples, policies: dict[str, str], scorers: dict[str, str], threads: int,
-              prefix_cache_mb: float, seed: int) -> None:
+                prefix_cache_mb: float, seed: int) -> None:
     """Load the task and the models the rows need: role -> policy checkpoint, kind -> scorer checkpoint."""
     from thinkscale.policies import get_policy
     from thinkscale.scorers import get_scorer
@@ -295,7 +295,7 @@ def bench_task(name: str, args) -> dict:
     policies = {"policy": name, **({"base": base_name} if base_name else {})}
     started = time.perf_counter()
     runner = workers_for(args.workers, name, examples, policies, reward_models, args.threads, args.prefix_cache_mb,
-                       args.seed)
+                         args.seed)
     try:
         out = bench_rows(name, args, task, examples, where, reward_models, base_name, runner)
     finally:
@@ -338,8 +338,8 @@ def bench_rows(name: str, args, task, examples: list, where: str, reward_models:
             todo += [(label, spec, "base") for label, spec in base_strategies_at(k, task.votable).items()]
         for label, (strategy, settings, kind), role in todo:
             if not args.only or re.search(args.only, label):
-                jobs.setdefault(k, {})[label] = runner.submit(run_row, strategy, settings, kind, role,
-                                          round(k * per_sample) if strategy == "mcts" else None)
+                budget = round(k * per_sample) if strategy == "mcts" else None
+                jobs.setdefault(k, {})[label] = runner.submit(run_row, strategy, settings, kind, role, budget)
     base = None
     if base_name:
         base_per_token, base_parameters = facts["base"].result()

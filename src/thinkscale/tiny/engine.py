@@ -37,9 +37,8 @@ sample's tokens stay as they would be without it.
 bfloat16 (`dtype`, off by default). The layers' matmuls (weights and
 inputs), rotary embeddings, attention (its softmax included) and the keys and
 values in bfloat16; the residual stream, the norms and the output head (so the
-logits) in float32:
-half the memory each decode step reads, and the matmuls on a CPU's bfloat16
-units (AMX) or a GPU's. What it costs: each next-token distribution moves a
+logits) in float32. What it buys: half the memory each decode step reads, and
+the matmuls on a CPU's bfloat16 units (AMX) or a GPU's. What it costs: each next-token distribution moves a
 little from float32's (a test bounds the distance), so a sample differs from
 float32's from the first token where two tokens were nearly tied. Samples
 are still counter-based and the same on every run. Whether they are also the
