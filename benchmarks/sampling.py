@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-rows", type=int, default=1024, help="engine rows per batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",  # policies/tiny.py: DTYPES
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",  # tiny/engine.py: DTYPES
                         help="the engine's dtype (default float32); with bfloat16, transformers tries both")
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -90,10 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformers
 
-    from thinkscale.policies.tiny import DTYPES
     from thinkscale.tasks import get_task
     from thinkscale.tiny import checkpoint
-    from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams
+    from thinkscale.tiny.engine import DTYPES, Engine, SampleRequest, SamplingParams
 
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -67,7 +67,11 @@ each loading the models once and taking the next row when free (the largest
 budgets first); every figure but the seconds is the same as with one. On a
 2-core CPU `--workers 2 --threads 1` keeps both cores busy; each worker holds
 its own prefix caches (up to `--prefix-cache-mb` a model), so memory grows
-with N (docs/benchmarks.md has the measured peak).
+with N (docs/benchmarks.md has the measured peak). `--dtype bfloat16` runs
+the policies and the reward models in bfloat16 (tiny/engine.py): faster on a
+CPU with bfloat16 units, but samples and scores move a little from
+float32's, so the figures are not float32's; compare each row with float32's
+interval, not its digits.
 """
 
 from __future__ import annotations
@@ -207,13 +211,13 @@ LOADED: dict = {}  # what this process loaded to run rows (`load_models`)
 
 
 def load_models(task_name: str, examples, policies: dict[str, str], scorers: dict[str, str], threads: int,
-                prefix_cache_mb: float, seed: int) -> None:
+                prefix_cache_mb: float, seed: int, dtype: str = "float32") -> None:
     """Load the task and the models the rows need: role -> policy checkpoint, kind -> scorer checkpoint."""
     from thinkscale.policies import get_policy
     from thinkscale.scorers import get_scorer
     from thinkscale.tasks import get_task
 
-    cache = {"prefix_cache_mb": prefix_cache_mb}
+    cache = {"prefix_cache_mb": prefix_cache_mb, "dtype": dtype}
     LOADED.update(task=get_task(task_name), examples=examples, seed=seed,
                   policies={role: get_policy("tiny", checkpoint_name=name, threads=threads, **cache)
                             for role, name in policies.items()},
@@ -295,7 +299,7 @@ def bench_task(name: str, args) -> dict:
     policies = {"policy": name, **({"base": base_name} if base_name else {})}
     started = time.perf_counter()
     runner = workers_for(args.workers, name, examples, policies, reward_models, args.threads, args.prefix_cache_mb,
-                         args.seed)
+                         args.seed, args.dtype)
     try:
         out = bench_rows(name, args, task, examples, where, reward_models, base_name, runner)
     finally:
@@ -305,7 +309,7 @@ def bench_task(name: str, args) -> dict:
     elsewhere = len(out["pids"] - {os.getpid()})
     print(f"{name}: {time.perf_counter() - started:.0f} s in all, {args.workers} worker"
           f"{'s' if args.workers > 1 else ''} of {args.threads} torch thread{'s' if args.threads > 1 else ''} "
-          f"(rows run in {elsewhere} other process{'es' if elsewhere != 1 else ''}); peak memory so far "
+          f"(rows run in {elsewhere} other process{'es' if elsewhere != 1 else ''}), {args.dtype}; peak memory so far "
           f"{here:.0f} MB" + (f" here, {worker:.0f} MB the largest worker" if args.workers > 1 else ""), flush=True)
     return out
 
@@ -462,6 +466,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the policy's and each scorer's prefix cache (default 4096: every problem's search "
                              "runs at once, and an evicted prefix is computed again; the library's default is 512); "
                              "0 rereads every path at every step, as before the caches")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",  # tiny/engine.py: DTYPES
+                        help="what the policies and the reward models compute in (default float32; bfloat16 is "
+                             "faster where the CPU has bfloat16 units, and its samples and scores differ a little: "
+                             "'Wall time' below)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every strategy")
     parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
     parser.add_argument("--mcts-exploration", type=float, default=MCTS["exploration"],

@@ -89,10 +89,18 @@ def test_store_benchmark():
     assert re.fullmatch(r"thinkscale store: \d+ nodes/s", lines[-1]), lines[-1]
 
 
-def test_search_benchmark_on_dev_problems_with_the_base_policy():
+def test_search_benchmark_on_dev_problems_with_the_base_policy_in_bfloat16():
     lines = bench("search.py", "--tasks", "arithmetic", "--problems", "4", "--budgets", "64", "--threads", "1",
-                  "--only", "prm-weighted", "--base-pool", "64", "--split", "dev", "--problem-seed", "5")
+                  "--only", "prm-weighted", "--base-pool", "64", "--split", "dev", "--problem-seed", "5",
+                  "--dtype", "bfloat16")
     out = "\n".join(lines)
+    assert re.search(r"^arithmetic: \d+ s in all, 1 worker of 1 torch thread \(rows run in 0 other processes\), "
+                     r"bfloat16; ", out, re.MULTILINE)
+    search = load("search.py")  # what a worker loads: every policy and reward model in bfloat16
+    search.load_models("arithmetic", [], {"policy": "arithmetic"}, {"prm": "arithmetic-prm", "orm": "arithmetic-orm"},
+                       1, 64, 0, "bfloat16")
+    assert {str(m.engine.dtype) for m in (*search.LOADED["policies"].values(), *search.LOADED["scorers"].values())} \
+        == {"torch.bfloat16"}
     assert "4 dev problems (train split, seed 1005; none of the 1500 problems" in out
     assert "prm-weighted_best_of_n@64" in out and "prm-beam@64" not in out
     if shipped("arithmetic-base"):
@@ -108,7 +116,8 @@ def test_search_benchmark_rows_in_worker_processes_print_what_one_process_prints
             "--only", "prm-(beam|mcts|best_of_n)")
     one, two = bench("search.py", *args), bench("search.py", *args, "--workers", "2")
     assert re.fullmatch(rf"arithmetic: \d+ s in all, 2 workers of 1 torch thread \(rows run in [12] other "
-                        rf"process(es)?\); peak memory so far {NUMBER} MB here, {NUMBER} MB the largest worker",
+                        rf"process(es)?\), float32; peak memory so far {NUMBER} MB here, {NUMBER} MB the largest "
+                        rf"worker",
                         two[-1]), two[-1]
     assert "(rows run in 0 other processes)" in one[-1]
 

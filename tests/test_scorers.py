@@ -96,6 +96,33 @@ def test_confidence_prefers_reference_solutions_to_corrupted_ones(confidence, ar
     assert wins >= 0.8 * total
 
 
+def test_a_prm_in_bfloat16_scores_near_float32_and_prefers_the_same_solutions(arithmetic):
+    """The bfloat16 setting of a tiny-family scorer (off by default): each step's score moves a little from
+    float32's, and between a right and a wrong solution of a problem it prefers what float32 prefers."""
+    import random
+
+    from thinkscale.scorers import SCORERS
+
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, got 'float16'"):
+        SCORERS.get("prm")(dtype="float16")
+    f32, b16 = SCORERS.get("prm")(), SCORERS.get("prm")(dtype="bfloat16")
+    assert (f32.engine.dtype, b16.engine.dtype) == (torch.float32, torch.bfloat16)
+    rng, differences, same_choice, pairs = random.Random(0), [], 0, 0
+    for difficulty in arithmetic.difficulties:
+        for _ in range(8):
+            prompt, value, solution = arithmetic.generate(rng, difficulty)
+            wrong = solution.rsplit("\n", 2)[0] + f"\n{value + rng.randint(1, 9)}\n"
+            a, b = (asyncio.run(scorer.score(prompt, [solution, wrong], "\n")).per_step for scorer in (f32, b16))
+            differences += [abs(x - y) for sa, sb in zip(a, b) for x, y in zip(sa, sb, strict=True)]
+            same_choice += (aggregate(a[0], "min") > aggregate(a[1], "min")) == \
+                           (aggregate(b[0], "min") > aggregate(b[1], "min"))
+            pairs += 1
+    # measured on this CPU (AMX), 432 steps: largest 0.095, mean 0.0018, the same choice in 48 of 48 pairs
+    # (with random.Random(1): 0.014, 0.0011, 48 of 48)
+    assert 0 < max(differences) < 0.2 and sum(differences) / len(differences) < 0.01
+    assert same_choice >= 0.9 * pairs
+
+
 @pytest.mark.parametrize("name", ["best_of_n", "weighted_best_of_n"])
 def test_best_of_n_chooses_by_score_among_finished_solutions(name, policy, confidence, arithmetic):
     examples = arithmetic.examples("test", 8)

@@ -17,11 +17,9 @@ from thinkscale import torch_thread
 from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy
 from thinkscale.policies.batching import CallerBatcher, cut
 from thinkscale.tiny import checkpoint
-from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams
+from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams, dtype_named
 from thinkscale.trace import FINISH_STOP
 
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class TinyPolicy(Policy):
@@ -38,15 +36,14 @@ class TinyPolicy(Policy):
         may change with what shares their batch: tiny/engine.py)."""
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        torch_dtype = dtype_named(dtype)
 
         def load() -> tuple:
             if threads is not None:
                 torch.set_num_threads(threads)
             ck = checkpoint.load(checkpoint_name)
             return ck, Engine(ck.model, max_rows=max_rows, prefix_cache_bytes=int(prefix_cache_mb * 2**20),
-                              dtype=DTYPES[dtype])
+                              dtype=torch_dtype)
 
         self.checkpoint, self.engine = torch_thread.call(load)  # all torch work on one thread: see torch_thread.py
         self.tokenizer = self.checkpoint.tokenizer

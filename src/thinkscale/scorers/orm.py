@@ -13,8 +13,9 @@ from thinkscale.scorers.prm import PRMScorer
 class ORMScorer(PRMScorer):
     name = "orm"
 
-    def __init__(self, checkpoint_name: str = "arithmetic-orm", prefix_cache_mb: float = 512) -> None:
-        super().__init__(checkpoint_name, prefix_cache_mb)
+    def __init__(self, checkpoint_name: str = "arithmetic-orm", prefix_cache_mb: float = 512,
+                 dtype: str = "float32") -> None:
+        super().__init__(checkpoint_name, prefix_cache_mb, dtype)
 
     def steps_of(self, solution: str, delimiter: str) -> list[str]:
         return [solution] if solution.strip() else []

@@ -21,8 +21,9 @@ from thinkscale.scorers.reward_head import REWARD_META, verdict_logprobs
 class PRMScorer(TinyFamilyScorer):
     name = "prm"
 
-    def __init__(self, checkpoint_name: str = "arithmetic-prm", prefix_cache_mb: float = 512) -> None:
-        super().__init__(checkpoint_name, prefix_cache_mb)
+    def __init__(self, checkpoint_name: str = "arithmetic-prm", prefix_cache_mb: float = 512,
+                 dtype: str = "float32") -> None:
+        super().__init__(checkpoint_name, prefix_cache_mb, dtype)
         meta_path = self.checkpoint.path / REWARD_META
         if not meta_path.exists():
             raise ValueError(f"{self.checkpoint.path} is not a reward model checkpoint: it has no {REWARD_META} "

@@ -63,6 +63,7 @@ from thinkscale.tiny.prefix_cache import Entry, PrefixCache
 from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
 
 _M32 = 0xFFFFFFFF
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # what a user names: `dtype_named`
 MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 rows here)
 CHUNK = 32  # attention reduces over fixed chunks of cache positions
 FLOOR_TOLERANCE = 1e-9  # a window this close to the confidence floor is not below it
@@ -141,6 +142,13 @@ def choose_tokens(
     noisy = scaled + gumbel_noise(seed, sample, step, logits.shape[-1])
     tokens = torch.where(greedy, logits.argmax(-1), noisy.argmax(-1))
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+
+
+def dtype_named(name: str) -> torch.dtype:
+    """The dtype an engine computes in, by the name a config or a flag gives it."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 class Engine:
