@@ -89,18 +89,10 @@ def test_store_benchmark():
     assert re.fullmatch(r"thinkscale store: \d+ nodes/s", lines[-1]), lines[-1]
 
 
-def test_search_benchmark_on_dev_problems_with_the_base_policy_in_bfloat16():
+def test_search_benchmark_on_dev_problems_with_the_base_policy():
     lines = bench("search.py", "--tasks", "arithmetic", "--problems", "4", "--budgets", "64", "--threads", "1",
-                  "--only", "prm-weighted", "--base-pool", "64", "--split", "dev", "--problem-seed", "5",
-                  "--dtype", "bfloat16")
+                  "--only", "prm-weighted", "--base-pool", "64", "--split", "dev", "--problem-seed", "5")
     out = "\n".join(lines)
-    assert re.search(r"^arithmetic: \d+ s in all, 1 worker of 1 torch thread \(rows run in 0 other processes\), "
-                     r"bfloat16; ", out, re.MULTILINE)
-    search = load("search.py")  # what a worker loads: every policy and reward model in bfloat16
-    search.load_models("arithmetic", [], {"policy": "arithmetic"}, {"prm": "arithmetic-prm", "orm": "arithmetic-orm"},
-                       1, 64, 0, "bfloat16")
-    assert {str(m.engine.dtype) for m in (*search.LOADED["policies"].values(), *search.LOADED["scorers"].values())} \
-        == {"torch.bfloat16"}
     assert "4 dev problems (train split, seed 1005; none of the 1500 problems" in out
     assert "prm-weighted_best_of_n@64" in out and "prm-beam@64" not in out
     if shipped("arithmetic-base"):
@@ -109,6 +101,18 @@ def test_search_benchmark_on_dev_problems_with_the_base_policy_in_bfloat16():
         assert re.search(rf"arithmetic-base as the policy at N = 64: pass@64 {NUMBER}, majority@64 {NUMBER}", out)
     assert re.fullmatch(rf"gap closed: (-?{NUMBER}|nan \(pass@64 = majority@64: no gap to close\))", lines[-1]), \
         lines[-1]
+
+
+def test_search_benchmark_in_bfloat16_loads_every_model_in_it():
+    lines = bench("search.py", "--tasks", "arithmetic", "--problems", "2", "--budgets", "4", "--threads", "1",
+                  "--only", "prm-best_of_n", "--base-policy", "none", "--dtype", "bfloat16")
+    assert re.match(r"arithmetic: \d+ s in all, 1 worker of 1 torch thread \(rows run in 0 other processes\), "
+                    r"bfloat16; ", lines[-1]), lines[-1]
+    search = load("search.py")  # what a worker loads: every policy and reward model in bfloat16
+    search.load_models("arithmetic", [], {"policy": "arithmetic"}, {"prm": "arithmetic-prm", "orm": "arithmetic-orm"},
+                       1, 64, 0, "bfloat16")
+    assert {str(m.engine.dtype) for m in (*search.LOADED["policies"].values(), *search.LOADED["scorers"].values())} \
+        == {"torch.bfloat16"}
 
 
 def test_search_benchmark_rows_in_worker_processes_print_what_one_process_prints():

@@ -365,6 +365,50 @@ def test_too_many_concurrent_requests_is_429_then_a_client_hanging_up_frees_its_
     assert httpx.post(f"{tight}/v1/chat/completions", json=chat(seed=0)).status_code == 200
 
 
+def test_a_stream_whose_client_hangs_up_stops_and_lands_even_where_the_cancel_is_lost_or_nothing_started():
+    """The stream's response on its own, with a client that hangs up: it never sends past the hang-up, the
+    body's generator is closed, and the request lands, also where the body never started."""
+    from thinkscale.serve.app import EventStream
+
+    async def case(swallow: bool, while_writing_headers: bool) -> tuple[list, list, int]:
+        sent, closed, ended, hang_up = [], [], [], asyncio.Event()
+
+        async def chunks():
+            try:
+                for i in range(50):
+                    if i == 2:
+                        hang_up.set()  # the client goes while the body waits for its next chunk
+                    try:
+                        await asyncio.sleep(0.002)
+                    except asyncio.CancelledError:
+                        if not swallow:  # a cancel that meets a result can be lost (wait_for on Python 3.11)
+                            raise
+                    yield f"data: {i}\n\n"
+            finally:
+                closed.append(True)
+
+        async def receive():
+            await hang_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if while_writing_headers:
+                hang_up.set()
+                await asyncio.sleep(0.005)  # a slow socket: the hang-up comes while the headers are written
+
+        response = EventStream(chunks(), on_end=lambda: ended.append(True))
+        await response({"type": "http"}, receive, send)
+        return sent, closed, len(ended)
+
+    for swallow in (False, True):
+        sent, closed, ended = asyncio.run(case(swallow, False))
+        assert len(sent) == 3 and not any(m.get("more_body") is False for m in sent), (swallow, sent)
+        assert closed == [True] and ended == 1
+    sent, closed, ended = asyncio.run(case(False, True))  # gone before the body started: it never will
+    assert [m["type"] for m in sent] == ["http.response.start"] and closed == [] and ended == 1
+
+
 def test_tokens_per_minute_are_limited_per_key_and_answered_traces_are_stored_under_the_keys_id(tmp_path):
     other = "other-key-4567"
     config = dataclasses.replace(load_serve_config(None), max_tokens_per_minute_per_key=50,

@@ -21,7 +21,6 @@ from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams, dtype_
 from thinkscale.trace import FINISH_STOP
 
 
-
 class TinyPolicy(Policy):
     name = "tiny"
     capabilities = Capabilities(native_n=True, prefix_caching=True, logprobs=True, confidence=True, streams=True,

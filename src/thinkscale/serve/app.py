@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -180,9 +180,10 @@ class Server:
             except Exception as e:  # noqa: BLE001 - as above
                 raise search_error(e) from None
 
-        return EventStream(self._events(flight, shaper, first))
+        return EventStream(self._events(flight, shaper, first), on_end=lambda: flight.land(499))
 
-    async def _events(self, flight: Flight, shaper: Shaper, first: list[SearchEvent] | None) -> AsyncIterator[str]:
+    async def _events(self, flight: Flight, shaper: Shaper, first: list[SearchEvent] | None
+                      ) -> AsyncGenerator[str, None]:
         """The stream's body: the first event at once, then one chunk a window (`stream_interval_ms`).
 
         A search's events come in bursts (the first token; a round's steps;
@@ -227,18 +228,21 @@ class Server:
 
 
 class EventStream(Response):
-    """A server-sent event stream: each string of `chunks` written as soon as it comes, the headers with the first.
+    """A server-sent event stream: each string of `chunks` written as soon as it comes, from the request's task.
 
     If the client goes away first, the stream's task is cancelled where it
-    waits (its `finally` lands the flight) and the response ends quietly.
-    Starlette's StreamingResponse does the same in a task group of two
-    tasks, one more hop of the event loop before the first byte.
+    waits, and the stream stops at its next chunk if that cancel was lost
+    (a cancel that meets a result can be). Either way `chunks` is closed
+    (its `finally` lands the flight) and `on_end` runs (it lands one whose
+    `chunks` never started). Starlette's StreamingResponse does the same
+    from a second task of a task group, one more trip round the event loop
+    before the first byte.
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncIterator[str]) -> None:
-        self.chunks, self.status_code, self.background = chunks, 200, None
+    def __init__(self, chunks: AsyncGenerator[str, None], on_end: Callable[[], None]) -> None:
+        self.chunks, self.on_end, self.status_code, self.background = chunks, on_end, 200, None
         self.init_headers({"Cache-Control": "no-cache"})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -255,16 +259,19 @@ class EventStream(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.chunks:
+                if gone:
+                    break
                 await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
-            watcher.cancel()  # done: a hang-up from here on cancels nothing
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
+            watcher.cancel()  # from here on a hang-up cancels nothing
             if not gone:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone or task.uncancel():  # the server's own cancel (a shutdown) goes on
                 raise
-            task.uncancel()  # the client's going, not the server's: the stream is over
         finally:
             watcher.cancel()
-            await self.chunks.aclose()  # a stream not run to its end lands its flight now
+            await self.chunks.aclose()
+            self.on_end()
 
 
 async def _disconnected(request: Request) -> None:
@@ -309,7 +316,7 @@ def create_app(config: ServeConfig, keys: Keys | None = None) -> FastAPI:
     # The two endpoints of every search as plain Starlette routes: FastAPI's dependency solving has nothing to do
     # for them and costs each request's first byte (they take the Request as it is).
     for path, kind in (("/v1/chat/completions", "chat"), ("/v1/completions", "completion")):
-        app.add_route(path, partial(server.complete, kind=kind), methods=["POST"])
+        app.add_route(path, partial(server.complete, kind=kind), methods=["POST"], name=f"{kind}_completions")
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

@@ -166,8 +166,9 @@ class SearchRun:
             wait = 0.0 if until is None else until - time.perf_counter()
             if wait <= 0:
                 return burst
-            try:
-                item = await asyncio.wait_for(self._queue.get(), wait)
+            try:  # not wait_for: on Python 3.11 it can swallow a cancel (a hang-up) that meets an event
+                async with asyncio.timeout(wait):
+                    item = await self._queue.get()
             except TimeoutError:
                 return burst
         self.ended = True
