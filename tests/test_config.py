@@ -127,6 +127,15 @@ def test_every_policys_and_scorers_options_are_checked_by_name_and_type(tmp_path
     assert "did you mean 'checkpoint_name'?" in message
 
 
+def test_a_dtype_the_tiny_core_does_not_compute_in_is_refused_with_its_line(tmp_path):
+    path = write(tmp_path, minimal() + "policy:\n  options:\n    dtype: float16\n")
+    assert error_of(path) == (f"{path}:{line_of(path, 'float16')}: policy.options.dtype: expected one of 'float32', "
+                              f"'bfloat16', got 'float16'")
+    path = write(tmp_path, minimal(strategies="strategies:\n  - name: best_of_n\n    scorer:\n      name: prm\n"
+                                             "      options: {dtype: bf16}"))
+    assert "strategies[0].scorer.options.dtype: expected one of 'float32', 'bfloat16', got 'bf16'" in error_of(path)
+
+
 def test_policy_option_of_the_wrong_type(tmp_path):
     path = write(tmp_path, minimal() + "policy:\n  options:\n    threads: four\n")
     assert error_of(path) == f"{path}:{line_of(path, 'four')}: policy.options.threads: expected an integer, got 'four'"

@@ -16,7 +16,7 @@ import torch
 from thinkscale import torch_thread
 from thinkscale.policies.base import Capabilities, Generation, GenerationRequest, GenerationResult, Policy
 from thinkscale.policies.batching import CallerBatcher, cut
-from thinkscale.tiny import checkpoint
+from thinkscale.tiny import DtypeName, checkpoint
 from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams, dtype_named
 from thinkscale.trace import FINISH_STOP
 
@@ -27,7 +27,7 @@ class TinyPolicy(Policy):
                                 reports_cuts=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
-                 prefix_cache_mb: float = 512, dtype: str = "float32") -> None:
+                 prefix_cache_mb: float = 512, dtype: DtypeName = "float32") -> None:
         """`prefix_cache_mb`: memory for the keys and values of prompts and steps already computed, which
         later prompts start from (a step search's next step reads only the new tokens). Exact: it changes
         what is computed, never a sample (tiny/prefix_cache.py). 0 turns it off. `dtype`: "float32", or

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from thinkscale.budget import forward_flops_per_token
 from thinkscale.registry import unknown_name_error
+from thinkscale.tiny import DtypeName
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class TinyFamilyScorer(Scorer):
     the logits at each of its positions, and each step's [start, end) span.
     """
 
-    def __init__(self, checkpoint_name: str, prefix_cache_mb: float = 512, dtype: str = "float32") -> None:
+    def __init__(self, checkpoint_name: str, prefix_cache_mb: float = 512, dtype: DtypeName = "float32") -> None:
         """`dtype`: "float32", or "bfloat16" (faster where the CPU has bfloat16 units; scores then move a
         little from float32's: tiny/engine.py)."""
         from thinkscale import torch_thread

@@ -13,13 +13,14 @@ import math
 import torch
 
 from thinkscale.scorers.base import TinyFamilyScorer, token_logprobs
+from thinkscale.tiny import DtypeName
 
 
 class ConfidenceScorer(TinyFamilyScorer):
     name = "confidence"
 
     def __init__(self, checkpoint_name: str = "arithmetic", prefix_cache_mb: float = 512,
-                 dtype: str = "float32") -> None:
+                 dtype: DtypeName = "float32") -> None:
         super().__init__(checkpoint_name, prefix_cache_mb, dtype)
 
     def _step_scores(self, rows: list[list[int]], logits: list[torch.Tensor],

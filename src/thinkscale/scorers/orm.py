@@ -8,13 +8,14 @@ partial solution (in a step-level search) it scores the text so far.
 from __future__ import annotations
 
 from thinkscale.scorers.prm import PRMScorer
+from thinkscale.tiny import DtypeName
 
 
 class ORMScorer(PRMScorer):
     name = "orm"
 
     def __init__(self, checkpoint_name: str = "arithmetic-orm", prefix_cache_mb: float = 512,
-                 dtype: str = "float32") -> None:
+                 dtype: DtypeName = "float32") -> None:
         super().__init__(checkpoint_name, prefix_cache_mb, dtype)
 
     def steps_of(self, solution: str, delimiter: str) -> list[str]:

@@ -16,13 +16,14 @@ import torch
 
 from thinkscale.scorers.base import TinyFamilyScorer, token_logprobs
 from thinkscale.scorers.reward_head import REWARD_META, verdict_logprobs
+from thinkscale.tiny import DtypeName
 
 
 class PRMScorer(TinyFamilyScorer):
     name = "prm"
 
     def __init__(self, checkpoint_name: str = "arithmetic-prm", prefix_cache_mb: float = 512,
-                 dtype: str = "float32") -> None:
+                 dtype: DtypeName = "float32") -> None:
         super().__init__(checkpoint_name, prefix_cache_mb, dtype)
         meta_path = self.checkpoint.path / REWARD_META
         if not meta_path.exists():

@@ -52,18 +52,19 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, get_args
 
 import torch
 import torch.nn.functional as F
 
 from thinkscale.budget import forward_flops_per_token
+from thinkscale.tiny import DtypeName
 from thinkscale.tiny.model import TinyLlama, apply_rope, rope_tables
 from thinkscale.tiny.prefix_cache import Entry, PrefixCache
 from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
 
 _M32 = 0xFFFFFFFF
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # what a user names: `dtype_named`
+DTYPES = dict(zip(get_args(DtypeName), (torch.float32, torch.bfloat16), strict=True))  # by name: `dtype_named`
 MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 rows here)
 CHUNK = 32  # attention reduces over fixed chunks of cache positions
 FLOOR_TOLERANCE = 1e-9  # a window this close to the confidence floor is not below it
