@@ -23,6 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import get_args
+
+from thinkscale.tiny import DtypeName  # torch-free: threads are set before torch loads
 
 
 def count_until_end(rows, eos_id: int) -> int:
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-rows", type=int, default=1024, help="engine rows per batch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",  # tiny/engine.py: DTYPES
+    parser.add_argument("--dtype", choices=get_args(DtypeName), default="float32",
                         help="the engine's dtype (default float32); with bfloat16, transformers tries both")
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)

@@ -83,6 +83,9 @@ import os
 import re
 import resource
 import time
+from typing import get_args
+
+from thinkscale.tiny import DtypeName  # torch-free: threads are set before torch loads
 
 DEV_SEED_OFFSET = 1000  # dev draws: task.examples("train", ..., seed=DEV_SEED_OFFSET + problem_seed)
 
@@ -466,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the policy's and each scorer's prefix cache (default 4096: every problem's search "
                              "runs at once, and an evicted prefix is computed again; the library's default is 512); "
                              "0 rereads every path at every step, as before the caches")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",  # tiny/engine.py: DTYPES
+    parser.add_argument("--dtype", choices=get_args(DtypeName), default="float32",
                         help="what the policies and the reward models compute in (default float32; bfloat16 is "
                              "faster where the CPU has bfloat16 units, and its samples and scores differ a little: "
                              "'Wall time' below)")

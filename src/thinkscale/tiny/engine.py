@@ -163,7 +163,7 @@ class Engine:
         module's docstring, which says what stays float32)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
-        if dtype not in (None, torch.float32, torch.bfloat16):
+        if dtype is not None and dtype not in DTYPES.values():
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.device = torch.device(device) if device else next(model.parameters()).device
