@@ -21,7 +21,9 @@
    leaves the PRM as it is; `--best-of 64` also evaluates PRM best-of-64.
    Countdown's recipe, chosen the same way (`--task countdown --search
    sample --samples 32 --search-problems 12000 --finetune-steps 900
-   --refresh-steps 0 --best-of 64`), is in docs/learn.md.
+   --refresh-steps 0 --best-of 64`), is in docs/learn.md. `--refresh-unlearn
+   every` makes the refresh push down every token of a failed step, as the
+   shipped countdown reward models were trained (docs/learn.md).
    `--method grpo` replaces each round's search and fine-tuning with
    `--rl-steps` GRPO steps (training/rl.py; 472 is about an expert-iteration
    round's FLOPs), the rest unchanged (the oracle still gets
@@ -71,7 +73,8 @@ def improve_config(args: argparse.Namespace, out: Path) -> dict:
         "rl": {"steps": args.rl_steps, "lr": args.rl_lr, "kl": args.rl_kl},
         "search": {"problems": args.search_problems, "strategy": SEARCHES[args.search](args.samples)},
         "finetune": {"steps": args.finetune_steps, "batch_size": args.batch_size, "lr": args.lr},
-        "refresh": {"problems": args.tree_problems, "steps": args.refresh_steps} if args.refresh_steps else None,
+        "refresh": {"problems": args.tree_problems, "steps": args.refresh_steps, "unlearn": args.refresh_unlearn}
+        if args.refresh_steps else None,
         "evaluate": {"split": "test", "problems": args.problems, "problem_seed": args.problem_seed,
                      "samples": args.eval_samples, "beam": args.beam, "best_of": args.best_of},
     }
@@ -143,6 +146,8 @@ def main() -> None:
     parser.add_argument("--tree-problems", type=int, default=300, help="train problems searched for PRM labels (300)")
     parser.add_argument("--refresh-steps", type=int, default=150,
                         help="PRM refresh steps a round (default 150; 0: the PRM stays as it is)")
+    parser.add_argument("--refresh-unlearn", choices=["weakest", "every"], default="weakest",
+                        help="which tokens of a failed step the refresh pushes down (default weakest)")
     parser.add_argument("--eval-samples", type=int, default=64, help="samples a test problem (default 64)")
     parser.add_argument("--beam", type=int, default=16, help="PRM beam search budget evaluated (default 16; 0: none)")
     parser.add_argument("--best-of", type=int, default=0,

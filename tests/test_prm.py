@@ -12,6 +12,7 @@ import torch
 from thinkscale.policies import get_policy
 from thinkscale.scorers import aggregate, get_scorer
 from thinkscale.tasks.base import split_of
+from thinkscale.tiny import checkpoint
 from thinkscale.training.policy import TrainSettings
 from thinkscale.training.reward import likelihood_batch, likelihood_loss, prm_batch, step_targets, train_prm
 from thinkscale.training.step_labels import StepLabels, label_steps, read_jsonl, write_jsonl
@@ -201,3 +202,62 @@ def test_shipped_reward_models_prefer_valid_solutions_of_test_problems(task_name
         wins += aggregate(s[0], "min") > aggregate(s[1], "min")
         total += 1
     assert wins >= 0.8 * total, f"{wins} of {total}"
+
+
+def test_every_unlearning_pushes_down_each_token_of_a_failed_step_beside_the_verified_mean(arithmetic_checkpoint):
+    tok, model = arithmetic_checkpoint.tokenizer, arithmetic_checkpoint.model
+    right = StepLabels("p", "(3+5)*2=\n", ["8*2\n", "16\n"], [1.0, 1.0], [1, 1])
+    wrong = StepLabels("p", "(3+5)*2=\n", ["9*2\n", "17\n"], [0.0, 0.0], [0, 0])
+    batch = likelihood_batch([right, wrong], tok, target="soft")
+    ids, goal, failed = batch
+    with torch.no_grad():
+        loss = likelihood_loss(model, batch, unlearn="every")
+        lp = torch.log_softmax(model(ids).float()[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    learnt = goal[:, :-1] != -100  # the verified row's tokens, each predicted one position before
+    assert tok.decode(ids[0, 1:][learnt[0]].tolist()) == "8*2\n16\n"
+    doubted = failed[:, :-1] > 0
+    assert tok.decode(ids[1, 1:][doubted[1]].tolist()) == "9*2\n17\n"  # every token of both failed steps
+    by_hand = -lp[learnt].mean() - torch.log(1 - lp[doubted].exp()).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown unlearning 'most'; valid: weakest, every"):
+        likelihood_loss(model, batch, unlearn="most")
+
+
+def test_every_unlearning_teaches_a_reward_model_to_doubt_what_the_policy_is_sure_of(countdown, tmp_path):
+    """Countdown's policy writes the target as its last line's result, true or not, and is sure of it: the
+    weakest token of such a step is elsewhere, so only unlearning every token reaches the false result."""
+    examples = countdown.examples("train", 24, seed=11)
+    recs = asyncio.run(label_steps(countdown, get_policy("tiny", checkpoint_name="countdown"), examples,
+                                   samples=8, rollouts=0, seed=11))
+    by_id = {e.problem.id: e for e in examples}
+    for r in recs:  # no rollouts: every step is valued by its own solution's verdict
+        verdict = float(countdown.verify(by_id[r.problem_id], "".join(r.steps)).correct)
+        assert r.values == [verdict] * len(r.steps) and r.labels == [int(verdict)] * len(r.steps)
+    lies = [r for r in recs if r.values[-1] == 0 and "ends at" not in countdown.verify(
+        by_id[r.problem_id], "".join(r.steps)).reason and r.steps[-1].split("=")[1].strip() == str(
+        countdown.parse_prompt(r.prompt)[1])]
+    assert len(lies) >= 40 and any(r.values[-1] == 1 for r in recs)
+
+    def false_result_probability(name: str) -> float:
+        """The mean over the lies of the probability the model gives the last line's false result."""
+        ckpt = checkpoint.load(name)
+        total = 0.0
+        for r in lies:
+            text = r.prompt + "".join(r.steps)
+            head = len(ckpt.tokenizer.encode(text[:text.rindex("=") + 1]))
+            ids = torch.tensor([ckpt.tokenizer.encode(text)])
+            with torch.no_grad():
+                lp = torch.log_softmax(ckpt.model(ids).float()[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
+            total += lp[head - 1:-1].sum().exp().item()  # the result's digits, not the line's end
+        return total / len(lies)
+
+    settings = TrainSettings(steps=40, batch_size=16, lr=1e-3, warmup_steps=4, log_every=10)
+    mean = {}
+    for unlearn in ("weakest", "every"):
+        summary = train_prm("countdown", recs, tmp_path / unlearn, settings, init="countdown", label_info={},
+                            progress=False, target="soft", unlearn=unlearn)
+        assert summary["unlearn"] == unlearn
+        mean[unlearn] = false_result_probability(str(tmp_path / unlearn))
+    assert false_result_probability("countdown") > 0.9  # the policy is sure of them
+    # measured: weakest 0.36, every 0.05 (the pushed-down weakest tokens are mostly the line's other choices)
+    assert mean["every"] < 0.15 and mean["every"] < mean["weakest"] / 3

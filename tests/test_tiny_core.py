@@ -48,8 +48,13 @@ def test_shipped_checkpoints_carry_a_training_summary():
         else:  # a reward model: which task, which kind, started from what, labelled how (train split only)
             task, kind = name.split("-")
             assert (summary["task"], summary["kind"]) == (task, kind)
-            assert summary["init"] == f"{task}-base" and summary["labels"]["split"] == "train"
-            assert summary["labels"]["kind"] == kind and summary["labels"]["policy"] == task
+            stages = [summary]  # a second stage starts from the first, whose summary it keeps (countdown's)
+            while stages[-1]["init"] == name:
+                stages.append(stages[-1]["init_training"])
+            assert stages[-1]["init"] == f"{task}-base"
+            for stage in stages:
+                assert stage["labels"]["split"] == "train"
+                assert stage["labels"]["kind"] == kind and stage["labels"]["policy"] == task
 
 
 def test_missing_file_is_named(tmp_path, arithmetic_checkpoint):

@@ -197,7 +197,7 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              threads=args.threads, warmup_steps=min(50, args.steps // 10 + 1))
     summary = train_prm(task.name, records, out, settings, init=args.init or policy_name, label_info=label_info,
-                        kind=kind, target=getattr(args, "target", "hard"), head=args.head)
+                        kind=kind, target=getattr(args, "target", "hard"), head=args.head, unlearn=args.unlearn)
     loss = "" if summary["final_loss"] is None else f", final loss {summary['final_loss']:.4f}"
     print(f"wrote {out}: {summary['steps']} steps in {summary['train_seconds']} s{loss}")
     return 0
@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--samples", type=int, default=4 if kind == "prm" else 8,
                          help=f"solutions per problem (default {4 if kind == 'prm' else 8})")
         if kind == "prm":
-            cmd.add_argument("--rollouts", type=int, default=8, help="continuations per step (default 8)")
+            cmd.add_argument("--rollouts", type=int, default=8,
+                             help="continuations per step (default 8; 0: each step is valued by its own "
+                                  "solution's verdict, no rollouts)")
             cmd.add_argument("--completer", help="checkpoint that writes the rollouts (default: the policy); a "
                                                  "stronger one labels fewer valid steps as failed")
             cmd.add_argument("--target", choices=["hard", "soft"], default="hard",
@@ -353,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--head", choices=["likelihood", "verdict"], default="likelihood",
                          help="likelihood: score a step by the lowest probability of its tokens (default); "
                               "verdict: predict a +/- label after each step (Math-Shepherd)")
+        cmd.add_argument("--unlearn", choices=["weakest", "every"], default="weakest",
+                         help="likelihood head: the tokens of a failed step pushed down, its weakest (default) or "
+                                 "every one (where the policy is sure of its mistakes, as on countdown)")
         cmd.add_argument("--steps", type=int, default=200,
                          help="optimizer steps (default 200; 0 keeps --init as it is, the untrained baseline)")
         cmd.add_argument("--batch-size", type=int, default=64, help="solutions per step (default 64)")

@@ -135,6 +135,8 @@ class RefreshPhase:
     # valued below 1/2. A search tree's labels are 0 or 1 (did the step's subtree reach a verified answer), so
     # soft unlearns every step whose subtree did not: the errors after the first one too
     target: Literal["hard", "soft"] = "hard"
+    # which tokens of a failed step a likelihood-head PRM pushes down: its weakest, or every one (training/reward.py)
+    unlearn: Literal["weakest", "every"] = "weakest"
 
 
 @dataclass(frozen=True)
@@ -530,7 +532,7 @@ def _refresh(config: ImproveConfig, task: Task, round_: int, rd: Path, policy: s
         log(f"round {round_}: refreshing the PRM on {len(records)} labelled paths")
         _timed(phases, "refresh", timing, lambda: _train_into(target, lambda to: train_prm(
             task.name, records, to, settings, init=prm, label_info=info, progress=progress, target=r.target,
-            head=head)))
+            head=head, unlearn=r.unlearn)))
     return str(target), len(records)
 
 

@@ -28,6 +28,8 @@ from thinkscale.training.step_labels import (
 def label_settings(kind: str, problems: int, samples: int, rollouts: int, policy: str, completer: str | None,
                    seed: int) -> dict[str, Any]:
     """What a label file is made with; a file is reused only when these match."""
+    if rollouts < 0:
+        raise ValueError(f"rollouts must be 0 (each step valued by its solution's verdict) or more, not {rollouts}")
     info = {"kind": kind, "problems": problems, "samples": samples, "rollouts": rollouts, "split": "train",
             "policy": policy, "seed": seed}
     if kind == "prm":

@@ -13,8 +13,8 @@ kind it is, which task it was trained for and how it scores. Two heads:
 - "likelihood" (a generative verifier): the model keeps its language-model
   head; a step's score is the lowest probability it gives any token of the
   step, so one wrong digit sinks the step. It learns verified solutions by
-  likelihood, and pushes down the weakest token of each step at which the
-  labels say the solution stopped being able to succeed.
+  likelihood, and pushes down the failed steps' tokens: each failed step's
+  weakest one (`unlearn="weakest"`), or every one (`unlearn="every"`).
 
 An outcome reward model (ORM) is the same training on records whose one
 "step" is the whole solution, valued by its verdict (`kind="orm"`).
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -99,14 +100,28 @@ def likelihood_batch(records: list[StepLabels], tokenizer: CharTokenizer, target
     return batch, goal, failed
 
 
-def likelihood_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
-    """Learn verified solutions by likelihood; push each failed step's weakest token further down.
+UNLEARN = ("weakest", "every")
 
-    A step scores the lowest probability of its tokens, so a failed step is
-    taught through that token alone (-log(1 - p_min)): usually the wrong digit,
-    and never the many tokens of the step that were right. Each failed step
-    of a row is taught through its own weakest token.
+
+def likelihood_loss(model: TinyLlama, batch: Batch, unlearn: str = "weakest") -> torch.Tensor:
+    """Learn verified solutions by likelihood; push the tokens of failed steps down.
+
+    "weakest": a step scores the lowest probability of its tokens, so a failed
+    step is taught through that token alone (-log(1 - p_min)), each failed
+    step of a row through its own. That is the wrong digit where the model
+    already doubts it, and never the many tokens of the step that were right.
+
+    "every": -log(1 - p) on every token of every failed step, their mean added
+    to the mean loss of the verified tokens (so the two weigh alike however
+    few verified solutions a batch holds). Where the model is sure of a wrong
+    token, its weakest is elsewhere and "weakest" never reaches it: countdown's
+    policy writes the target as its last line's result, true or not, with
+    probability ~1, and only "every" teaches a reward model to doubt it. The
+    tokens a failed step shares with verified ones are pushed both ways and
+    settle where the two meet.
     """
+    if unlearn not in UNLEARN:
+        raise ValueError(f"unknown unlearning {unlearn!r}; valid: {', '.join(UNLEARN)}")
     ids, goal, failed = batch
     logits = model(ids).float()
     learn = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), goal.reshape(-1), ignore_index=IGNORE,
@@ -114,6 +129,10 @@ def likelihood_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
     count = (goal != IGNORE).sum()
     token_lp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
     step = failed[:, :-1]
+    if unlearn == "every":
+        doubted = token_lp[step > 0].clamp(max=-1e-6)
+        pushed = -torch.log(-torch.expm1(doubted)).mean() if doubted.numel() else token_lp.new_zeros(())
+        return learn / count.clamp(min=1) + pushed
     if step.any():
         slots = int(step.max()) + 1  # a row's failed steps 1..max, and 0 for every other position
         index = (torch.arange(step.shape[0])[:, None] * slots + step).reshape(-1)
@@ -122,8 +141,8 @@ def likelihood_loss(model: TinyLlama, batch: Batch) -> torch.Tensor:
         marked = torch.zeros(step.shape[0] * slots, dtype=torch.bool).index_fill_(0, index[step.reshape(-1) > 0],
                                                                                   True)
         weakest = lowest[marked].clamp(max=-1e-6)
-        unlearn = -torch.log(-torch.expm1(weakest))  # -log(1 - p_min), one a failed step
-        return (learn + unlearn.sum()) / (count + marked.sum())
+        pushed = -torch.log(-torch.expm1(weakest))  # -log(1 - p_min), one a failed step
+        return (learn + pushed.sum()) / (count + marked.sum())
     return learn / count.clamp(min=1)
 
 
@@ -145,10 +164,13 @@ def _batches(records: list[StepLabels], tokenizer: CharTokenizer, batch_size: in
 
 def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settings: TrainSettings,
               init: str, label_info: dict, progress: bool = True, kind: str = "prm", target: str = "hard",
-              head: str = "likelihood") -> dict:
-    """Fine-tune the checkpoint `init` into a reward model; writes the checkpoint and reward_model.json."""
+              head: str = "likelihood", unlearn: str = "weakest") -> dict:
+    """Fine-tune the checkpoint `init` into a reward model; writes the checkpoint and reward_model.json.
+    `unlearn` (the likelihood head's): which tokens of a failed step are pushed down (`likelihood_loss`)."""
     if head not in HEADS:
         raise ValueError(f"unknown reward-model head {head!r}; valid: {', '.join(HEADS)}")
+    if unlearn not in UNLEARN:
+        raise ValueError(f"unknown unlearning {unlearn!r}; valid: {', '.join(UNLEARN)}")
     if len(records) < settings.batch_size:
         raise ValueError(f"{len(records)} step-label records are fewer than one batch of {settings.batch_size}")
     torch.set_num_threads(settings.threads)
@@ -159,7 +181,7 @@ def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settin
     if head == "verdict":
         with torch.no_grad():  # the two label rows become a fresh value head: P(+) starts at 1/2 everywhere,
             model.lm_head.weight[[good, bad]] = 0.0  # free of what "+" and "-" meant to the language model
-    loss = likelihood_loss if head == "likelihood" else prm_loss_for(good, bad)
+    loss = partial(likelihood_loss, unlearn=unlearn) if head == "likelihood" else prm_loss_for(good, bad)
     on_log = StepProgress(settings.steps, f"train {kind} {task_name}", enabled=progress)
     t0 = time.perf_counter()
     step_targets(records[0], target)  # an unknown target fails before any work
@@ -168,7 +190,9 @@ def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settin
     elapsed = time.perf_counter() - t0
     on_log.close()
     summary = {
-        "task": task_name, "kind": kind, "target": target, "head": head, "init": str(start.path.name), "settings": asdict(settings),
+        "task": task_name, "kind": kind, "target": target, "head": head,
+        **({"unlearn": unlearn} if head == "likelihood" else {}), "init": str(start.path.name),
+        "settings": asdict(settings),
         "records": len(records), "steps": settings.steps, "train_seconds": round(elapsed, 1), "tokens": tokens,
         "tokens_per_s": round(tokens / elapsed, 1) if tokens else 0.0,
         "final_loss": curve[-1][1] if curve else None, "loss_curve": curve,

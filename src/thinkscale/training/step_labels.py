@@ -42,6 +42,8 @@ async def label_example(task: Task, policy: Policy, example: Example, samples: i
     The rollouts come from `completer` (default: the policy itself). A valid
     step from which a weak policy seldom finishes gets value 0 from a few
     rollouts; a stronger completer tells it from a wrong step more often.
+    With `rollouts=0` each step is valued by its own solution's verdict: the
+    solution is the one rollout from each of its steps (a flat search tree).
     """
     completer = completer or policy
     prompt = example.problem.prompt
@@ -54,6 +56,9 @@ async def label_example(task: Task, policy: Policy, example: Example, samples: i
         if not steps:
             continue
         final = 1.0 if task.verify(example, solution).correct else 0.0
+        if not rollouts:
+            out.append(StepLabels(example.problem.id, prompt, steps, [final] * len(steps), [int(final)] * len(steps)))
+            continue
         prefixes = ["".join(steps[: i + 1]) for i in range(len(steps) - 1)]
         requests = [GenerationRequest(prompt + prefix, n=rollouts, max_tokens=max_tokens,
                                       seed=(base_seed + 7919 * (s_index + 1) + 104729 * (i + 1)) & 0x7FFFFFFF)
