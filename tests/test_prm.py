@@ -221,6 +221,11 @@ def test_every_unlearning_pushes_down_each_token_of_a_failed_step_beside_the_ver
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
     with pytest.raises(ValueError, match="unknown unlearning 'most'; valid: weakest, every"):
         likelihood_loss(model, batch, unlearn="most")
+    with torch.no_grad():  # a batch with nothing verified, or nothing failed, is still a finite loss
+        alone = [likelihood_loss(model, likelihood_batch([r], tok, target="soft"), unlearn="every").item()
+                 for r in (right, wrong)]
+    assert alone[0] == pytest.approx(-lp[learnt].mean().item(), rel=1e-5)
+    assert alone[1] == pytest.approx(-torch.log(1 - lp[doubted].exp()).mean().item(), rel=1e-5)
 
 
 def test_every_unlearning_teaches_a_reward_model_to_doubt_what_the_policy_is_sure_of(countdown, tmp_path):

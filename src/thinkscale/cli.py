@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "prm":
             cmd.add_argument("--rollouts", type=int, default=8,
                              help="continuations per step (default 8; 0: each step is valued by its own "
-                                  "solution's verdict, no rollouts)")
+                                  "solution's verdict, no rollouts; with --target hard only a wrong solution's "
+                                  "first step is then unlearnt, with soft every step)")
             cmd.add_argument("--completer", help="checkpoint that writes the rollouts (default: the policy); a "
                                                  "stronger one labels fewer valid steps as failed")
             cmd.add_argument("--target", choices=["hard", "soft"], default="hard",
