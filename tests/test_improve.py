@@ -200,6 +200,23 @@ def test_bad_configs_name_their_line(tmp_path: Path, change: dict, match: str) -
         parse_improve_config(small(tmp_path / "o", **change), "improve.yaml")
 
 
+def test_unlearning_every_token_is_refused_for_a_verdict_head_prm(tmp_path: Path) -> None:
+    from thinkscale.training.policy import TrainSettings
+    from thinkscale.training.reward import train_prm
+    from thinkscale.training.step_labels import StepLabels
+
+    rows = [StepLabels("p", "(3+5)*2=\n", ["8*2\n", "16\n"], [1.0, 1.0], [1, 1])] * 4
+    with pytest.raises(ValueError, match="unlearn='every' is the likelihood head's"):
+        train_prm("arithmetic", rows, tmp_path / "x", TrainSettings(steps=1, batch_size=4), init="arithmetic",
+                  label_info={}, progress=False, head="verdict", unlearn="every")
+    train_prm("arithmetic", rows, tmp_path / "verdict", TrainSettings(steps=1, batch_size=4), init="arithmetic",
+              label_info={}, progress=False, head="verdict")
+    text = small(tmp_path / "o", prm=str(tmp_path / "verdict")).replace("refresh: {", "refresh: {unlearn: every, ")
+    with pytest.raises(ConfigError, match=r"improve.yaml:\d+: .*has a verdict head"):
+        parse_improve_config(text, "improve.yaml")
+    parse_improve_config(small(tmp_path / "o", prm=str(tmp_path / "verdict")), "improve.yaml")  # weakest: fine
+
+
 def test_the_command_line_reports_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(small(tmp_path / "o", prm="countdown-prm"))

@@ -196,7 +196,10 @@ def _build(data: Any, source: Source) -> ImproveConfig:
         except ValueError as e:
             raise source.error((key,), str(e)) from None
     if config.prm is not None:
-        _check_reward_model(config.prm, task, lambda message: source.error(("prm",), message))
+        meta = _check_reward_model(config.prm, task, lambda message: source.error(("prm",), message))
+        if refresh is not None and refresh.unlearn != "weakest" and meta.get("head") == "verdict":
+            raise source.error(("refresh", "unlearn"), f"{config.prm!r} has a verdict head, and only a likelihood "
+                                                       "head unlearns tokens: leave unlearn out or name another PRM")
     return dataclasses.replace(config, search=search, refresh=refresh)
 
 

@@ -171,6 +171,8 @@ def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settin
         raise ValueError(f"unknown reward-model head {head!r}; valid: {', '.join(HEADS)}")
     if unlearn not in UNLEARN:
         raise ValueError(f"unknown unlearning {unlearn!r}; valid: {', '.join(UNLEARN)}")
+    if head == "verdict" and unlearn != "weakest":
+        raise ValueError(f"unlearn={unlearn!r} is the likelihood head's; a verdict head learns its labels")
     if len(records) < settings.batch_size:
         raise ValueError(f"{len(records)} step-label records are fewer than one batch of {settings.batch_size}")
     torch.set_num_threads(settings.threads)
