@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -155,7 +155,7 @@ class Server:
 
     async def _whole(self, request: Request, flight: Flight, shaper: Shaper) -> Response:
         run = flight.run
-        gone = asyncio.create_task(_disconnected(request))
+        gone = asyncio.create_task(_disconnected(request.receive))
         try:
             await asyncio.wait({run.task, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -250,8 +250,7 @@ class EventStream(Response):
 
         async def watch() -> None:
             nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await _disconnected(receive)
             gone = True
             task.cancel()
 
@@ -274,9 +273,9 @@ class EventStream(Response):
             self.on_end()
 
 
-async def _disconnected(request: Request) -> None:
+async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
     """Returns when the client has gone away (the body was read already: the next message says so)."""
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
