@@ -27,7 +27,9 @@
    `--method grpo` replaces each round's search and fine-tuning with
    `--rl-steps` GRPO steps (training/rl.py; 472 is about an expert-iteration
    round's FLOPs), the rest unchanged (the oracle still gets
-   `--finetune-steps` a round).
+   `--finetune-steps` a round). On countdown, `--method grpo --rl-lr 3e-5
+   --rl-steps 2400 --search-problems 12000 --refresh-steps 0` raises pass@1
+   further than expert iteration and loses most of pass@64 (docs/learn.md).
 2. **Oracle ceiling**: the starting policy fine-tuned on the task's reference
    solutions, which no real user has, with as many optimizer steps of the
    same batch size as all rounds' fine-tuning together (the same training
@@ -170,8 +172,11 @@ def main() -> None:
     flywheel_s = time.perf_counter() - t0
     base = oracle(args, config, rows, out)
 
+    learning = (f"GRPO, {args.rl_steps} steps of {config.rl.prompts} problems x {config.rl.group} samples at lr "
+                f"{args.rl_lr:g} a round, cycling through {args.search_problems} train problems"
+                if args.method == "grpo" else f"{args.search_problems} train problems x {args.samples} samples")
     print(f"\n{args.task}: {args.problems} test problems (problem seed {args.problem_seed}); {args.rounds} rounds "
-          f"of {args.search_problems} train problems x {args.samples} samples; 1 torch thread; "
+          f"of {learning}; 1 torch thread; "
           f"{flywheel_s / 60:.1f} min for the flywheel (all rounds, evaluation included)")
     print("\nper round (minutes by phase; the issue's limit is 30 a round):")
     for r in rows[1:]:

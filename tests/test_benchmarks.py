@@ -235,6 +235,26 @@ def test_flywheel_benchmark_with_grpo_and_no_refresh(tmp_path):
     assert re.fullmatch(rf"pass@1: {NUMBER} -> {NUMBER} in 1 rounds", lines[-1]), lines[-1]
 
 
+def test_sft_variants_benchmark_trains_each_variant_on_a_ledger_and_names_the_best(tmp_path):
+    from thinkscale.config import RunConfig
+    from thinkscale.runner import execute_run
+
+    search = execute_run(RunConfig.from_dict({
+        "task": "arithmetic", "split": "train", "problems": 12, "problem_seed": 3, "seeds": [0],
+        "output": str(tmp_path / "search"), "policy": {"name": "tiny", "options": {"threads": 1}},
+        "strategies": [{"name": "repeated_sampling", "label": "sample", "settings": {"n": 8}}]}), progress=False)
+    out = tmp_path / "variants"
+    args = ("--search", str(search), "--task", "arithmetic", "--variants", "sft-2,rpo-2,dups-2", "--dev-problems", "4",
+            "--problem-seed", "1", "--out", str(out))
+    lines = bench("sft_variants.py", *args)
+    table = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1] in (["sft-2"], ["rpo-2"],
+                                                                                           ["dups-2"])}
+    assert set(table) == {"sft-2", "rpo-2", "dups-2"} and all(0 <= float(v) <= 1 for row in table.values() for v in row)
+    assert json.loads((out / "rpo-2" / "training.json").read_text())["pairs"] > 0  # the DPO term had pairs to learn
+    assert re.fullmatch(rf"best: (sft|rpo|dups)-2 pass@1 {NUMBER} against sft-2 {NUMBER}", lines[-1]), lines[-1]
+    assert bench("sft_variants.py", *args)[-1] == lines[-1]  # a second run reads the finished variants back
+
+
 @pytest.mark.trl
 def test_grpo_benchmark_against_trl(tmp_path):
     pytest.importorskip("trl", reason="needs trl: run `make test-trl`")
