@@ -64,13 +64,20 @@ def rows_of(search: Path, task, kind: str, dev: frozenset[str]) -> tuple[list, l
     return [r for r in rows if r[0] not in dev], [p for p in pairs if p[0] not in dev]
 
 
+def fine_tuning(steps: int, args: argparse.Namespace):
+    """Every variant's optimizer settings: improve's fine-tuning (batch 64, lr 1e-3, 20 warmup steps, cosine)."""
+    from thinkscale.training.policy import TrainSettings
+
+    return TrainSettings(steps=steps, batch_size=64, lr=1e-3, warmup_steps=20, seed=args.seed, threads=args.threads)
+
+
 def train_rpo(rows: list, pairs: list, out: Path, steps: int, args: argparse.Namespace) -> None:
     """The starting policy trained on NLL(rows) + w * DPO(pairs), through the fine-tuning's own step loop."""
     import torch
     import torch.nn.functional as F
 
     from thinkscale.tiny import checkpoint
-    from thinkscale.training.policy import IGNORE, TrainSettings, epochs, lm_loss, make_batch, train_steps
+    from thinkscale.training.policy import IGNORE, epochs, lm_loss, make_batch, train_steps
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -106,9 +113,7 @@ def train_rpo(rows: list, pairs: list, out: Path, steps: int, args: argparse.Nam
         margin = args.beta * ((logp(chosen) - ref_c) - (logp(rejected) - ref_r))
         return lm_loss(m, (ids, tgt)) + args.dpo_weight * -F.logsigmoid(margin).mean()
 
-    settings = TrainSettings(steps=steps, batch_size=64, lr=1e-3, warmup_steps=20, seed=args.seed,
-                             threads=args.threads)
-    curve, tokens = train_steps(model, batches(), loss, tokenizer.pad_id, settings)
+    curve, tokens = train_steps(model, batches(), loss, tokenizer.pad_id, fine_tuning(steps, args))
     checkpoint.save(model, tokenizer, out, {"init": str(start.path), "rows": len(rows), "pairs": len(pairs),
                                             "steps": steps, "tokens": tokens, "loss_curve": curve,
                                             "beta": args.beta, "dpo_weight": args.dpo_weight})
@@ -137,7 +142,7 @@ def main() -> None:
 
     from thinkscale.tasks import get_task
     from thinkscale.training.improve import ImproveConfig, evaluate
-    from thinkscale.training.policy import TrainSettings, finetune_policy
+    from thinkscale.training.policy import finetune_policy
 
     task = get_task(args.task)
     args.policy = args.policy or task.name
@@ -158,9 +163,7 @@ def main() -> None:
         if kind == "rpo":
             train_rpo(rows, pairs, target, steps, args)
         else:
-            finetune_policy(args.policy, rows, target, TrainSettings(steps=steps, batch_size=64, lr=1e-3,
-                                                                     warmup_steps=20, seed=args.seed,
-                                                                     threads=args.threads), progress=False)
+            finetune_policy(args.policy, rows, target, fine_tuning(steps, args), progress=False)
         dev_set = {"split": "train", "problem_seed": args.problem_seed, "problems": args.dev_problems, "samples": 32,
                    "beam": 0}
         config = ImproveConfig.from_dict({"task": task.name, "output": str(out / "eval"), "refresh": None,
