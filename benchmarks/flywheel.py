@@ -26,14 +26,16 @@
    shipped countdown reward models were trained (docs/learn.md).
    `--method grpo` replaces each round's search and fine-tuning with
    `--rl-steps` GRPO steps (training/rl.py; 472 is about an expert-iteration
-   round's FLOPs), the rest unchanged (the oracle still gets
-   `--finetune-steps` a round). On countdown, `--method grpo --rl-lr 3e-5
-   --rl-steps 2400 --search-problems 12000 --refresh-steps 0` raises pass@1
-   further than expert iteration and loses most of pass@64 (docs/learn.md).
+   round's FLOPs), the rest unchanged; the oracle then gets as many
+   fine-tuning steps as read the tokens all GRPO steps trained on. On
+   countdown, `--method grpo --rl-lr 3e-5 --rl-kl 0 --rl-steps 4800
+   --search-problems 24000 --refresh-steps 0` raises pass@1 further than
+   expert iteration and loses most of pass@64 (docs/learn.md).
 2. **Oracle ceiling**: the starting policy fine-tuned on the task's reference
    solutions, which no real user has, with as many optimizer steps of the
    same batch size as all rounds' fine-tuning together (the same training
-   compute), evaluated the same way.
+   compute; after GRPO, as many as read the tokens its steps trained on),
+   evaluated the same way.
 3. **Sampling instead of training**: every FLOP the flywheel spent (its
    searches, the tree searches, fine-tuning and PRM refreshes, training at
    3x the forward FLOPs) divided by the test problems is what the starting
@@ -83,7 +85,7 @@ def improve_config(args: argparse.Namespace, out: Path) -> dict:
 
 
 def oracle(args: argparse.Namespace, config, rows: list[dict], out: Path) -> dict:
-    """The starting policy fine-tuned on reference solutions with the flywheel's training steps, evaluated."""
+    """The starting policy fine-tuned on reference solutions with the flywheel's training compute, evaluated."""
     from itertools import islice
 
     from thinkscale.tasks import get_task
@@ -92,6 +94,8 @@ def oracle(args: argparse.Namespace, config, rows: list[dict], out: Path) -> dic
 
     task = get_task(args.task)
     steps = args.finetune_steps * sum(1 for r in rows[1:] if not r["empty"])
+    if args.method == "grpo":  # its training compute: the tokens its gradient steps read, forward and backward
+        steps = grpo_equal_steps(task, rows, args)
     target = out / f"oracle-policy-{steps}"  # by steps: more rounds, a longer oracle
     if steps and not target.exists():
         pairs = list(islice(task.training_stream(args.seed + 7), steps * args.batch_size))
@@ -102,6 +106,21 @@ def oracle(args: argparse.Namespace, config, rows: list[dict], out: Path) -> dic
     policy = str(target) if steps else rows[0]["policy"]
     measured = evaluate(config, out / f"oracle-eval-{steps}", policy, rows[0]["prm"], not args.quiet)
     return {"steps": steps, "eval": measured}
+
+
+def grpo_equal_steps(task, rows: list[dict], args: argparse.Namespace) -> int:
+    """Fine-tuning steps on reference solutions that read as many tokens as all GRPO rounds trained on."""
+    from itertools import islice
+
+    from thinkscale.tiny import checkpoint
+    from thinkscale.training.policy import make_batch
+
+    trained = sum(json.loads((Path(r["policy"]) / "training.json").read_text())["tokens"] for r in rows[1:])
+    tokenizer = checkpoint.load(rows[0]["policy"]).tokenizer
+    sample = list(islice(task.training_stream(args.seed + 7), 16 * args.batch_size))
+    per_step = sum(int((make_batch(sample[i:i + args.batch_size], tokenizer)[0] != tokenizer.pad_id).sum())
+                   for i in range(0, len(sample), args.batch_size)) / 16
+    return math.ceil(trained / per_step)
 
 
 def sample_flops(run_dir: Path) -> float:
@@ -219,7 +238,7 @@ def main() -> None:
         print(f"  with search: PRM beam@{args.beam} {start[beam]:.3f} -> {last[beam]:.3f}; pass@{args.eval_samples} "
               f"{start[f'pass@{args.eval_samples}']:.3f} -> {last[f'pass@{args.eval_samples}']:.3f}")
     print("\nwhere the flywheel stands: pass@1 " + f"{start['pass@1']:.3f} (no training) -> {target:.3f} (flywheel) "
-          f"against {base['eval']['pass@1']:.3f} (oracle: reference solutions, same steps)")
+          f"against {base['eval']['pass@1']:.3f} (oracle: reference solutions, same training compute)")
     (out / "flywheel.json").write_text(json.dumps({"rounds": rows, "oracle": base, "flops": spent,
                                                    "k_equal": k_equal}, indent=1))
     print(f"pass@1: {start['pass@1']:.2f} -> {target:.2f} in {args.rounds} rounds")

@@ -228,8 +228,15 @@ def test_flywheel_benchmark_with_grpo_and_no_refresh(tmp_path):
     lines = bench("flywheel.py", "--method", "grpo", "--rl-steps", "2", "--rounds", "1", "--problems", "4",
                   "--search-problems", "16", "--finetune-steps", "2", "--batch-size", "8", "--refresh-steps", "0",
                   "--eval-samples", "4", "--beam", "0", "--problem-seed", "2", "--quiet", "--out", str(tmp_path))
-    rows = json.loads((tmp_path / "arithmetic-seed2" / "flywheel.json").read_text())["rounds"]
+    result = json.loads((tmp_path / "arithmetic-seed2" / "flywheel.json").read_text())
+    rows = result["rounds"]
     assert "grpo" in rows[1]["flops"] and rows[1]["prm_records"] == 0  # learnt by GRPO; the PRM left as it was
+    # the oracle trains on about as many tokens as GRPO's gradient steps did (not `--finetune-steps` a round)
+    grpo_tokens = json.loads((Path(rows[1]["policy"]) / "training.json").read_text())["tokens"]
+    steps = result["oracle"]["steps"]
+    oracle_tokens = json.loads((tmp_path / "arithmetic-seed2" / f"oracle-policy-{steps}" / "training.json"
+                                ).read_text())["tokens"]
+    assert steps != 2 and 0.8 < oracle_tokens / grpo_tokens < 1.25, (steps, oracle_tokens, grpo_tokens)
     assert (tmp_path / "arithmetic-seed2" / "grpo" / "round-1" / "policy").is_dir()
     assert not (tmp_path / "arithmetic-seed2" / "grpo" / "round-1" / "prm").exists()
     assert re.fullmatch(rf"pass@1: {NUMBER} -> {NUMBER} in 1 rounds", lines[-1]), lines[-1]

@@ -117,6 +117,23 @@ def _same_positions(a, b, length):
     return all(torch.equal(x, y) for x, y in zip(_positions(a, length), _positions(b, length)))
 
 
+def test_reloaded_weights_sample_as_a_new_engine_over_them(arithmetic_checkpoint, arithmetic):
+    import copy
+
+    model = copy.deepcopy(arithmetic_checkpoint.model)
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 4, 8, temperature=1.0, max_tokens=60)
+    engine = Engine(model, max_rows=16, prefix_cache_bytes=16 << 20)
+    before = engine.generate(reqs)
+    with torch.no_grad():  # what a training step does: every weight changed in place
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    stale = engine.generate(reqs)
+    engine.reload_weights()
+    tokens = lambda res: [[(c.token_ids, c.logprob) for c in r] for r in res]  # noqa: E731
+    assert tokens(engine.generate(reqs)) == tokens(Engine(model, max_rows=16).generate(reqs)) != tokens(before)
+    assert tokens(stale) != tokens(engine.generate(reqs))  # without the reload, the old projections stay
+
+
 def _step_rounds(engine, prompts, newline, rounds=4):
     """A step search in miniature: each round continues the first sample of each path by one step."""
     frontier, drawn = list(prompts), []

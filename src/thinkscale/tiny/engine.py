@@ -173,6 +173,18 @@ class Engine:
         self.config = c = model.config
         self.max_rows = max_rows
         self.eos_id = c.eos_token_id
+        self.reload_weights()
+
+    def reload_weights(self) -> None:
+        """Read the model's weights again, after training changed them in place.
+
+        The KV cache's memory is kept (zeroing a new one costs about as much
+        as a short call), and the prefix cache is emptied: its keys and values
+        came from the old weights.
+        """
+        model, dtype, c = self.model, self.dtype, self.config
+        if self.prefix_cache is not None:
+            self.prefix_cache = PrefixCache(self.prefix_cache.max_bytes)
         layers = model.model.layers
         with torch.no_grad():
             # Fused projections: one matmul for q, k, v and one for gate, up.

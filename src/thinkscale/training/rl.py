@@ -18,8 +18,9 @@ the policy gradient (on-policy: the samples come from the weights being
 trained, so the ratio is 1 and needs no clipping) and the k3 estimate of
 KL(pi || pi_ref) to the starting policy, kept as a setting.
 
-The engine copies the weights it samples with, so each step samples from a
-fresh engine over the current weights (no prefix cache: the weights change).
+The engine copies the weights it samples with, so each step reloads them
+(`Engine.reload_weights`; no prefix cache: the weights change). With `kl: 0`
+the starting policy is not kept and its log-probabilities are not computed.
 What it spent is kept in the summary: tokens sampled, tokens trained on and
 their FLOPs (sampling: the forward pass; training: 3x, forward and backward).
 """
@@ -93,8 +94,8 @@ def train_grpo(init: str | Path, task: Task, examples: list[Example], out: str |
     torch.manual_seed(settings.seed)
     start = checkpoint.load(init)
     model, tokenizer = start.model, start.tokenizer
-    reference = copy.deepcopy(model).eval()
-    for p in reference.parameters():
+    reference = copy.deepcopy(model).eval() if settings.kl else None  # without a KL term, not needed
+    for p in reference.parameters() if reference is not None else ():
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
     forward = forward_flops_per_token(model.config.num_parameters(), model.config.vocab_size * model.config.hidden_size)
@@ -102,9 +103,11 @@ def train_grpo(init: str | Path, task: Task, examples: list[Example], out: str |
     sampled = trained = 0
     curve: list[tuple[int, float, float]] = []
     t0 = time.perf_counter()
+    engine = Engine(model, max_rows=settings.prompts * settings.group)
     for step in range(settings.steps):
         batch = [examples[(step * settings.prompts + i) % len(examples)] for i in range(settings.prompts)]
-        engine = Engine(model, max_rows=settings.prompts * settings.group)  # over the current weights
+        if step:
+            engine.reload_weights()  # the weights the last step trained
         requests = [SampleRequest(prompt_ids=tuple(tokenizer.encode(e.problem.prompt)), n=settings.group,
                                   params=SamplingParams(temperature=1.0, max_tokens=settings.max_tokens,
                                                         seed=derive_seed(settings.seed, "grpo", step, i)))
@@ -132,10 +135,13 @@ def train_grpo(init: str | Path, task: Task, examples: list[Example], out: str |
                 mask[i, prompt_len - 1:len(seq) - 1] = 1.0  # the positions that predict completion tokens
             model.train()
             logp = token_logprobs(model, ids)
-            with torch.no_grad():
-                ref = token_logprobs(reference, ids)
-            ratio = ref - logp
-            k3 = torch.exp(ratio) - ratio - 1
+            if reference is not None:
+                with torch.no_grad():
+                    ref = token_logprobs(reference, ids)
+                ratio = ref - logp
+                k3 = torch.exp(ratio) - ratio - 1
+            else:
+                k3 = torch.zeros_like(logp)
             adv = torch.tensor(advantages)[:, None]
             count = mask.sum()
             loss = (-(adv * logp * mask).sum() + settings.kl * (k3 * mask).sum()) / count
