@@ -244,6 +244,11 @@ def test_grpo_is_a_second_method_that_learns_from_rewarded_samples(tmp_path: Pat
     start, tuned = weights("arithmetic"), weights(one["policy"])
     assert any(not torch.equal(start[k], tuned[k]) for k in start)
     assert 0.0 <= one["eval"]["pass@1"] <= 1.0
+    # the round's time counts drawing its problems; resumed, the round is read back as it was
+    assert set(one["seconds"]) == {"draw", "grpo", "evaluate"}
+    (tmp_path / "o" / "round-1" / "metrics.json").unlink()
+    again = improve(config, progress=False, log=lambda _: None)[1]
+    assert again["searched"] == one["searched"] and again["policy"] == one["policy"]
 
 
 def test_grpo_rewards_by_verifier_or_by_the_groups_majority() -> None:

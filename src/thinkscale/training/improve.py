@@ -487,10 +487,12 @@ def _grpo(config: ImproveConfig, task: Task, round_: int, rd: Path, policy: str,
     """GRPO on a fresh draw of train problems (training/rl.py); returns the round's row so far and the policy."""
     r = config.rl
     dev = dev_prompts(task, config)
-    examples = [e for e in task.examples("train", config.search.problems, seed=_draw(config, round_, _SEARCH_DRAW))
-                if e.problem.prompt not in dev]
     new_policy = rd / "policy"
     if not new_policy.exists():
+        # drawing the problems is part of the round's time (countdown's 24,000 take over a minute)
+        examples = _timed(phases, "draw", timing, lambda: [
+            e for e in task.examples("train", config.search.problems, seed=_draw(config, round_, _SEARCH_DRAW))
+            if e.problem.prompt not in dev])
         log(f"round {round_}: GRPO, {r.steps} steps of {r.prompts} problems x {r.group} samples "
             f"({r.reward} reward, KL {r.kl})")
         settings = RLSettings(steps=r.steps, prompts=r.prompts, group=r.group, lr=r.lr, kl=r.kl, reward=r.reward,
@@ -500,7 +502,7 @@ def _grpo(config: ImproveConfig, task: Task, round_: int, rd: Path, policy: str,
             init, task, examples, to, settings, progress, about={"round": round_})))
     summary = json.loads((new_policy / "training.json").read_text())
     rewards = [reward for _, reward in summary["reward_curve"]]
-    row = {"round": round_, "searched": min(len(examples), r.steps * r.prompts),
+    row = {"round": round_, "searched": min(summary["problems"], r.steps * r.prompts),
            "attempts": r.steps * r.prompts * r.group, "verified": None, "kept": 0, "problems_solved": 0,
            "empty": False, "prm_records": 0,
            "reward": {"first": rewards[0], "last": rewards[-1], "mean": round(sum(rewards) / len(rewards), 4)},
