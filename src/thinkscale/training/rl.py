@@ -94,9 +94,9 @@ def train_grpo(init: str | Path, task: Task, examples: list[Example], out: str |
     torch.manual_seed(settings.seed)
     start = checkpoint.load(init)
     model, tokenizer = start.model, start.tokenizer
-    reference = copy.deepcopy(model).eval() if settings.kl else None  # without a KL term, not needed
-    for p in reference.parameters() if reference is not None else ():
-        p.requires_grad_(False)
+    reference = None  # without a KL term, the starting policy is not needed
+    if settings.kl:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
     forward = forward_flops_per_token(model.config.num_parameters(), model.config.vocab_size * model.config.hidden_size)
     bar = StepProgress(settings.steps, "grpo", enabled=progress)
