@@ -44,6 +44,11 @@
    at 16 beside the improved policy's pass@1; the training is paid once, the
    samples on every problem, so it also prints after how many problems the
    flywheel is the cheaper of the two where sampling matches it at all.
+4. **Fresh draws** (`--fresh-draws 1`): every round's policy (with its PRM)
+   and the oracle evaluated again on the test problems another problem seed
+   draws, a table each. No training draw depends on the test draw, so these
+   are the figures a whole run with `--problem-seed 1` prints, without
+   training the same checkpoints again (a test holds the two equal).
 
 Each phase of each round is timed (the issue's limit: 30 minutes a round on
 this 2-core machine). The run is resumable: run the same command again.
@@ -105,7 +110,34 @@ def oracle(args: argparse.Namespace, config, rows: list[dict], out: Path) -> dic
                         about={"oracle": "the task's reference solutions", "pairs_drawn": len(pairs)})
     policy = str(target) if steps else rows[0]["policy"]
     measured = evaluate(config, out / f"oracle-eval-{steps}", policy, rows[0]["prm"], not args.quiet)
-    return {"steps": steps, "eval": measured}
+    return {"steps": steps, "policy": policy, "eval": measured}
+
+
+def fresh_draw(args: argparse.Namespace, config, rows: list[dict], base: dict, seed: int, out: Path) -> dict:
+    """Every round's policy and the oracle evaluated on test problems drawn with problem seed `seed`.
+
+    Training never depends on the test draw, so this is what a run with `--problem-seed seed` would measure,
+    without training the same checkpoints again."""
+    from dataclasses import replace
+
+    from thinkscale.tasks import get_task
+    from thinkscale.training.improve import check_disjoint, evaluate
+
+    drawn = replace(config, evaluate=replace(config.evaluate, problem_seed=seed))
+    check_disjoint(get_task(args.task), drawn)  # no training draw may hold a problem of this draw either
+    where = out / f"draw-{seed}"
+    rows = [{**r, "eval": evaluate(drawn, where / f"round-{r['round']}", r["policy"], r["prm"], not args.quiet)}
+            for r in rows]
+    oracle_eval = evaluate(drawn, where / f"oracle-{base['steps']}", base["policy"], rows[0]["prm"], not args.quiet)
+    return {"problem_seed": seed, "rounds": rows, "oracle": {**base, "eval": oracle_eval}}
+
+
+def oracle_line(base: dict, metrics: list[str]) -> str:
+    """The oracle's row, aligned with `format_rounds`' table."""
+    cells = " ".join(f"{base['eval'][m]:>12.3f}" if base["eval"].get(m) is not None else f"{'-':>12}"
+                     for m in metrics)
+    return (f"{'oracle':>5} {base['steps']:>6} {'-':>6} {cells}   (reference solutions, {base['steps']} steps: "
+            f"a ceiling)")
 
 
 def grpo_equal_steps(task, rows: list[dict], args: argparse.Namespace) -> int:
@@ -142,6 +174,14 @@ def majority_curve(run_dir: Path, votable: bool) -> tuple[list[int], list[float]
     return summary["ks"], everything.get("majority_at_k") or everything["pass_at_k"]
 
 
+def seeds(text: str) -> list[int]:
+    """`--fresh-draws`: problem seeds, comma-separated."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected problem seeds separated by commas, e.g. 1,2; got {text!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -173,6 +213,10 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=16, help="PRM beam search budget evaluated (default 16; 0: none)")
     parser.add_argument("--best-of", type=int, default=0,
                         help="also evaluate PRM best-of-N at this N (the PRM as a verifier; default 0: no)")
+    parser.add_argument("--fresh-draws", type=seeds, default=[], metavar="SEEDS",
+                        help="also evaluate every round's policy and the oracle on the test problems these problem "
+                             "seeds draw, e.g. 1 or 1,2; training does not depend on the draw, so nothing is "
+                             "trained again (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="training and sampling seed (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="runs/flywheel", help="where rounds, checkpoints and ledgers go")
@@ -195,7 +239,7 @@ def main() -> None:
                 f"{args.rl_lr:g} a round, cycling through {args.search_problems} train problems"
                 if args.method == "grpo" else f"{args.search_problems} train problems x {args.samples} samples")
     print(f"\n{args.task}: {args.problems} test problems (problem seed {args.problem_seed}); {args.rounds} rounds "
-          f"of {learning}; 1 torch thread; "
+          f"of {learning}; {args.threads} torch thread{'s' if args.threads > 1 else ''}; "
           f"{flywheel_s / 60:.1f} min for the flywheel (all rounds, evaluation included)")
     print("\nper round (minutes by phase; the issue's limit is 30 a round):")
     for r in rows[1:]:
@@ -207,10 +251,7 @@ def main() -> None:
               f"{r['prm_records']} PRM paths")
     metrics = [m for m in rows[0]["eval"] if any(r["eval"].get(m) is not None for r in rows)]  # as the table
     print("\n" + format_rounds(rows, "pass@1 and search-augmented accuracy by round (test split)"))
-    oracle_cells = " ".join(f"{base['eval'][m]:>12.3f}" if base["eval"].get(m) is not None else f"{'-':>12}"
-                            for m in metrics)
-    print(f"{'oracle':>5} {base['steps']:>6} {'-':>6} {oracle_cells}   (reference solutions, "
-          f"{base['steps']} steps: a ceiling)")
+    print(oracle_line(base, metrics))
 
     spent = sum(sum(r.get("flops", {}).values()) for r in rows[1:])
     per_sample = sample_flops(Path(config.output) / "round-0" / "eval")
@@ -228,6 +269,9 @@ def main() -> None:
     if matched is None:
         print(f"  no {vote}@k of the starting policy up to k={ks[-1]} reaches the improved policy's pass@1 "
               f"({target:.3f}): sampling cannot buy what the flywheel learned")
+    elif matched == 1:
+        print(f"  the starting policy's own pass@1 ({majority[0]:.3f}) already reaches the improved policy's "
+              f"({target:.3f}): the flywheel bought nothing here that one sample does not")
     else:
         extra = (matched - 1) * per_sample
         oracle_note = "" if task.votable else " (with the verifier choosing, which a user does not have)"
@@ -239,8 +283,15 @@ def main() -> None:
               f"{start[f'pass@{args.eval_samples}']:.3f} -> {last[f'pass@{args.eval_samples}']:.3f}")
     print("\nwhere the flywheel stands: pass@1 " + f"{start['pass@1']:.3f} (no training) -> {target:.3f} (flywheel) "
           f"against {base['eval']['pass@1']:.3f} (oracle: reference solutions, same training compute)")
+    draws = [fresh_draw(args, config, rows, base, seed, out) for seed in args.fresh_draws]
+    for draw in draws:
+        print("\n" + format_rounds(draw["rounds"], f"the same checkpoints on a fresh draw: {args.problems} test "
+                                                   f"problems, problem seed {draw['problem_seed']}"))
+        print(oracle_line(draw["oracle"], metrics))
+        print(f"  fresh draw (problem seed {draw['problem_seed']}): pass@1 {draw['rounds'][0]['eval']['pass@1']:.3f} "
+              f"-> {draw['rounds'][-1]['eval']['pass@1']:.3f} (oracle {draw['oracle']['eval']['pass@1']:.3f})")
     (out / "flywheel.json").write_text(json.dumps({"rounds": rows, "oracle": base, "flops": spent,
-                                                   "k_equal": k_equal}, indent=1))
+                                                   "k_equal": k_equal, "draws": draws}, indent=1))
     print(f"pass@1: {start['pass@1']:.2f} -> {target:.2f} in {args.rounds} rounds")
 
 

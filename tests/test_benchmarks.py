@@ -215,13 +215,33 @@ def test_search_benchmark_prints_every_strategy_and_the_gap_line_last():
     assert "valid pass@k" not in out.split("== countdown")[1]
 
 
-def test_flywheel_benchmark(tmp_path):
-    lines = bench("flywheel.py", "--rounds", "1", "--problems", "4", "--search-problems", "16", "--samples", "4",
-                  "--finetune-steps", "3", "--batch-size", "8", "--tree-problems", "4", "--refresh-steps", "2",
-                  "--eval-samples", "4", "--beam", "4", "--problem-seed", "2", "--quiet", "--out", str(tmp_path))
+def test_flywheel_benchmark_and_its_fresh_draw_measure_what_a_run_on_that_draw_measures(tmp_path):
+    small = ["--rounds", "1", "--problems", "4", "--search-problems", "16", "--samples", "4", "--finetune-steps", "3",
+             "--batch-size", "8", "--tree-problems", "4", "--refresh-steps", "2", "--eval-samples", "4", "--beam", "4",
+             "--quiet", "--out", str(tmp_path)]
+    lines = bench("flywheel.py", *small, "--problem-seed", "2", "--fresh-draws", "3")
     assert any(line.startswith("oracle") or " oracle " in line for line in lines)
     assert any(line.startswith("sampling instead of training") for line in lines)
+    assert any(line.strip().startswith("fresh draw (problem seed 3): pass@1") for line in lines)
     assert re.fullmatch(rf"pass@1: {NUMBER} -> {NUMBER} in 1 rounds", lines[-1]), lines[-1]
+    # the fresh draw is what a whole run on problem seed 3 measures, without training the checkpoints again
+    bench("flywheel.py", *small, "--problem-seed", "3")
+    drawn = json.loads((tmp_path / "arithmetic-seed2" / "flywheel.json").read_text())["draws"]
+    run = json.loads((tmp_path / "arithmetic-seed3" / "flywheel.json").read_text())
+    assert [d["problem_seed"] for d in drawn] == [3]
+    assert [r["eval"] for r in drawn[0]["rounds"]] == [r["eval"] for r in run["rounds"]]
+    assert drawn[0]["oracle"]["eval"] == run["oracle"]["eval"]
+    assert evaluated(tmp_path / "arithmetic-seed2" / "draw-3" / "round-1") == evaluated(
+        tmp_path / "arithmetic-seed3" / "flywheel" / "round-1" / "eval") != evaluated(
+        tmp_path / "arithmetic-seed2" / "flywheel" / "round-1" / "eval")
+
+
+def evaluated(run_dir: Path) -> set[str]:
+    """The ids of the problems a run directory's traces are of."""
+    from thinkscale.store import RunStore
+
+    with RunStore.read(run_dir) as store:
+        return {t.problem_id for t in store.iter_traces()}
 
 
 def test_flywheel_benchmark_with_grpo_and_no_refresh(tmp_path):
