@@ -21,7 +21,7 @@
    leaves the PRM as it is; `--best-of 64` also evaluates PRM best-of-64.
    The arithmetic recipe that meets the goals on two test draws, chosen
    the same way, is `--search-problems 6000 --finetune-steps 225
-   --refresh-steps 0` (docs/learn.md).
+   --refresh-steps 0`, measured with `--threads 2` (docs/learn.md).
    Countdown's recipe, chosen the same way (`--task countdown --search
    sample --samples 32 --search-problems 12000 --finetune-steps 900
    --refresh-steps 0 --best-of 64`), is in docs/learn.md. `--refresh-unlearn
@@ -116,23 +116,32 @@ def oracle(args: argparse.Namespace, config, rows: list[dict], out: Path) -> dic
     return {"steps": steps, "policy": policy, "eval": measured}
 
 
-def fresh_draw(args: argparse.Namespace, config, rows: list[dict], base: dict, seed: int, out: Path) -> dict:
-    """Every round's policy and the oracle evaluated on test problems drawn with problem seed `seed`.
-
-    Training never depends on the test draw, so this is what a run with `--problem-seed seed` would measure,
-    without training the same checkpoints again."""
+def drawn(config, seed: int):
+    """`config` evaluated on the test problems problem seed `seed` draws; refused (before anything runs) where a
+    training draw holds one of them."""
     from dataclasses import replace
 
     from thinkscale.tasks import get_task
-    from thinkscale.training.improve import check_disjoint, evaluate
+    from thinkscale.training.improve import check_disjoint
 
-    drawn = replace(config, evaluate=replace(config.evaluate, problem_seed=seed))
-    check_disjoint(get_task(args.task), drawn)  # no training draw may hold a problem of this draw either
-    where = out / f"draw-{seed}"
-    rows = [{**r, "eval": evaluate(drawn, where / f"round-{r['round']}", r["policy"], r["prm"], not args.quiet)}
-            for r in rows]
-    oracle_eval = evaluate(drawn, where / f"oracle-{base['steps']}", base["policy"], rows[0]["prm"], not args.quiet)
-    return {"problem_seed": seed, "rounds": rows, "oracle": {**base, "eval": oracle_eval}}
+    other = replace(config, evaluate=replace(config.evaluate, problem_seed=seed))
+    check_disjoint(get_task(config.task), other)
+    return other
+
+
+def fresh_draw(args: argparse.Namespace, other, rows: list[dict], base: dict) -> dict:
+    """Every round's policy (with its PRM) and the oracle evaluated with `other` (a config from `drawn`).
+
+    Training never depends on the test draw, so this is what a run with `--problem-seed` of that draw would
+    measure, without training the same checkpoints again."""
+    from thinkscale.training.improve import evaluate
+
+    seed = other.evaluate.problem_seed
+    where = Path(other.output) / f"draw-{seed}"  # beside the method's rounds: another method has its own
+    measured = [{**r, "eval": evaluate(other, where / f"round-{r['round']}", r["policy"], r["prm"], not args.quiet)}
+                for r in rows]
+    oracle_eval = evaluate(other, where / f"oracle-{base['steps']}", base["policy"], rows[0]["prm"], not args.quiet)
+    return {"problem_seed": seed, "rounds": measured, "oracle": {**base, "eval": oracle_eval}}
 
 
 def oracle_line(base: dict, metrics: list[str]) -> str:
@@ -180,9 +189,9 @@ def majority_curve(run_dir: Path, votable: bool) -> tuple[list[int], list[float]
 def seeds(text: str) -> list[int]:
     """`--fresh-draws`: problem seeds, comma-separated."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return list(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected problem seeds separated by commas, e.g. 1,2; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected problem seeds separated by commas, e.g. 1,2; got {text!r}") from None
 
 
 def main() -> None:
@@ -233,6 +242,7 @@ def main() -> None:
     out = Path(args.out) / f"{args.task}-seed{args.problem_seed}"
     config = ImproveConfig.from_dict(improve_config(args, out), source="benchmarks/flywheel.py")
     task = get_task(args.task)
+    others = [drawn(config, seed) for seed in args.fresh_draws]  # a draw that overlaps training: refused now
     t0 = time.perf_counter()
     rows = improve(config, progress=not args.quiet, log=lambda line: print(line, flush=True))
     flywheel_s = time.perf_counter() - t0
@@ -286,7 +296,7 @@ def main() -> None:
               f"{start[f'pass@{args.eval_samples}']:.3f} -> {last[f'pass@{args.eval_samples}']:.3f}")
     print("\nwhere the flywheel stands: pass@1 " + f"{start['pass@1']:.3f} (no training) -> {target:.3f} (flywheel) "
           f"against {base['eval']['pass@1']:.3f} (oracle: reference solutions, same training compute)")
-    draws = [fresh_draw(args, config, rows, base, seed, out) for seed in args.fresh_draws]
+    draws = [fresh_draw(args, other, rows, base) for other in others]
     for draw in draws:
         print("\n" + format_rounds(draw["rounds"], f"the same checkpoints on a fresh draw: {args.problems} test "
                                                    f"problems, problem seed {draw['problem_seed']}"))

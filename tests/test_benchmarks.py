@@ -231,7 +231,7 @@ def test_flywheel_benchmark_and_its_fresh_draw_measure_what_a_run_on_that_draw_m
     assert [d["problem_seed"] for d in drawn] == [3]
     assert [r["eval"] for r in drawn[0]["rounds"]] == [r["eval"] for r in run["rounds"]]
     assert drawn[0]["oracle"]["eval"] == run["oracle"]["eval"]
-    assert evaluated(tmp_path / "arithmetic-seed2" / "draw-3" / "round-1") == evaluated(
+    assert evaluated(tmp_path / "arithmetic-seed2" / "flywheel" / "draw-3" / "round-1") == evaluated(
         tmp_path / "arithmetic-seed3" / "flywheel" / "round-1" / "eval") != evaluated(
         tmp_path / "arithmetic-seed2" / "flywheel" / "round-1" / "eval")
 
