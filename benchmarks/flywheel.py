@@ -191,7 +191,8 @@ def seeds(text: str) -> list[int]:
     try:
         return list(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected problem seeds separated by commas, e.g. 1,2; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected problem seeds separated by commas, e.g. 1,2; "
+                                         f"got {text!r}") from None
 
 
 def main() -> None:
