@@ -140,6 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
+    from thinkscale import torch_thread
     from thinkscale.tasks import get_task
     from thinkscale.training.improve import ImproveConfig, evaluate
     from thinkscale.training.policy import finetune_policy
@@ -161,7 +162,7 @@ def main() -> None:
                              f" outside the dev set: nothing for {name} to learn from")
         print(f"{name}: {len(rows)} solutions" + (f", {len(pairs)} pairs" if kind == "rpo" else ""), flush=True)
         if kind == "rpo":
-            train_rpo(rows, pairs, target, steps, args)
+            torch_thread.call(train_rpo, rows, pairs, target, steps, args)  # where the evaluations ran: one OpenMP team
         else:
             finetune_policy(args.policy, rows, target, fine_tuning(steps, args), progress=False)
         dev_set = {"split": "train", "problem_seed": args.problem_seed, "problems": args.dev_problems, "samples": 32,

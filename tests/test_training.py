@@ -45,3 +45,53 @@ def test_loss_falls_on_the_solution_only():
     assert (targets[0, :5] == -100).all()
     assert targets[0, 5:8].tolist() == tok.encode("3\n", add_bos=False) + [tok.eos_id]
     assert (targets[0, 8:] == -100).all()
+
+
+def test_every_trainer_runs_its_torch_work_on_the_one_torch_thread(tmp_path):
+    """Training after search in one process must not start a second OpenMP team (improve's rounds ran 1.9x slower)."""
+    import threading
+
+    from thinkscale import torch_thread
+    from thinkscale.training.policy import finetune_policy
+    from thinkscale.training.reward import train_prm
+    from thinkscale.training.rl import RLSettings, train_grpo
+    from thinkscale.training.step_labels import StepLabels
+
+    threads: set[str] = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda *_: threads.add(threading.current_thread().name))
+    try:
+        task = get_task("arithmetic")
+        train_policy(task, tmp_path / "p", TrainSettings(steps=1, batch_size=4), config=SMALL, progress=False)
+        finetune_policy(tmp_path / "p", [("1+2=", "3")], tmp_path / "f", TrainSettings(steps=1, batch_size=1),
+                        progress=False)
+        train_grpo(tmp_path / "p", task, task.examples("train", 2), tmp_path / "g",
+                   RLSettings(steps=1, prompts=2, group=2, max_tokens=8), progress=False)
+        labels = [StepLabels("p0", "1+2=", ["3\n"], [1.0], [1])]
+        train_prm("arithmetic", labels, tmp_path / "r", TrainSettings(steps=1, batch_size=1), init=str(tmp_path / "p"),
+                  label_info={}, progress=False)
+    finally:
+        hook.remove()
+    assert threads == {"thinkscale-torch"}
+    assert torch_thread.call(lambda: torch_thread.call(threading.current_thread)).name == "thinkscale-torch"
+
+
+def test_an_interrupted_process_does_not_wait_for_a_long_call_on_the_torch_thread():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time\nfrom thinkscale import torch_thread\nprint('ready', flush=True)\n"
+            "torch_thread.call(time.sleep, 60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        started = time.perf_counter()
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=20)
+        assert time.perf_counter() - started < 10  # a joined worker thread would hold it for the whole minute
+        assert "KeyboardInterrupt" in child.stderr.read()
+    finally:
+        child.kill()

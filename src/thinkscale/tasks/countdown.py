@@ -56,12 +56,20 @@ def _remove(pool: tuple[int, ...], *values: int) -> tuple[int, ...]:
     return tuple(rest)
 
 
-@lru_cache(maxsize=4096)
 def count_solutions(pool: tuple[int, ...], target: int) -> int:
     """Number of distinct step sequences that reach `target` using the whole pool."""
+    return _endings(tuple(sorted(pool)))[target]
+
+
+@lru_cache(maxsize=None)  # four numbers of 1-12 make 1,365 sorted pools: drawing a problem looks its pool up once
+def _endings(pool: tuple[int, ...]) -> Counter:
+    """How many distinct step sequences through the whole (sorted) pool end at each number. Read only."""
     if len(pool) == 1:
-        return int(pool[0] == target)
-    return sum(count_solutions(tuple(sorted(_remove(pool, a, b) + (c,))), target) for a, op, b, c in moves(pool))
+        return Counter(pool)
+    out: Counter = Counter()
+    for a, _, b, c in moves(pool):
+        out.update(_endings(tuple(sorted(_remove(pool, a, b) + (c,)))))
+    return out
 
 
 def check_steps(numbers: list[int], target: int, steps: list[str]) -> Verdict:

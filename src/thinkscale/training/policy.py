@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import torch
 import torch.nn.functional as F
 
+from thinkscale import torch_thread
 from thinkscale.tasks import Task
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.model import TinyConfig, TinyLlama
@@ -158,6 +159,7 @@ def train_steps(
     return curve, tokens
 
 
+@torch_thread.on_torch_thread
 def train_policy(
     task: Task,
     out: str | Path,
@@ -221,6 +223,7 @@ def _size_flags(config: TinyConfig) -> str:
     return "".join(f" {flag} {value}" for flag, (value, usual) in flags.items() if value != usual)
 
 
+@torch_thread.on_torch_thread
 def finetune_policy(init: str | Path, pairs: list[tuple[str, str]], out: str | Path, settings: TrainSettings,
                     progress: bool = True, about: dict | None = None) -> dict:
     """Fine-tune the policy checkpoint `init` on (prompt, solution) pairs; writes the checkpoint to `out`.

@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from thinkscale import torch_thread
 from thinkscale.scorers.reward_head import BAD, GOOD, HEADS, REWARD_META, step_probabilities
 from thinkscale.tiny import checkpoint
 from thinkscale.tiny.model import TinyLlama
@@ -162,6 +163,7 @@ def _batches(records: list[StepLabels], tokenizer: CharTokenizer, batch_size: in
     return (make(rows, tokenizer, target) for rows in epochs(records, batch_size, seed))
 
 
+@torch_thread.on_torch_thread
 def train_prm(task_name: str, records: list[StepLabels], out: str | Path, settings: TrainSettings,
               init: str, label_info: dict, progress: bool = True, kind: str = "prm", target: str = "hard",
               head: str = "likelihood", unlearn: str = "weakest") -> dict:

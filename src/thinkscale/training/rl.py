@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from thinkscale import torch_thread
 from thinkscale.budget import forward_flops_per_token
 from thinkscale.seeds import derive_seed
 from thinkscale.tasks.base import Example, Task
@@ -85,6 +86,7 @@ def token_logprobs(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
 
 
+@torch_thread.on_torch_thread
 def train_grpo(init: str | Path, task: Task, examples: list[Example], out: str | Path, settings: RLSettings,
                progress: bool = True, about: dict | None = None) -> dict:
     """GRPO from the policy checkpoint `init` on `examples`; writes the checkpoint to `out`, returns its summary."""
