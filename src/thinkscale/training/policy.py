@@ -142,6 +142,7 @@ def train_steps(
     model.train()
     curve, tokens = [], 0
     for step in range(s.steps):
+        torch_thread.check_interrupt()
         batch = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)

@@ -107,6 +107,7 @@ def train_grpo(init: str | Path, task: Task, examples: list[Example], out: str |
     t0 = time.perf_counter()
     engine = Engine(model, max_rows=settings.prompts * settings.group)
     for step in range(settings.steps):
+        torch_thread.check_interrupt()
         batch = [examples[(step * settings.prompts + i) % len(examples)] for i in range(settings.prompts)]
         if step:
             engine.reload_weights()  # the weights the last step trained
