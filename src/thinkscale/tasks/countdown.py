@@ -61,7 +61,7 @@ def count_solutions(pool: tuple[int, ...], target: int) -> int:
     return _endings(tuple(sorted(pool)))[target]
 
 
-@lru_cache(maxsize=None)  # four numbers of 1-12 make 1,365 sorted pools: drawing a problem looks its pool up once
+@lru_cache(maxsize=None)  # all 1,365 pools of four numbers 1-12 and the pools they lead to: 12,328, about 11 MB
 def _endings(pool: tuple[int, ...]) -> Counter:
     """How many distinct step sequences through the whole (sorted) pool end at each number. Read only."""
     if len(pool) == 1:
