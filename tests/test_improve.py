@@ -241,6 +241,7 @@ def test_grpo_is_a_second_method_that_learns_from_rewarded_samples(tmp_path: Pat
     assert summary["method"] == "grpo" and len(summary["reward_curve"]) == 3
     assert summary["sampled_tokens"] > 0 and summary["tokens"] > 0 and one["flops"]["grpo"] == summary["flops"]
     assert all(0.0 <= r <= 1.0 for _, r in summary["reward_curve"]) and all(k >= 0 for _, k in summary["kl_curve"])
+    assert one["reward"]["end"] == round(summary["reward_curve"][-1][1], 4)  # the last 5% of 3 steps: the last one
     start, tuned = weights("arithmetic"), weights(one["policy"])
     assert any(not torch.equal(start[k], tuned[k]) for k in start)
     assert 0.0 <= one["eval"]["pass@1"] <= 1.0

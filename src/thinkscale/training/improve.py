@@ -502,10 +502,14 @@ def _grpo(config: ImproveConfig, task: Task, round_: int, rd: Path, policy: str,
             init, task, examples, to, settings, progress, about={"round": round_})))
     summary = json.loads((new_policy / "training.json").read_text())
     rewards = [reward for _, reward in summary["reward_curve"]]
+    # the last 5% of steps: the policy's pass rate near the round's end, on train problems it samples fresh (with
+    # one pass over the draw, none seen before), tens of thousands of samples wide where a dev set has a few thousand
+    end = rewards[-max(1, len(rewards) // 20):]
     row = {"round": round_, "searched": min(summary["problems"], r.steps * r.prompts),
            "attempts": r.steps * r.prompts * r.group, "verified": None, "kept": 0, "problems_solved": 0,
            "empty": False, "prm_records": 0,
-           "reward": {"first": rewards[0], "last": rewards[-1], "mean": round(sum(rewards) / len(rewards), 4)},
+           "reward": {"first": rewards[0], "last": rewards[-1], "mean": round(sum(rewards) / len(rewards), 4),
+                      "end": round(sum(end) / len(end), 4)},
            "flops": {"grpo": summary["flops"]}}
     return row, str(new_policy)
 
