@@ -89,7 +89,10 @@ def test_an_interrupted_training_stops_at_its_next_step_and_the_process_exits_cl
             "def train():\n    a = torch.randn(300, 300, requires_grad=True)\n    while True:\n"
             "        torch_thread.check_interrupt()\n        (a @ a).sum().backward()\n"
             "print('ready', flush=True)\ntorch_thread.call(train)\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default in the child whatever this process was started with: a shell's background job ignores
+    # SIGINT, the child would inherit that, and Python then never raises KeyboardInterrupt
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert child.stdout.readline().strip() == "ready"
         time.sleep(0.5)
