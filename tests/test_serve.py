@@ -383,7 +383,7 @@ def test_a_stream_whose_client_hangs_up_stops_and_lands_even_where_the_cancel_is
                     except asyncio.CancelledError:
                         if not swallow:  # a cancel that meets a result can be lost (wait_for on Python 3.11)
                             raise
-                    yield f"data: {i}\n\n"
+                    yield f"data: {i}\n\n", False
             finally:
                 closed.append(True)
 
@@ -407,6 +407,32 @@ def test_a_stream_whose_client_hangs_up_stops_and_lands_even_where_the_cancel_is
         assert closed == [True] and ended == 1
     sent, closed, ended = asyncio.run(case(False, True))  # gone before the body started: it never will
     assert [m["type"] for m in sent] == ["http.response.start"] and closed == [] and ended == 1
+
+
+def test_a_streams_last_chunk_is_written_with_the_bodys_end_and_its_generator_closed_at_once():
+    """The last chunk and the body's end go out in one message (the client reads to the end: no second wait),
+    nothing is sent after it, and the body's generator is closed without being asked for more."""
+    from thinkscale.serve.app import EventStream
+
+    sent, asked, closed, ended = [], [], [], []
+
+    async def chunks():
+        try:
+            for i in range(3):
+                asked.append(i)
+                yield f"data: {i}\n\n", i == 1
+        finally:
+            closed.append(True)
+
+    async def receive():
+        await asyncio.sleep(3600)  # the client stays
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(EventStream(chunks(), on_end=lambda: ended.append(True))({"type": "http"}, receive, send))
+    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [(b"data: 0\n\n", True), (b"data: 1\n\n", False)]
+    assert asked == [0, 1] and closed == [True] and ended == [True]
 
 
 def test_tokens_per_minute_are_limited_per_key_and_answered_traces_are_stored_under_the_keys_id(tmp_path):

@@ -38,4 +38,7 @@ def test_serve_benchmark_prints_its_table_and_the_overhead_last():
     assert "answers: all 17 served answers equal the in-process ones" in out  # 3 requests x 3 ways + 2 levels x 4
     pid = int(re.search(r"thinkscale serve \(pid (\d+),", out).group(1))
     assert not Path(f"/proc/{pid}").exists(), "the server outlived the benchmark"
+    assert re.search(rf"the median paired difference [+-]{NUMBER} ms, ({NUMBER})% of the in-process p50",
+                     lines[-2]), lines[-2]
     assert re.fullmatch(rf"overhead: {NUMBER}%", lines[-1]), lines[-1]
+    assert lines[-1] == f"overhead: {re.search(r'ms, (' + NUMBER + r')% of', lines[-2]).group(1)}%"  # the same figure

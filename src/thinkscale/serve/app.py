@@ -183,7 +183,7 @@ class Server:
         return EventStream(self._events(flight, shaper, first), on_end=lambda: flight.land(499))
 
     async def _events(self, flight: Flight, shaper: Shaper, first: list[SearchEvent] | None
-                      ) -> AsyncGenerator[str, None]:
+                      ) -> AsyncGenerator[tuple[str, bool], None]:
         """The stream's body: the first event at once, then one chunk a window (`stream_interval_ms`).
 
         A search's events come in bursts (the first token; a round's steps;
@@ -192,6 +192,8 @@ class Server:
         gathered into the next, and the end (the last events, the chosen
         solution with its finish, the usage) goes out at once, in one write;
         the last events ride on the solution's chunk if they add no text.
+        Each chunk comes with whether it is the last: the last goes out with
+        the body's end, in the same write.
         Every chunk costs the client a parse (the openai client builds a
         pydantic model of it) and the server a write: a system call that
         gives up the GIL to the engine's thread and waits to get it back. A
@@ -207,7 +209,7 @@ class Server:
                 if run.ended:  # the search's last events: they go out with the end
                     last = burst
                     break
-                yield sse(shaper.reasoning(burst, opening))
+                yield sse(shaper.reasoning(burst, opening)), False
                 opening, burst = False, await run.burst(time.perf_counter() + interval)
             head = ""
             if any(event.text for event in last):  # reasoning goes before the content, in a chunk of its own
@@ -217,18 +219,22 @@ class Server:
             except Exception as e:  # noqa: BLE001 - as above, told in the stream
                 error = search_error(e)
                 status = error.status
-                yield head + (sse(shaper.reasoning(last, opening)) if last else "") + sse(error.body())
+                yield head + (sse(shaper.reasoning(last, opening)) if last else "") + sse(error.body()), True
                 return
+            status = 200  # the last chunk is the stream's end: nothing runs here after it is written
             # events without text (the chosen, the last scores) ride on the content's chunk
             yield "".join([head, sse(shaper.content(trace, last, opening)), sse(shaper.usage_chunk(run.plan, trace)),
-                           sse("[DONE]")])
-            status = 200
+                           sse("[DONE]")]), True
         finally:
             flight.land(status, trace)
 
 
 class EventStream(Response):
-    """A server-sent event stream: each string of `chunks` written as soon as it comes, from the request's task.
+    """A server-sent event stream: each chunk of `chunks` written as soon as it comes, from the request's task.
+
+    `chunks` gives (text, last): the last chunk is written with the body's
+    end (one write, so the client, which reads to the end, is not kept
+    waiting for a second), and `chunks` is closed at once.
 
     If the client goes away first, the stream's task is cancelled where it
     waits, and the stream stops at its next chunk if that cancel was lost
@@ -241,7 +247,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncGenerator[str, None], on_end: Callable[[], None]) -> None:
+    def __init__(self, chunks: AsyncGenerator[tuple[str, bool], None], on_end: Callable[[], None]) -> None:
         self.chunks, self.on_end, self.status_code, self.background = chunks, on_end, 200, None
         self.init_headers({"Cache-Control": "no-cache"})
 
@@ -257,12 +263,16 @@ class EventStream(Response):
         watcher = asyncio.create_task(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for chunk in self.chunks:
+            ended = False
+            async for chunk, last in self.chunks:
                 if gone:
                     break
-                await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+                await send({"type": "http.response.body", "body": chunk.encode(), "more_body": not last})
+                if last:
+                    ended = True
+                    break
             watcher.cancel()  # from here on a hang-up cancels nothing
-            if not gone:
+            if not gone and not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone or task.uncancel():  # the server's own cancel (a shutdown) goes on
