@@ -50,7 +50,9 @@ baseline gets the faster loop as well.
 
 Stream window: `--stream-interval-ms` is the server's `stream_interval_ms`
 (default 50, the server's default): after the first reasoning, at most one
-chunk per window.
+chunk per window. `--stream-tokens` is its `stream_tokens` (default `first`,
+the server's: the first call's first sample token by token, later steps
+whole as each is generated; `all`: every call's).
 
 Threads: torch runs on `--threads` threads (default 1) in the server and in
 this process (set before torch loads). The two sides never compute at once:
@@ -115,7 +117,7 @@ class Timed:
 
 # -- the server ----------------------------------------------------------------
 
-def server_config(threads: int, concurrency: int, stream_interval_ms: float = 50.0) -> str:
+def server_config(threads: int, concurrency: int, stream_interval_ms: float = 50.0, stream_tokens: str = "first") -> str:
     """The default server, its policy on `threads` threads, limits wide enough for `concurrency` clients."""
     return (f"models:\n"
             f"  - name: {MODEL}\n"
@@ -123,7 +125,8 @@ def server_config(threads: int, concurrency: int, stream_interval_ms: float = 50
             f"    policy: {{name: tiny, options: {{checkpoint_name: arithmetic, threads: {threads}}}}}\n"
             f"max_concurrent: {concurrency}\n"
             f"max_concurrent_per_key: {concurrency}\n"
-            f"stream_interval_ms: {stream_interval_ms}\n")
+            f"stream_interval_ms: {stream_interval_ms}\n"
+            f"stream_tokens: {stream_tokens}\n")
 
 
 @contextmanager
@@ -534,6 +537,9 @@ def main(argv: list[str] | None = None) -> None:
                                                                 "(default none: one sample)")
     parser.add_argument("--stream-interval-ms", type=float, default=50.0,
                         help="the server's stream_interval_ms: a chunk at most this often after the first (default 50)")
+    parser.add_argument("--stream-tokens", choices=("first", "all", "none"), default="first",
+                        help="the server's stream_tokens: which calls of a search stream their text token by token "
+                             "(default first, the server's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in the server and here (default 1)")
     args = parser.parse_args(argv)
     if args.requests <= MEMORY_FIRST:
@@ -557,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                            seed=args.problem_seed)]
     with tempfile.TemporaryDirectory(prefix="thinkscale-serve-bench-") as tmp:
         config_path = Path(tmp) / "serve.yaml"
-        config_path.write_text(server_config(args.threads, most, args.stream_interval_ms))
+        config_path.write_text(server_config(args.threads, most, args.stream_interval_ms, args.stream_tokens))
         with serving(config_path, args.threads, Path(tmp) / "serve.log") as (process, url, log):
             config = load_serve_config(config_path)  # the same config, loaded here while the server loads there
             local = InProcess(config, ServedModel.load(config.models[0]), args.effort)
@@ -566,7 +572,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{args.effort!r} = {local.strategy_name} {local.settings}, scorer {local.scorer_name}, budget "
                   f"{local.describe()['budget']}; {len(problems)} arithmetic test problems (problem seed "
                   f"{args.problem_seed}); {args.threads} torch thread(s) each side; the official openai client; "
-                  f"event loop: {event_loop_name()} each side; stream_interval_ms {args.stream_interval_ms:g}",
+                  f"event loop: {event_loop_name()} each side; stream_interval_ms {args.stream_interval_ms:g}, "
+                  f"stream_tokens {args.stream_tokens}",
                   flush=True)
             results = event_loop_run(run_all(args, url, process.pid, local, problems))
     print(f"whole benchmark: {time.perf_counter() - started:.0f} s")

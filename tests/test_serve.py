@@ -233,10 +233,53 @@ def test_streamed_tokens_and_the_rest_of_their_steps_read_as_the_offline_search(
     assert reasoning == generated(trace) and content == solution(trace)
     tokens = [e for e in events if e["event"] == "token"]
     assert tokens and all(e["node"] is None for e in tokens)
-    # each round's first sample streamed: as many runs of tokens as the search made calls, at most
+    # by default only the first call's first sample streams (`stream_tokens: first`): one run of tokens, first
     runs = sum(1 for a, b in zip([None] + events, events)
                if b["event"] == "token" and (a or {}).get("event") != "token")
-    assert 1 < runs <= trace.usage.policy_calls
+    assert runs == 1 and events[0]["event"] == "token" and trace.usage.policy_calls > 1
+
+
+@pytest.mark.parametrize("calls", [1, 2, None])
+def test_a_search_streams_the_text_of_as_many_of_its_calls_as_asked(policy, scorers, arithmetic, calls):
+    """SEARCH_TOKEN_CALLS: the first `calls` policy calls stream their first sample (None: all of them), and
+    the streamed text is each of those samples as generated, the search unchanged."""
+    from thinkscale.strategies.base import SEARCH_EVENTS, SEARCH_TOKEN_CALLS, SEARCH_TOKENS
+
+    pieces, steps = [], []
+
+    def listen(event, trace, nodes):
+        if event == "generated":
+            steps.append([n.text for n in nodes])
+            pieces.append(None)  # a call's end
+
+    async def go():
+        SEARCH_TOKENS.set(pieces.append)
+        SEARCH_TOKEN_CALLS.set(calls)
+        SEARCH_EVENTS.set(listen)
+        return await get_strategy("beam_search", n=4, width=2).solve(
+            Problem("tokens", PROBLEMS[1] + "\n", 0), arithmetic, policy, scorers["prm"],
+            BudgetConfig(max_generated_tokens=800).to_budget(), 3)
+
+    async def plain():
+        return await get_strategy("beam_search", n=4, width=2).solve(
+            Problem("tokens", PROBLEMS[1] + "\n", 0), arithmetic, policy, scorers["prm"],
+            BudgetConfig(max_generated_tokens=800).to_budget(), 3)
+
+    trace, alone = asyncio.run(go()), asyncio.run(plain())
+    assert [n.text for n in trace.nodes] == [n.text for n in alone.nodes]  # listening changes nothing
+    streamed, text = [], ""
+    for piece in pieces:
+        if piece is None:
+            if text:
+                streamed.append(text)
+            text = ""
+        else:
+            text += piece
+    # a round of the beam: its calls (one a beam) run at once, one of them streams, and their steps come together
+    assert len(steps) > 2
+    assert len(streamed) == (len(steps) if calls is None else calls)
+    for text, step in zip(streamed, steps):  # each streamed text is a step of its round, whole (less its newline)
+        assert any(s.startswith(text) and len(text) >= len(s) - 1 for s in step), (text, step)
 
 
 def test_sixty_four_concurrent_streams_each_get_their_own_answer(main, offline, arithmetic):

@@ -141,7 +141,7 @@ class Server:
             prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
             response_id = prefix + uuid.uuid4().hex
             plan = make_plan(self.config, self.models, body, kind, response_id)
-            flight.start(SearchRun(plan, self.config.stream_interval_ms / 1000))
+            flight.start(SearchRun(plan, self.config.stream_interval_ms / 1000, self.config.stream_tokens))
             shaper = Shaper(kind, response_id, body["model"], self.config.reasoning_fields)
             if plan.stream:
                 return await self._stream(request, flight, shaper)

@@ -104,6 +104,11 @@ class ServeConfig:
     # (0: a chunk per burst of events, a hand-over per token). Each chunk costs the client a parse and the server
     # a write.
     stream_interval_ms: float = 50.0
+    # which policy calls of a streamed search send their first sample token by token, on backends that stream
+    # (the tiny core): "first" (its first call: the stream's first reasoning is the first token; later steps and
+    # samples go out whole, each as it is generated), "all" (every call: about 2 ms more a request here, the
+    # engine's thread handing tokens over while it computes) or "none" (whole steps and samples only)
+    stream_tokens: Literal["first", "all", "none"] = "first"
     max_body_bytes: int = 65536
     max_concurrent: int = 64  # searches in flight at once, over all keys
     max_concurrent_per_key: int = 16

@@ -8,10 +8,11 @@ the response reads while the search goes on. Cancelling the run (the client
 hung up) cancels the strategy's coroutine: it makes no further calls.
 
 Where the policy streams (the tiny core) and the client asked for a stream,
-the first sample of each call also arrives token by token (`SEARCH_TOKENS`,
-called on the engine's thread): "token" events carry the text as it is
-generated, and the "generated" event of that sample then carries only the
-rest (its closing newline), so the reasoning reads the same, only sooner.
+the first sample of the search's first call (of every call, with
+`stream_tokens: all`) also arrives token by token (`SEARCH_TOKENS`, called on
+the engine's thread): "token" events carry the text as it is generated, and
+the "generated" event of that sample then carries only the rest (its closing
+newline), so the reasoning reads the same, only sooner.
 The first piece is handed to the event loop at once; after it, pieces are
 gathered for `flush_s` (the server's `stream_interval_ms`: each hand-over
 wakes the event loop, which then competes with the engine's thread for the
@@ -28,7 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from thinkscale.serve.plan import Plan
-from thinkscale.strategies.base import SEARCH_EVENTS, SEARCH_TOKENS
+from thinkscale.strategies.base import SEARCH_EVENTS, SEARCH_TOKEN_CALLS, SEARCH_TOKENS
 from thinkscale.trace import Node, Trace
 
 
@@ -72,10 +73,11 @@ class SearchRun:
     """`plan`'s search, started now in its own task; read `events()` as they come, then `trace()`.
 
     After the first piece of streamed text, the next is handed over `flush_s` later, with what was drawn meanwhile.
+    `tokens` ("first", "all" or "none"): which of a streamed search's calls stream their text (`ServeConfig`).
     """
 
-    def __init__(self, plan: Plan, flush_s: float) -> None:
-        self.plan, self.flush_s = plan, flush_s
+    def __init__(self, plan: Plan, flush_s: float, tokens: str = "first") -> None:
+        self.plan, self.flush_s, self.stream_tokens = plan, flush_s, tokens
         self._queue: asyncio.Queue[SearchEvent | None] = asyncio.Queue()
         self.seen: Trace | None = None  # the search's trace, from its start (what a cancelled one spent)
         self._live = ""  # text sent as tokens whose generated event has not come yet
@@ -89,8 +91,9 @@ class SearchRun:
 
     async def _solve(self) -> Trace:
         SEARCH_EVENTS.set(self._listen)  # this task's context only: other requests' searches do not see it
-        if self.plan.stream:  # a whole response gains nothing from tokens as they come
+        if self.plan.stream and self.stream_tokens != "none":  # a whole response gains nothing from them
             SEARCH_TOKENS.set(self._tokens)
+            SEARCH_TOKEN_CALLS.set(1 if self.stream_tokens == "first" else None)
         plan = self.plan
         try:
             return await plan.strategy.solve(plan.problem, plan.model.task, plan.model.policy, plan.scorer,

@@ -47,6 +47,10 @@ SEARCH_EVENTS: ContextVar[SearchListener | None] = ContextVar("thinkscale_search
 # before their step is done; the generated event that follows carries the whole step as ever.
 SearchTokens = Callable[[str], None]
 SEARCH_TOKENS: ContextVar[SearchTokens | None] = ContextVar("thinkscale_search_tokens", default=None)
+# How many of a search's calls stream through SEARCH_TOKENS, the first ones (None: every call). The server streams
+# the first call's only, by default: that gives its stream the first token at once, and each later hand-over
+# from the engine's thread costs the search time (docs/serve.md).
+SEARCH_TOKEN_CALLS: ContextVar[int | None] = ContextVar("thinkscale_search_token_calls", default=None)
 
 # The tools a search may run (tools/): whoever runs a strategy sets them in its context (the runner, from a
 # strategy's `tools:` in the config). Every generation of the search then stops at a call, the search runs
@@ -112,7 +116,9 @@ class Search:
     listener: SearchListener | None = None  # SEARCH_EVENTS of the context the search started in
     tools: "Toolbox | None" = None  # SEARCH_TOOLS of the context the search started in
     tokens: SearchTokens | None = None  # SEARCH_TOKENS of the context the search started in
+    token_calls: int | None = None  # SEARCH_TOKEN_CALLS of that context
     _streaming: bool = False  # a call streams its text now (one at a time: the pieces must not interleave)
+    _streamed_calls: int = 0
     scope: int = dataclasses.field(default_factory=lambda: next(_SCOPES))  # its prefix caches' scope
 
     def __post_init__(self) -> None:
@@ -132,7 +138,7 @@ class Search:
                       difficulty=problem.difficulty)
         trace.add(None, problem.prompt)
         search = cls(problem, task, policy, scorer, budget, seed, trace, listener=SEARCH_EVENTS.get(),
-                     tools=SEARCH_TOOLS.get(), tokens=SEARCH_TOKENS.get())
+                     tools=SEARCH_TOOLS.get(), tokens=SEARCH_TOKENS.get(), token_calls=SEARCH_TOKEN_CALLS.get())
         if search.listener is not None:  # "started", no nodes: the listener has the trace from the start
             search.listener("started", trace, [])
         return search
@@ -228,10 +234,11 @@ class Search:
             close = self.tools.syntax.close
             requests = [r if close in r.stop else dataclasses.replace(r, stop=r.stop + (close,)) for r in requests]
         streams = self.tokens is not None and self.tools is None and not self._streaming and \
-            self.policy.capabilities.streams
+            self.policy.capabilities.streams and (self.token_calls is None or self._streamed_calls < self.token_calls)
         if streams:  # the first request's first sample, as it is generated
             requests[0] = dataclasses.replace(requests[0], on_text=self.tokens)
             self._streaming = True
+            self._streamed_calls += 1
         try:
             results, elapsed = await self._policy_call(requests)
         finally:
