@@ -92,10 +92,12 @@ MODEL = "arithmetic"  # the served model's name: plain, so that reasoning_effort
 MEMORY_FIRST = 100  # the memory phase reads the server's RSS after this many requests, then after all
 LATENCY_ROWS = ("in process", "served, streamed, openai", "served, streamed, bare SSE", "served, whole, openai")
 # The order the four ways take at each latency request, cycling: a balanced Latin square (Williams), so each way
-# comes first as often as the others and follows each other way exactly once a cycle. A server that sat idle
-# while this process searched answers its next request later (a GET /health 0.7 ms after a busy server's last
-# answer, 2.3 ms after 70 ms idle, on this 2-core VM): a plain rotation put the openai stream after the
-# in-process search every time, and only that way paid it.
+# comes first as often as the others (after the in-process probes that end each request: the upstream's first
+# token and first event) and, within a request, follows each other way once a cycle of four requests. So each
+# served way comes after in-process work in two requests of four. A server that sat idle while this process
+# searched answers its next request later (a GET /health 0.7 ms after a busy server's last answer, 2.3 ms after
+# 70 ms idle, on this 2-core VM): a plain rotation put the openai stream after the in-process search every
+# time, and only that way paid it. A --latency-requests that is not a multiple of 4 leaves the last cycle short.
 ORDERS = ((0, 1, 3, 2), (1, 2, 0, 3), (2, 3, 1, 0), (3, 0, 2, 1))
 
 

@@ -239,6 +239,25 @@ def test_streamed_tokens_and_the_rest_of_their_steps_read_as_the_offline_search(
     assert runs == 1 and events[0]["event"] == "token" and trace.usage.policy_calls > 1
 
 
+@pytest.mark.parametrize("mode", ["all", "none"])
+def test_stream_tokens_all_streams_every_rounds_first_sample_and_none_streams_whole_steps(offline, mode):
+    config = dataclasses.replace(load_serve_config(None), stream_interval_ms=0, stream_tokens=mode)
+    problem, settings = PROBLEMS[2], {"n": 4, "width": 2}
+    with running(config, []) as url:
+        stream = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0).chat.completions.create(
+            model="beam_search:arithmetic", seed=9, stream=True, messages=[{"role": "user", "content": problem}],
+            extra_body={"settings": settings})
+        reasoning, content, events, last = read_stream(stream)
+    (trace,) = offline([(problem, last.model_extra["thinkscale"])])
+    assert reasoning == generated(trace) and content == solution(trace)
+    runs = sum(1 for a, b in zip([None] + events, events)
+               if b["event"] == "token" and (a or {}).get("event") != "token")
+    if mode == "all":  # runs of tokens in later rounds of the beam too, the first before anything else
+        assert 1 < runs <= trace.usage.policy_calls and events[0]["event"] == "token"
+    else:
+        assert runs == 0 and events[0]["event"] == "generated"
+
+
 @pytest.mark.parametrize("calls", [1, 2, None])
 def test_a_search_streams_the_text_of_as_many_of_its_calls_as_asked(policy, scorers, arithmetic, calls):
     """SEARCH_TOKEN_CALLS: the first `calls` policy calls stream their first sample (None: all of them), and
@@ -452,30 +471,39 @@ def test_a_stream_whose_client_hangs_up_stops_and_lands_even_where_the_cancel_is
     assert [m["type"] for m in sent] == ["http.response.start"] and closed == [] and ended == 1
 
 
-def test_a_streams_last_chunk_is_written_with_the_bodys_end_and_its_generator_closed_at_once():
+def test_a_streams_last_chunk_is_written_with_the_bodys_end_and_only_a_written_end_lands_as_answered():
     """The last chunk and the body's end go out in one message (the client reads to the end: no second wait),
-    nothing is sent after it, and the body's generator is closed without being asked for more."""
+    and what follows the body's last yield (where the request is landed as answered) runs only once that chunk
+    is written: a client that hangs up during the last write lands as a hang-up."""
     from thinkscale.serve.app import EventStream
 
-    sent, asked, closed, ended = [], [], [], []
+    def case(hang_up_at_the_end: bool) -> tuple[list, list, list, list]:
+        sent, asked, answered, ended, gone = [], [], [], [], asyncio.Event()
 
-    async def chunks():
-        try:
-            for i in range(3):
+        async def chunks():  # as the server's: its last chunk, then the landing as answered
+            for i in range(2):
                 asked.append(i)
                 yield f"data: {i}\n\n", i == 1
-        finally:
-            closed.append(True)
+            answered.append(True)
 
-    async def receive():
-        await asyncio.sleep(3600)  # the client stays
+        async def receive():
+            await gone.wait()
+            return {"type": "http.disconnect"}
 
-    async def send(message):
-        sent.append(message)
+        async def send(message):
+            sent.append(message)
+            if hang_up_at_the_end and message.get("more_body") is False:
+                gone.set()
+                await asyncio.sleep(0.05)  # a slow socket: the client goes while the end is written
 
-    asyncio.run(EventStream(chunks(), on_end=lambda: ended.append(True))({"type": "http"}, receive, send))
+        asyncio.run(EventStream(chunks(), on_end=lambda: ended.append(True))({"type": "http"}, receive, send))
+        return sent, asked, answered, ended
+
+    sent, asked, answered, ended = case(False)
     assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [(b"data: 0\n\n", True), (b"data: 1\n\n", False)]
-    assert asked == [0, 1] and closed == [True] and ended == [True]
+    assert asked == [0, 1] and answered == [True] and ended == [True]
+    sent, asked, answered, ended = case(True)
+    assert sent[-1].get("more_body") is False and asked == [0, 1] and answered == [] and ended == [True]
 
 
 def test_tokens_per_minute_are_limited_per_key_and_answered_traces_are_stored_under_the_keys_id(tmp_path):

@@ -221,10 +221,10 @@ class Server:
                 status = error.status
                 yield head + (sse(shaper.reasoning(last, opening)) if last else "") + sse(error.body()), True
                 return
-            status = 200  # the last chunk is the stream's end: nothing runs here after it is written
             # events without text (the chosen, the last scores) ride on the content's chunk
             yield "".join([head, sse(shaper.content(trace, last, opening)), sse(shaper.usage_chunk(run.plan, trace)),
                            sse("[DONE]")]), True
+            status = 200  # reached only once the last chunk is written (EventStream asks for the next)
         finally:
             flight.land(status, trace)
 
@@ -234,13 +234,15 @@ class EventStream(Response):
 
     `chunks` gives (text, last): the last chunk is written with the body's
     end (one write, so the client, which reads to the end, is not kept
-    waiting for a second), and `chunks` is closed at once.
+    waiting for a second), and once it is written `chunks` is asked for one
+    more, so that what follows its last yield runs (the request is landed
+    as answered); closed there without it, it lands as a hang-up.
 
     If the client goes away first, the stream's task is cancelled where it
     waits, and the stream stops at its next chunk if that cancel was lost
     (a cancel that meets a result can be). Either way `chunks` is closed
-    (its `finally` lands the flight) and `on_end` runs (it lands one whose
-    `chunks` never started). Starlette's StreamingResponse does the same
+    (its `finally` lands the flight, as a hang-up unless its last chunk was
+    written) and `on_end` runs (it lands one whose `chunks` never started). Starlette's StreamingResponse does the same
     from a second task of a task group, one more trip round the event loop
     before the first byte.
     """
@@ -272,7 +274,9 @@ class EventStream(Response):
                     ended = True
                     break
             watcher.cancel()  # from here on a hang-up cancels nothing
-            if not gone and not ended:
+            if ended:  # the end is written: `chunks` runs past its last yield and finishes
+                await anext(self.chunks, None)
+            elif not gone:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone or task.uncancel():  # the server's own cancel (a shutdown) goes on

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 from thinkscale.serve.plan import Plan
 from thinkscale.strategies.base import SEARCH_EVENTS, SEARCH_TOKEN_CALLS, SEARCH_TOKENS
@@ -73,11 +74,11 @@ class SearchRun:
     """`plan`'s search, started now in its own task; read `events()` as they come, then `trace()`.
 
     After the first piece of streamed text, the next is handed over `flush_s` later, with what was drawn meanwhile.
-    `tokens` ("first", "all" or "none"): which of a streamed search's calls stream their text (`ServeConfig`).
+    `stream_tokens`: which of a streamed search's calls stream their text (`ServeConfig.stream_tokens`).
     """
 
-    def __init__(self, plan: Plan, flush_s: float, tokens: str = "first") -> None:
-        self.plan, self.flush_s, self.stream_tokens = plan, flush_s, tokens
+    def __init__(self, plan: Plan, flush_s: float, stream_tokens: Literal["first", "all", "none"]) -> None:
+        self.plan, self.flush_s, self.stream_tokens = plan, flush_s, stream_tokens
         self._queue: asyncio.Queue[SearchEvent | None] = asyncio.Queue()
         self.seen: Trace | None = None  # the search's trace, from its start (what a cancelled one spent)
         self._live = ""  # text sent as tokens whose generated event has not come yet

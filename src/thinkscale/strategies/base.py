@@ -47,9 +47,10 @@ SEARCH_EVENTS: ContextVar[SearchListener | None] = ContextVar("thinkscale_search
 # before their step is done; the generated event that follows carries the whole step as ever.
 SearchTokens = Callable[[str], None]
 SEARCH_TOKENS: ContextVar[SearchTokens | None] = ContextVar("thinkscale_search_tokens", default=None)
-# How many of a search's calls stream through SEARCH_TOKENS, the first ones (None: every call). The server streams
-# the first call's only, by default: that gives its stream the first token at once, and each later hand-over
-# from the engine's thread costs the search time (docs/serve.md).
+# How many of a search's calls stream through SEARCH_TOKENS (None: all that can): the first that can (one at a
+# time streams; a call made while another streams does not, and does not count). The server streams the first
+# only, by default: that gives its stream the first token at once, and each later hand-over from the engine's
+# thread costs the search time (docs/serve.md).
 SEARCH_TOKEN_CALLS: ContextVar[int | None] = ContextVar("thinkscale_search_token_calls", default=None)
 
 # The tools a search may run (tools/): whoever runs a strategy sets them in its context (the runner, from a
@@ -118,7 +119,7 @@ class Search:
     tokens: SearchTokens | None = None  # SEARCH_TOKENS of the context the search started in
     token_calls: int | None = None  # SEARCH_TOKEN_CALLS of that context
     _streaming: bool = False  # a call streams its text now (one at a time: the pieces must not interleave)
-    _streamed_calls: int = 0
+    _streamed_calls: int = 0  # calls that have streamed so far (against token_calls)
     scope: int = dataclasses.field(default_factory=lambda: next(_SCOPES))  # its prefix caches' scope
 
     def __post_init__(self) -> None:
