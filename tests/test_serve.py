@@ -427,13 +427,32 @@ def test_too_many_concurrent_requests_is_429_then_a_client_hanging_up_frees_its_
     assert httpx.post(f"{tight}/v1/chat/completions", json=chat(seed=0)).status_code == 200
 
 
+def fake_client(goes_at):
+    """(receive, send, sent, gone) of an ASGI client that hangs up once `gone` is set, or while a message that
+    `goes_at(message)` picks is being written (a slow socket)."""
+    sent, gone = [], asyncio.Event()
+
+    async def receive():
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if goes_at(message):
+            gone.set()
+            await asyncio.sleep(0.01)
+
+    return receive, send, sent, gone
+
+
 def test_a_stream_whose_client_hangs_up_stops_and_lands_even_where_the_cancel_is_lost_or_nothing_started():
     """The stream's response on its own, with a client that hangs up: it never sends past the hang-up, the
     body's generator is closed, and the request lands, also where the body never started."""
     from thinkscale.serve.app import EventStream
 
     async def case(swallow: bool, while_writing_headers: bool) -> tuple[list, list, int]:
-        sent, closed, ended, hang_up = [], [], [], asyncio.Event()
+        closed, ended = [], []
+        receive, send, sent, hang_up = fake_client(lambda message: while_writing_headers)
 
         async def chunks():
             try:
@@ -448,16 +467,6 @@ def test_a_stream_whose_client_hangs_up_stops_and_lands_even_where_the_cancel_is
                     yield f"data: {i}\n\n", False
             finally:
                 closed.append(True)
-
-        async def receive():
-            await hang_up.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-            if while_writing_headers:
-                hang_up.set()
-                await asyncio.sleep(0.005)  # a slow socket: the hang-up comes while the headers are written
 
         response = EventStream(chunks(), on_end=lambda: ended.append(True))
         await response({"type": "http"}, receive, send)
@@ -478,23 +487,14 @@ def test_a_streams_last_chunk_is_written_with_the_bodys_end_and_only_a_written_e
     from thinkscale.serve.app import EventStream
 
     def case(hang_up_at_the_end: bool) -> tuple[list, list, list, list]:
-        sent, asked, answered, ended, gone = [], [], [], [], asyncio.Event()
+        asked, answered, ended = [], [], []
+        receive, send, sent, _ = fake_client(lambda message: hang_up_at_the_end and message.get("more_body") is False)
 
         async def chunks():  # as the server's: its last chunk, then the landing as answered
             for i in range(2):
                 asked.append(i)
                 yield f"data: {i}\n\n", i == 1
             answered.append(True)
-
-        async def receive():
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-            if hang_up_at_the_end and message.get("more_body") is False:
-                gone.set()
-                await asyncio.sleep(0.05)  # a slow socket: the client goes while the end is written
 
         asyncio.run(EventStream(chunks(), on_end=lambda: ended.append(True))({"type": "http"}, receive, send))
         return sent, asked, answered, ended
