@@ -242,9 +242,9 @@ class EventStream(Response):
     waits, and the stream stops at its next chunk if that cancel was lost
     (a cancel that meets a result can be). Either way `chunks` is closed
     (its `finally` lands the flight, as a hang-up unless its last chunk was
-    written) and `on_end` runs (it lands one whose `chunks` never started). Starlette's StreamingResponse does the same
-    from a second task of a task group, one more trip round the event loop
-    before the first byte.
+    written) and `on_end` runs (it lands one whose `chunks` never started).
+    Starlette's StreamingResponse does the same from a second task of a task
+    group, one more trip round the event loop before the first byte.
     """
 
     media_type = "text/event-stream"
