@@ -260,8 +260,8 @@ def test_stream_tokens_all_streams_every_rounds_first_sample_and_none_streams_wh
 
 @pytest.mark.parametrize("calls", [1, 2, None])
 def test_a_search_streams_the_text_of_as_many_of_its_calls_as_asked(policy, scorers, arithmetic, calls):
-    """SEARCH_TOKEN_CALLS: the first `calls` policy calls stream their first sample (None: all of them), and
-    the streamed text is each of those samples as generated, the search unchanged."""
+    """SEARCH_TOKEN_CALLS: the first `calls` calls that can stream (one at a time does) stream their first sample
+    (None: all that can), and the streamed text is each of those samples as generated, the search unchanged."""
     from thinkscale.strategies.base import SEARCH_EVENTS, SEARCH_TOKEN_CALLS, SEARCH_TOKENS
 
     pieces, steps = [], []
@@ -271,20 +271,18 @@ def test_a_search_streams_the_text_of_as_many_of_its_calls_as_asked(policy, scor
             steps.append([n.text for n in nodes])
             pieces.append(None)  # a call's end
 
-    async def go():
+    def solve():
+        return get_strategy("beam_search", n=4, width=2).solve(
+            Problem("tokens", PROBLEMS[1] + "\n", 0), arithmetic, policy, scorers["prm"],
+            BudgetConfig(max_generated_tokens=800).to_budget(), 3)
+
+    async def listened():
         SEARCH_TOKENS.set(pieces.append)
         SEARCH_TOKEN_CALLS.set(calls)
         SEARCH_EVENTS.set(listen)
-        return await get_strategy("beam_search", n=4, width=2).solve(
-            Problem("tokens", PROBLEMS[1] + "\n", 0), arithmetic, policy, scorers["prm"],
-            BudgetConfig(max_generated_tokens=800).to_budget(), 3)
+        return await solve()
 
-    async def plain():
-        return await get_strategy("beam_search", n=4, width=2).solve(
-            Problem("tokens", PROBLEMS[1] + "\n", 0), arithmetic, policy, scorers["prm"],
-            BudgetConfig(max_generated_tokens=800).to_budget(), 3)
-
-    trace, alone = asyncio.run(go()), asyncio.run(plain())
+    trace, alone = asyncio.run(listened()), asyncio.run(solve())
     assert [n.text for n in trace.nodes] == [n.text for n in alone.nodes]  # listening changes nothing
     streamed, text = [], ""
     for piece in pieces:
