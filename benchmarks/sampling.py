@@ -1,7 +1,8 @@
 """Sampling throughput: thinkscale's engine against transformers' generate().
 
     python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
-        [--dtype float32|bfloat16] [--device cpu|cuda]
+        [--dtype float32|bfloat16] [--device cpu|cuda] [--static-decode auto|on|off] [--repeats N]
+        [--sync-every N] [--split test|train] [--engine-only] [--compare-exact]
 
 Both sample the same prompts from the same shipped checkpoint with the same
 thread count, in the same run. Throughput counts generated tokens up to and
@@ -16,6 +17,17 @@ fastest transformers).
 costs), prints how far its next-token distributions are from float32's on
 each prompt and its first sample, and gives transformers both dtypes, float32
 and bfloat16, each with every batching: the baseline is the fastest of all.
+
+On a GPU the engine runs static decode (tiny/engine.py: fixed-shape steps
+captured in CUDA graphs) with a row for every sample, and its first call,
+which captures the graphs, is timed and printed apart from the timed calls
+(the median of `--repeats`). transformers gets all prompts in one call and 16
+per call there (one or eight per call cannot win on a GPU, and would take
+minutes), after a warm-up call, as on the CPU. `--compare-exact` also runs the
+engine's exact loop (static decode off) on the same device and prints how many
+samples it draws the same. `--split train --engine-only` times the engine
+alone on training problems: how a setting such as `--sync-every` is chosen
+without looking at the test problems (benchmarks/gpu_check.sh does that).
 """
 
 from __future__ import annotations
@@ -83,8 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-rows", type=int, default=1024, help="engine rows per batch")
+    parser.add_argument("--max-rows", type=int, default=None,
+                        help="engine rows per batch (default 1024 on a CPU, every sample on a GPU)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--static-decode", choices=("auto", "on", "off"), default="auto",
+                        help="the engine's static decode (default auto: on a GPU only)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed engine calls, the median reported (default 1 on a CPU, 3 on a GPU)")
+    parser.add_argument("--sync-every", type=int, default=None,
+                        help="static decode's steps between looks for finished rows (default: the engine's)")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="the problems' split (default test; train to choose settings)")
+    parser.add_argument("--engine-only", action="store_true", help="time the engine alone, no transformers")
+    parser.add_argument("--compare-exact", action="store_true",
+                        help="also draw the samples with the exact loop and count how many are the same")
     parser.add_argument("--dtype", choices=get_args(DtypeName), default="float32",
                         help="the engine's dtype (default float32); with bfloat16, transformers tries both")
     args = parser.parse_args(argv)
@@ -99,30 +123,50 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    max_rows = args.max_rows or (args.prompts * args.samples if gpu else 1024)
+    repeats = args.repeats or (3 if gpu else 1)
+    static = {"auto": None, "on": True, "off": False}[args.static_decode]
     transformers.logging.set_verbosity_error()
     ck = checkpoint.load(args.checkpoint)
     task = get_task(ck.summary.get("task", args.checkpoint))
-    examples = task.examples("test", args.prompts, seed=args.problem_seed)
+    examples = task.examples(args.split, args.prompts, seed=args.problem_seed)
     prompts = [tuple(ck.tokenizer.encode(e.problem.prompt)) for e in examples]
     pad_id, eos_id = ck.tokenizer.pad_id, ck.tokenizer.eos_id
     print(f"checkpoint {ck.path} ({ck.model.config.num_parameters():,} parameters); {args.prompts} prompts x "
-          f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}")
+          f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if gpu else ""))
 
-    engine = Engine(ck.model.to(device), max_rows=args.max_rows, device=device, dtype=DTYPES[args.dtype])
+    engine = Engine(ck.model.to(device), max_rows=max_rows, device=device, dtype=DTYPES[args.dtype],
+                    static_decode=static, **({"sync_every": args.sync_every} if args.sync_every else {}))
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
-    engine.generate(requests[:2])  # warm up
+    name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, "
+            + (f"static decode, sync every {engine.sync_every})" if engine.static_decode else "exact loop)"))
     started = time.perf_counter()
-    results = engine.generate(requests)
-    engine_s = time.perf_counter() - started
+    results = engine.generate(requests if gpu else requests[:2])  # warm up; on a GPU, the graphs' capture
+    if gpu:
+        print(f"{name}, first call (graphs captured): {time.perf_counter() - started:.2f} s")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        results = engine.generate(requests)
+        times.append(time.perf_counter() - started)
+    engine_s = sorted(times)[len(times) // 2]
     engine_tokens = sum(len(c.token_ids) for r in results for c in r)
     engine_rate = engine_tokens / engine_s
-    print(f"thinkscale engine (max_rows {args.max_rows}, {args.dtype}): {engine_tokens} tokens in {engine_s:.2f} s = "
-          f"{engine_rate:,.0f} tokens/s")
+    print(f"{name}: {engine_tokens} tokens in {engine_s:.3f} s (median of {repeats}: "
+          f"{', '.join(f'{t:.3f}' for t in times)}) = {engine_rate:,.0f} tokens/s")
+    if args.compare_exact:
+        exact = Engine(ck.model, max_rows=max_rows, device=device, dtype=DTYPES[args.dtype], static_decode=False)
+        same = [a == b for x, y in zip(results, exact.generate(requests)) for a, b in zip(x, y)]
+        print(f"exact loop on {device}: {sum(same)} of {len(same)} samples the same as static decode's")
 
+    if args.engine_only:
+        return
     if args.dtype != "float32":  # what the dtype costs: how far each next-token distribution moves
         paths = [(None, 0, p + results[i][0].token_ids) for i, p in enumerate(prompts)]
-        reference = Engine(ck.model, max_rows=args.max_rows, device=device)
+        reference = Engine(ck.model, max_rows=max_rows, device=device)
         distance = torch.cat([(a.softmax(-1) - b.softmax(-1)).abs().sum(-1) / 2
                               for (_, a), (_, b) in zip(reference.extend(paths), engine.extend(paths))])
         print(f"{args.dtype} against float32: total variation distance of the next-token distribution at "
@@ -132,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     best_name, best_rate = None, 0.0
     for dtype in ("float32", "bfloat16") if args.dtype == "bfloat16" else ("float32",):
         hf = transformers.AutoModelForCausalLM.from_pretrained(ck.path, dtype=DTYPES[dtype]).to(device).eval()
-        for per_call in sorted({args.prompts, 1, 8} & set(range(1, args.prompts + 1)), reverse=True):
+        run_transformers(hf, prompts[:1], 2, 1, 8, pad_id, eos_id)  # warm up
+        for per_call in sorted({args.prompts, *((16,) if gpu else (1, 8))} & set(range(1, args.prompts + 1)),
+                               reverse=True):
             torch.manual_seed(0)
             tokens, seconds = run_transformers(hf, prompts, args.samples, per_call, args.max_new_tokens, pad_id,
                                                eos_id)
@@ -145,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"baseline: fastest transformers configuration ({best_name}) at {best_rate:,.0f} tokens/s")
     print(f"engine achieved {flops / 1e9:.1f} GFLOP/s (2 x non-embedding parameters x tokens / s)")
     if device == "cpu":
-        rates = matmul_rates(ck.model.config, args.max_rows)
+        rates = matmul_rates(ck.model.config, max_rows)
         print("this CPU's matmul rate at the engine's projection shapes (the best of them, this thread count): "
               + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in rates.items()))
         short = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]  # the engine's own dtype's rate

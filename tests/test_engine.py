@@ -342,3 +342,78 @@ def test_extend_over_several_passes_never_reads_memory_nobody_wrote(arithmetic_c
     for (kv, logits), (kv_whole, logits_whole) in zip(engine.extend(known), [w for w, (_, _, t) in zip(whole, paths)
                                                                              if len(t) > 56]):
         assert torch.equal(logits, logits_whole[40:]) and torch.equal(kv, kv_whole)
+
+
+def _mixed_requests(checkpoint, task, n=5):
+    """Requests that differ in every setting a row carries: temperature (0 too), top_p, length, stop tokens."""
+    newline = checkpoint.tokenizer.ids["\n"]
+    return [SampleRequest(tuple(checkpoint.tokenizer.encode(e.problem.prompt)), n=n, params=SamplingParams(
+        seed=i, temperature=(1.0, 0.0, 0.7)[i % 3], top_p=(1.0, 0.9)[i % 2], max_tokens=(100, 20, 60)[i % 3],
+        stop_ids=(newline,) if i % 4 == 0 else ())) for i, e in enumerate(task.examples("test", 10))]
+
+
+@pytest.mark.parametrize("max_rows, sync_every", [(8, 3), (64, 8)])
+def test_static_decode_draws_the_exact_loops_samples(arithmetic_checkpoint, arithmetic, max_rows, sync_every):
+    """Fixed-shape steps (every row, every chunk in reach; finished rows found every few steps) compute each
+    row as the exact loop does, to the bit, with rows finishing, waiting and being admitted mid-run."""
+    model, reqs = arithmetic_checkpoint.model, _mixed_requests(arithmetic_checkpoint, arithmetic)
+    exact = Engine(model, max_rows=max_rows).generate(reqs)
+    engine = Engine(model, max_rows=max_rows, static_decode=True, sync_every=sync_every)
+    assert engine.generate(reqs) == exact
+    assert {c.finish_reason for r in exact for c in r} == {"stop", "length"}
+    assert engine.generate(reqs[3:5]) == exact[3:5]  # its state is kept between calls; a smaller call after
+
+
+def test_static_decode_keeps_steps_in_the_prefix_cache_and_drops_cancelled_rows(arithmetic_checkpoint, arithmetic):
+    tok, model = arithmetic_checkpoint.tokenizer, arithmetic_checkpoint.model
+    prompts = [tuple(tok.encode(e.problem.prompt)) for e in arithmetic.examples("test", 6)]
+    plain, _ = _step_rounds(Engine(model), prompts, tok.ids["\n"])
+    engine = Engine(model, prefix_cache_bytes=64 << 20, static_decode=True, sync_every=4)
+    cached, last = _step_rounds(engine, prompts, tok.ids["\n"])
+    assert cached == plain and all(r[0].prompt_cached >= 1 for r in last)
+
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 4, 6, temperature=1.0, max_tokens=100)
+    engine = Engine(model, max_rows=8, static_decode=True, sync_every=2)
+    whole, asked, dropped = engine.generate(reqs), [0], {}
+
+    def cancelled():  # asked every two steps: request 1 goes at the third asking
+        asked[0] += 1
+        return [1] if asked[0] > 2 else []
+
+    cut = engine.generate(reqs, cancelled=cancelled, on_dropped=dropped.__setitem__)
+    assert any(c is None for c in cut[1]) and list(dropped) == [1] and dropped[1] > 0
+    assert [cut[i] for i in (0, 2, 3)] == [whole[i] for i in (0, 2, 3)]
+
+
+def test_static_decode_leaves_streams_and_confidence_to_the_exact_loop(arithmetic_checkpoint, arithmetic):
+    plain = requests_for(arithmetic_checkpoint, arithmetic, 4, 3, temperature=1.0, max_tokens=60)
+    asked = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=60, seed=r.params.seed,
+                                                             stream=True, confidence_window=4 * (i % 2)))
+             for i, r in enumerate(plain)]
+    engine, heard = Engine(arithmetic_checkpoint.model, static_decode=True), {}
+    streamed = engine.generate(asked, on_tokens=lambda drawn: [heard.setdefault(r, []).append(t) for r, t in drawn])
+    assert streamed == Engine(arithmetic_checkpoint.model).generate(asked)
+    assert all(tuple(heard[i]) == streamed[i][0].token_ids for i in range(4))
+    assert streamed[1][0].confidence is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graphs_replay_the_static_steps(arithmetic_checkpoint, arithmetic, dtype):
+    """On a GPU the static steps run as captured CUDA graphs: the same samples as the steps run one kernel at
+    a time, on the first call (capturing) and on later ones (replaying), and after new weights are loaded."""
+    import copy
+
+    reqs = _mixed_requests(arithmetic_checkpoint, arithmetic, n=40)
+    graphed = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda", dtype=dtype)
+    eager = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda", dtype=dtype)
+    eager.cuda_graphs = False
+    assert graphed.static_decode and eager.static_decode  # on by default on a GPU
+    first = graphed.generate(reqs)
+    assert graphed._graphs and first == eager.generate(reqs)
+    assert graphed.generate(reqs) == first
+    for engine in (graphed, eager):  # weights changed in place, as training does, then loaded again
+        with torch.no_grad():
+            engine.model.lm_head.weight.mul_(1.5)
+        engine.reload_weights()
+    assert graphed.generate(reqs) == eager.generate(reqs) != first

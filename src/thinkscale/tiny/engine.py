@@ -45,6 +45,26 @@ are still counter-based and the same on every run. Whether they are also the
 same whatever else the batch holds, and however a sequence is split (what
 makes the prefix cache exact), is up to the bfloat16 kernels: on an Intel
 Xeon with AMX they were, in a probe, but no test holds other CPUs to it.
+
+Static decode (`static_decode`; default on a CUDA device, off on a CPU).
+The exact loop above asks the device, at every step, which rows finished
+and which rows reach which chunk: cheap on a CPU, but on a GPU each question
+stops the queue of kernels, and a step of a model this small is a few
+hundred launches of tiny kernels. Static decode runs steps of fixed shapes
+instead: every row (a power of two at least the active ones) reads every
+chunk any row can reach in the next `sync_every` steps, a row's sampling
+settings and stop tokens sit in per-row tensors, and a finished row just
+stops changing (its tokens, position and log-probability stay; its step
+writes past them) until the engine looks, every `sync_every` steps, and
+swaps it out. On a GPU each shape's step is captured once in a CUDA graph
+and replayed (`cuda_graphs`); the graphs are kept between calls and dropped
+when the weights or the cache change. A fully masked chunk is an exact no-op
+(`_attend`), so on a CPU in float32 static decode draws the exact loop's
+samples to the bit (a test holds them equal), only slower there (it reads
+chunks and rows the exact loop skips). On a GPU nothing is batch-invariant
+to begin with (the kernels a library picks depend on the shape), so there a
+sample may change with its batch in either loop. Requests that stream tokens
+or track confidence are decoded by the exact loop.
 """
 
 from __future__ import annotations
@@ -124,20 +144,23 @@ def gumbel_noise(seed: torch.Tensor, sample: torch.Tensor, step: torch.Tensor, v
 
 def choose_tokens(
     logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-    seed: torch.Tensor, sample: torch.Tensor, step: torch.Tensor,
+    seed: torch.Tensor, sample: torch.Tensor, step: torch.Tensor, nucleus: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row; returns (tokens, their log-probability at temperature 1).
 
     logits (rows, vocab) float32; the other arguments are per-row tensors.
+    `nucleus`: whether any row may have top_p < 1 (None: look, which waits
+    for the device; a captured CUDA graph cannot).
     """
     logprobs = F.log_softmax(logits, dim=-1)
     greedy = temperature <= 0
     scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
-    if bool((top_p < 1).any()):
+    if bool((top_p < 1).any()) if nucleus is None else nucleus:
         sorted_logits, order = scaled.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        # drop a token once the tokens before it already hold top_p of the mass
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p[:, None]
+        # drop a token once the tokens before it already hold top_p of the mass (only in rows with top_p < 1:
+        # a row's mass can round to 1 before its last token, and its samples must not depend on its batch)
+        drop_sorted = ((probs.cumsum(-1) - probs) >= top_p[:, None]) & (top_p < 1)[:, None]
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
     noisy = scaled + gumbel_noise(seed, sample, step, logits.shape[-1])
@@ -156,13 +179,17 @@ class Engine:
     """Continuous-batching sampler over one TinyLlama's weights."""
 
     def __init__(self, model: TinyLlama, max_rows: int = 1024, device: str | torch.device | None = None,
-                 prefix_cache_bytes: int = 0, dtype: torch.dtype | None = None) -> None:
+                 prefix_cache_bytes: int = 0, dtype: torch.dtype | None = None, static_decode: bool | None = None,
+                 sync_every: int = 8) -> None:
         """`prefix_cache_bytes` > 0 keeps the keys and values of prompts, and of samples that ended at a stop
         token other than the end token (a step, to be continued), for later prompts to start from. `dtype`:
         what the layers compute in and keep their keys and values in (default the model's; bfloat16: the
-        module's docstring, which says what stays float32)."""
+        module's docstring, which says what stays float32). `static_decode` (default: on a CUDA device only)
+        and `sync_every`: the module's docstring, "Static decode"."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be at least 1, got {sync_every}")
         if dtype is not None and dtype not in DTYPES.values():
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
@@ -173,6 +200,10 @@ class Engine:
         self.config = c = model.config
         self.max_rows = max_rows
         self.eos_id = c.eos_token_id
+        self.static_decode = self.device.type == "cuda" if static_decode is None else static_decode
+        self.sync_every = sync_every
+        self.cuda_graphs = True  # static decode's steps as CUDA graphs on a GPU (off: run as they are; tests)
+        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus) -> a step
         self.reload_weights()
 
     def reload_weights(self) -> None:
@@ -183,6 +214,7 @@ class Engine:
         came from the old weights.
         """
         model, dtype, c = self.model, self.dtype, self.config
+        self._graphs = {}  # they read the old weights
         if self.prefix_cache is not None:
             self.prefix_cache = PrefixCache(self.prefix_cache.max_bytes)
         layers = model.model.layers
@@ -432,11 +464,14 @@ class Engine:
         return [done[seq][1] for seq in seqs[:fit]], computed
 
     # -- one decode step over the active rows ---------------------------------
-    def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab)."""
+    def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor, plan: list | None = None
+                ) -> torch.Tensor:
+        """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab).
+
+        `plan`: which rows read which chunk (default `_plan`'s, which waits for the device to say)."""
         rows = torch.arange(tokens.shape[0], device=self.device)
         chunk_of, offset = pos // CHUNK, pos % CHUNK
-        plan = self._plan(pos)
+        plan = self._plan(pos) if plan is None else plan
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             self._store(cache[i], chunk_of, rows, offset, k, v)
@@ -471,6 +506,72 @@ class Engine:
             m[a:b] = m_new
         return acc / l
 
+    # -- static decode: steps of fixed shapes, captured in CUDA graphs ---------
+    def _state_for(self, rows: int) -> dict[str, torch.Tensor]:
+        """Per-row state for static decode, kept between calls (a captured step reads and writes these very
+        tensors): what `generate` keeps per call, and each row's sampling settings and whether it is live."""
+        c, dev = self.config, self.device
+        have = getattr(self, "_state", None)
+        if have is None or have["pos"].shape[0] < rows:
+            self._graphs = {}
+            long = lambda: torch.zeros(rows, dtype=torch.long, device=dev)  # noqa: E731
+            self._state = have = {
+                "req": long(), "sample": long(), "pos": long(), "tok": long(), "ngen": long(), "seed": long(),
+                "max": long(), "lp": torch.zeros(rows, dtype=torch.float64, device=dev),
+                "temp": torch.zeros(rows, device=dev), "top_p": torch.ones(rows, device=dev),
+                "live": torch.zeros(rows, dtype=torch.bool, device=dev),
+                "stop": torch.zeros(rows, c.vocab_size, dtype=torch.bool, device=dev),
+                # a spare column: a finished row's step writes one past its tokens until it is collected
+                "out": torch.zeros(rows, c.max_position_embeddings + 1, dtype=torch.long, device=dev)}
+        return have
+
+    def _static_step(self, width: int, chunks: int, nucleus: bool) -> None:
+        """One decode step of rows 0..width-1 over cache chunks 0..chunks-1, as a CUDA graph on a GPU.
+
+        A shape's first step runs as it is and is then captured (capture
+        records, it does not run); its later steps replay the capture.
+        """
+        if self.device.type != "cuda" or not self.cuda_graphs:
+            return self._static_body(width, chunks, nucleus)
+        key = (width, chunks, nucleus)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return None
+        here = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)  # warm-up off the capturing stream, as torch.cuda.graphs asks
+        side.wait_stream(here)
+        with torch.cuda.stream(side):
+            self._static_body(width, chunks, nucleus)
+        here.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_body(width, chunks, nucleus)
+        self._graphs[key] = graph
+        return None
+
+    def _static_body(self, width: int, chunks: int, nucleus: bool) -> None:
+        """The step: feed each row's last token, draw its next one and update its state, with nothing that
+        waits for the device. A row that is not live (finished or idle) is computed and changes nothing the
+        caller reads: its state stays, its token goes to its spare column, its keys and values to a position
+        past its own (`_state_for`, `generate`)."""
+        s, cache = self._state, self._cache
+        pos = s["pos"][:width].clamp(max=chunks * CHUNK - 1)  # an idle row's stale position stays in range
+        hidden = torch.arange(chunks * CHUNK, device=self.device).view(1, chunks, CHUNK) > pos[:, None, None]
+        bias = torch.zeros(width, chunks, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(hidden,
+                                                                                                    float("-inf"))
+        plan = [(chunk, 0, width, bias[:, chunk, None, None, :]) for chunk in range(chunks)]  # every row, every chunk
+        logits = self._decode(cache, s["tok"][:width], pos, plan)
+        live, ngen = s["live"][:width], s["ngen"][:width]
+        s["pos"][:width] += live
+        tok, lp = choose_tokens(logits, s["temp"][:width], s["top_p"][:width], s["seed"][:width],
+                                s["sample"][:width], ngen, nucleus)
+        s["out"][:width].scatter_(1, ngen[:, None], tok[:, None])
+        s["tok"][:width] = tok
+        s["lp"][:width] += torch.where(live, lp.double(), 0.0)
+        ngen += live
+        live &= ~(s["stop"][:width].gather(1, tok[:, None])[:, 0] | (ngen >= s["max"][:width]))
+
     def _cache_for(self, chunks: int, rows: int) -> torch.Tensor:
         """A KV cache of at least this size, kept between calls (allocating ~1 GB costs time).
 
@@ -484,7 +585,8 @@ class Engine:
             # call can ask for): a step search's calls of slowly growing size would otherwise zero a new cache each.
             size = max(chunks, 0 if have is None else have.shape[2]), max(
                 rows, 0 if have is None else have.shape[3], min(1 << (rows - 1).bit_length(), self.max_rows))
-            self._cache = None  # free the old one first
+            self._cache = self._state = None  # free the old ones first; the graphs read them
+            self._graphs = {}
             self._cache = torch.zeros(c.num_hidden_layers, 2, *size, c.num_attention_heads, CHUNK * c.head_dim,
                                       device=self.device, dtype=self.dtype)
         return self._cache[:, :, :chunks, :rows]
@@ -519,7 +621,8 @@ class Engine:
         `on_finish(1)` is called as each sample finishes, and
         `on_request_done(r, samples)` as soon as every sample of request r has,
         so that callers can use early results while the batch runs on.
-        `cancelled()`, asked before every step, lists requests nobody waits
+        `cancelled()`, asked before every step (every `sync_every` steps in
+        static decode), lists requests nobody waits
         for any more (it may only grow): their rows are dropped at once and
         their waiting samples never start; their results stay None. The other
         requests' samples do not change (a sample does not depend on its batch).
@@ -589,14 +692,25 @@ class Engine:
         T_cap = -(-int(min(c.max_position_embeddings, int((req_len + req_max).max()))) // CHUNK) * CHUNK
         R_alloc = max(R, MIN_ROWS)
         cache = self._cache_for(T_cap // CHUNK, R_alloc)
+        # Static decode, unless a row's tokens are wanted as they come or its confidence is tracked.
+        static = self.static_decode and not confident and not streamed
         # Per-row state; rows 0..A-1 are active.
-        row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
-        row_sample = torch.zeros(R_alloc, dtype=torch.long, device=dev)
-        row_pos = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # position the row's last token will be fed at
-        row_tok = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # last token drawn, not yet fed
-        row_ngen = torch.zeros(R_alloc, dtype=torch.long, device=dev)
-        row_lp = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
-        out_tokens = torch.zeros(R_alloc, int(req_max.max()), dtype=torch.long, device=dev)
+        if static:  # kept between calls: the captured steps read and write these tensors
+            state = self._state_for(self._cache.shape[3])
+            state["live"].zero_()
+            row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens = (
+                state[k] for k in ("req", "sample", "pos", "tok", "ngen", "lp", "out"))
+            moved = [state[k] for k in ("live", "temp", "top_p", "seed", "max", "stop")]
+            nucleus = bool((req_top_p < 1).any())
+        else:
+            row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+            row_sample = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+            row_pos = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # where the row's last token will be fed
+            row_tok = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # last token drawn, not yet fed
+            row_ngen = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+            row_lp = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
+            out_tokens = torch.zeros(R_alloc, int(req_max.max()), dtype=torch.long, device=dev)
+            moved = []
         # With confidence: each token's, the sum over the row's current window, and whether the floor cut it.
         out_conf = torch.zeros(R_alloc if confident else 1, int(req_max.max()), dtype=torch.float64, device=dev)
         row_wsum = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
@@ -613,15 +727,24 @@ class Engine:
             holes = sorted((r for r in gone if r < A), reverse=True)
             movers = sorted((r for r in range(A, A + len(gone)) if r not in gone), reverse=True)
             if not holes:
+                if static:  # the rows past the active ones are idle
+                    moved[0][A:A + len(gone)] = False
                 return
             dst, src = torch.tensor(holes, device=dev), torch.tensor(movers, device=dev)
-            for hole, mover, length in zip(holes, movers, row_pos[src].tolist()):
-                used = (length - 1) // CHUNK + 1  # the chunks the mover has written (the rest: stale, finite)
-                cache[:, :, :used, hole] = cache[:, :, :used, mover]  # a strided copy: faster than a gather
-            for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut):
+            lengths = row_pos[src].tolist()
+            if static:  # one gather: a copy per row costs more than the copy itself on a GPU
+                used = (max(lengths) - 1) // CHUNK + 1
+                cache[:, :, :used, dst] = cache[:, :, :used, src]
+            else:
+                for hole, mover, length in zip(holes, movers, lengths):
+                    used = (length - 1) // CHUNK + 1  # the chunks the mover has written (the rest: stale, finite)
+                    cache[:, :, :used, hole] = cache[:, :, :used, mover]  # a strided copy: faster than a gather
+            for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut, *moved):
                 t[dst] = t[src]
             if confident:
                 out_conf[dst] = out_conf[src]
+            if static:
+                moved[0][A:A + len(gone)] = False
             for hole, mover in zip(holes, movers):
                 if mover in live_rows:
                     live_rows[hole] = live_rows.pop(mover)
@@ -652,8 +775,9 @@ class Engine:
             """Record finished rows, then forget them (`free`)."""
             rows = sorted(done.tolist(), reverse=True)
             at = torch.tensor(rows, device=dev)
-            columns = zip(row_req[at].tolist(), row_sample[at].tolist(), row_ngen[at].tolist(),
-                          row_pos[at].tolist(), row_cut[at].tolist(), row_lp[at].tolist(), out_tokens[at].tolist())
+            ngen = row_ngen[at].tolist()
+            columns = zip(row_req[at].tolist(), row_sample[at].tolist(), ngen, row_pos[at].tolist(),
+                          row_cut[at].tolist(), row_lp[at].tolist(), out_tokens[at, :max(ngen)].tolist())
             finished = []
             for row, (ri, j, n, length, was_cut, logprob, drawn) in zip(rows, columns):
                 finished.append(ri)
@@ -723,6 +847,10 @@ class Engine:
                 row_req[rows], row_sample[rows] = req, torch.tensor([a[1] for a in admitted], device=dev)
                 row_pos[rows], row_ngen[rows], row_lp[rows] = req_len[req], 0, 0.0
                 row_wsum[rows], row_cut[rows] = 0.0, False
+                if static:  # what the captured step reads of a row's request
+                    live, temp, top_p, seed, most, stops = moved
+                    live[rows], temp[rows], top_p[rows], seed[rows] = True, req_temp[req], req_top_p[req], req_seed[req]
+                    most[rows], stops[rows] = req_max[req], stop_table[req]
                 first = A  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
                 for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]):
                     stop = first + len(list(run))
@@ -732,6 +860,16 @@ class Engine:
                 A += m
                 take_token(rows, prompt_logits[req_prompt[req]])
                 continue  # finished-at-once rows may have freed slots
+            if static:  # `sync_every` steps of fixed shapes, then collect the rows that finished
+                top = int(row_pos[:A].max())  # the last position a row feeds in these steps: top + sync_every - 1
+                chunks = min(T_cap // CHUNK, (top + self.sync_every - 1) // CHUNK + 1)
+                width = min(max(MIN_ROWS, 1 << (A - 1).bit_length()), len(row_pos))
+                for _ in range(self.sync_every):
+                    self._static_step(width, chunks, nucleus)
+                done = [r for r, live in enumerate(moved[0][:A].tolist()) if not live]
+                if done:
+                    finish_rows(torch.tensor(done))
+                continue
             active = torch.arange(A, device=dev)
             width = max(A, MIN_ROWS)  # rows past A are idle slots, computed and ignored
             pos = row_pos[:width].clone()
