@@ -217,6 +217,13 @@ def test_a_call_cut_by_the_wall_time_budget_still_counts_what_it_generated(arith
 def test_the_tiny_policy_in_bfloat16_solves_through_the_same_contract(arithmetic):
     with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, got 'float16'"):
         get_policy("tiny", dtype="float16")
+    with pytest.raises(ValueError, match="device must be cpu or cuda"):
+        get_policy("tiny", device="tpu")
+    import torch
+
+    if not torch.cuda.is_available():  # a GPU asked for where there is none: said before anything loads
+        with pytest.raises(ValueError, match="'cuda': this torch sees no CUDA GPU"):
+            get_policy("tiny", device="cuda")
     policy = get_policy("tiny", dtype="bfloat16", threads=1)
     assert policy.engine.dtype.is_floating_point and str(policy.engine.dtype) == "torch.bfloat16"
     examples = arithmetic.examples("test", 4)

@@ -27,22 +27,27 @@ class TinyPolicy(Policy):
                                 reports_cuts=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
-                 prefix_cache_mb: float = 512, dtype: DtypeName = "float32") -> None:
+                 prefix_cache_mb: float = 512, dtype: DtypeName = "float32", device: str = "cpu") -> None:
         """`prefix_cache_mb`: memory for the keys and values of prompts and steps already computed, which
         later prompts start from (a step search's next step reads only the new tokens). Exact: it changes
         what is computed, never a sample (tiny/prefix_cache.py). 0 turns it off. `dtype`: "float32", or
         "bfloat16" (faster where the CPU or GPU has bfloat16 units; samples then differ from float32's and
-        may change with what shares their batch: tiny/engine.py)."""
+        may change with what shares their batch: tiny/engine.py). `device`: "cpu", or "cuda" ("cuda:N") for
+        a GPU, where the engine decodes in steps captured in CUDA graphs (tiny/engine.py, "Static decode")."""
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
         torch_dtype = dtype_named(dtype)
+        if device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda (cuda:N), got {device!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this torch sees no CUDA GPU (torch {torch.__version__})")
 
         def load() -> tuple:
             if threads is not None:
                 torch.set_num_threads(threads)
             ck = checkpoint.load(checkpoint_name)
             return ck, Engine(ck.model, max_rows=max_rows, prefix_cache_bytes=int(prefix_cache_mb * 2**20),
-                              dtype=torch_dtype)
+                              dtype=torch_dtype, device=device)
 
         self.checkpoint, self.engine = torch_thread.call(load)  # all torch work on one thread: see torch_thread.py
         self.tokenizer = self.checkpoint.tokenizer
