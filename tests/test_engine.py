@@ -397,6 +397,63 @@ def test_static_decode_leaves_streams_and_confidence_to_the_exact_loop(arithmeti
     assert streamed[1][0].confidence is not None
 
 
+class _Waits:
+    """Records the ops that make the host wait for the device (or copy host data to it) while it is entered:
+    what a CUDA graph's capture refuses. `tolist` is not an op: it is watched as a method."""
+
+    def __init__(self, monkeypatch):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        aten, seen = torch.ops.aten, []
+        waiting = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.item.default, aten.equal.default,
+                   aten.nonzero.default, aten.masked_select.default, aten.lift_fresh.default,
+                   aten.unique_consecutive.default, aten._unique2.default}
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                masks = func in (aten.index.Tensor, aten.index_put_.default, aten._index_put_impl_.default) and any(
+                    i is not None and i.dtype == torch.bool for i in args[1])
+                if func in waiting or masks:
+                    seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        tolist = torch.Tensor.tolist
+        monkeypatch.setattr(torch.Tensor, "tolist", lambda t: seen.append("tolist") or tolist(t))
+        self.mode, self.seen = Mode(), seen
+
+    def __enter__(self):
+        self.seen.clear()
+        self.mode.__enter__()
+        return self.seen
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_a_static_step_never_waits_for_the_device(arithmetic_checkpoint, arithmetic, monkeypatch):
+    """What a CUDA graph can capture, checked where there is no GPU: the static step (`_static_body`) has no op
+    that waits for the device or copies host data to it; the exact loop's step has (the watch sees them)."""
+    engine, waits = Engine(arithmetic_checkpoint.model, max_rows=16, static_decode=True), _Waits(monkeypatch)
+    body, steps = engine._static_body, []
+
+    def watched(*args):
+        with waits as seen:
+            body(*args)
+        steps.append((args, list(seen)))
+
+    monkeypatch.setattr(engine, "_static_body", watched)
+    engine.generate(_mixed_requests(arithmetic_checkpoint, arithmetic, n=3))
+    assert {nucleus for (_, _, nucleus), _ in steps} == {True}  # the mixed requests ask for top-p
+    engine.generate(requests_for(arithmetic_checkpoint, arithmetic, 3, 4, max_tokens=50))
+    assert {nucleus for (_, _, nucleus), _ in steps} == {True, False}
+    assert len({args for args, _ in steps}) > 3 and all(seen == [] for _, seen in steps)
+    exact = Engine(arithmetic_checkpoint.model, max_rows=16)
+    decode = exact._decode
+    with waits as seen:
+        decode(exact._cache_for(2, 16), torch.zeros(16, dtype=torch.long), torch.arange(16) * 3)
+    assert "aten.nonzero.default" in seen and "tolist" in seen
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graphs_replay_the_static_steps(arithmetic_checkpoint, arithmetic, dtype):
