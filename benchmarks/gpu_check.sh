@@ -2,7 +2,7 @@
 # Issue 16's GPU checks in one call, for a session lent a GPU (see /work/.library/device):
 #   bash benchmarks/gpu_check.sh        (logs under $OUT, else /tmp/gpu_check)
 # 1. the CUDA tests (static decode, graphs captured and replayed);
-# 2. static decode's sync_every chosen on training problems (engine alone, bfloat16);
+# 2. static decode's sync_every (4, 8 or 16) chosen on training problems (engine alone, bfloat16);
 # 3. benchmarks/sampling.py on the test problems with that setting: bfloat16 (the issue's goal) with the
 #    exact loop compared, a fresh draw (--problem-seed 1), and float32.
 # The machine's python3 and packages are used as they are: thinkscale runs from src/.
@@ -13,9 +13,11 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' \
     | tee -a "$out/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_engine.py -k "static or cuda" 2>&1 | tail -15 | tee "$out/tests.log"
+# cuBLAS reproducible across streams (the graphs' warm-up runs on a side stream; the test compares to the bit)
+CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py -k "static or cuda or device" \
+    2>&1 | tail -15 | tee "$out/tests.log"
 best=8 best_rate=0
-for k in 4 8 16 32; do
+for k in 4 8 16; do
     line=$(python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --split train --engine-only --sync-every "$k" \
            2>&1 | tee "$out/train_sync$k.log" | grep 'tokens/s$' | tail -1)
     rate=$(echo "$line" | sed 's/.*= \([0-9,]*\) tokens\/s$/\1/' | tr -d ,)

@@ -454,6 +454,23 @@ def test_a_static_step_never_waits_for_the_device(arithmetic_checkpoint, arithme
     assert "aten.nonzero.default" in seen and "tolist" in seen
 
 
+def test_the_engine_and_the_model_keep_everything_on_their_device(arithmetic_checkpoint):
+    """The meta device (shapes, no data) stands in for a GPU where there is none: any tensor of the engine's
+    set-up, the static step or the model's forward pass left on the CPU would meet a meta one and raise."""
+    import copy
+
+    model = copy.deepcopy(arithmetic_checkpoint.model)
+    engine = Engine(model, device="meta", dtype=torch.bfloat16, static_decode=True)
+    tables = (engine.cos, engine.sin, engine.w_qkv[0], engine.embed, engine.w_head, engine.norm_f)
+    assert {t.device.type for t in tables} == {"meta"}
+    engine._cache_for(6, 32)
+    state = engine._state_for(32)
+    for nucleus in (True, False):
+        engine._static_body(32, 3, nucleus)
+    assert {t.device.type for t in state.values()} == {"meta"}
+    assert model(torch.zeros(2, 5, dtype=torch.long, device="meta")).shape == (2, 5, model.config.vocab_size)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graphs_replay_the_static_steps(arithmetic_checkpoint, arithmetic, dtype):

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, get_args
 
@@ -534,20 +535,29 @@ class Engine:
         if self.device.type != "cuda" or not self.cuda_graphs:
             return self._static_body(width, chunks, nucleus)
         key = (width, chunks, nucleus)
-        graph = self._graphs.get(key)
-        if graph is not None:
-            graph.replay()
-            return None
-        here = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)  # warm-up off the capturing stream, as torch.cuda.graphs asks
-        side.wait_stream(here)
-        with torch.cuda.stream(side):
-            self._static_body(width, chunks, nucleus)
-        here.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._static_body(width, chunks, nucleus)
-        self._graphs[key] = graph
+        with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
+            graph = self._graphs.get(key)
+            if graph is not None:
+                graph.replay()
+                return None
+            here = torch.cuda.current_stream()
+            side = torch.cuda.Stream()  # warm-up off the current stream, as torch.cuda.graphs asks
+            side.wait_stream(here)
+            with torch.cuda.stream(side):
+                self._static_body(width, chunks, nucleus)
+            here.wait_stream(side)
+            if not self._graphs:
+                self._pool = torch.cuda.graph_pool_handle()  # one pool: a replay leaves nothing alive in it
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self._pool, stream=side):
+                    self._static_body(width, chunks, nucleus)
+            except RuntimeError as error:  # the step above ran; the later ones run as they are
+                warnings.warn(f"the engine's decode step could not be captured in a CUDA graph ({error}); "
+                              "it runs kernel by kernel from now on (cuda_graphs = False)", RuntimeWarning, stacklevel=2)
+                self.cuda_graphs = False
+                return None
+            self._graphs[key] = graph
         return None
 
     def _static_body(self, width: int, chunks: int, nucleus: bool) -> None:

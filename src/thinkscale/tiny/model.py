@@ -74,9 +74,10 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(config: TinyConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for `positions` (any shape) -> (*positions.shape, head_dim)."""
+    """cos and sin for `positions` (any shape) -> (*positions.shape, head_dim), on their device."""
     d = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=positions.device).float()
+                                            / d))
     freqs = positions.float()[..., None] * inv_freq  # (..., d/2)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
@@ -156,7 +157,7 @@ class TinyLlama(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         B, T = ids.shape
-        cos, sin = rope_tables(self.config, torch.arange(T))  # (T, D)
+        cos, sin = rope_tables(self.config, torch.arange(T, device=ids.device))  # (T, D)
         x = self.model.embed_tokens(ids)  # (B, T, hidden)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
