@@ -4,7 +4,8 @@
 # 1. the CUDA tests (static decode, graphs captured and replayed);
 # 2. static decode's sync_every (4, 8 or 16) chosen on training problems (engine alone, bfloat16);
 # 3. benchmarks/sampling.py on the test problems with that setting: bfloat16 (the issue's goal) with the
-#    exact loop compared, a fresh draw (--problem-seed 1), and float32.
+#    exact loop compared and transformers' static cache tried too, a fresh draw (--problem-seed 1), and
+#    float32. Each log is written as it runs: a run cut short still leaves what it printed.
 # The machine's python3 and packages are used as they are: thinkscale runs from src/.
 set -u
 out=${OUT:-/tmp/gpu_check}
@@ -25,7 +26,8 @@ for k in 4 8 16; do
     if [ -n "$rate" ] && [ "$rate" -gt "$best_rate" ]; then best=$k best_rate=$rate; fi
 done
 echo "chosen on train problems: sync_every $best" | tee -a "$out/sync.txt"
-python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --compare-exact 2>&1 \
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --compare-exact \
+    --transformers-static-cache 2>&1 \
     | grep -v '^Loading' | tee "$out/bf16.log"
 python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --problem-seed 1 2>&1 \
     | grep -v '^Loading' | tee "$out/bf16_seed1.log"
