@@ -69,6 +69,29 @@ def test_sampling_benchmark_in_bfloat16_says_how_far_it_is_from_float32():
     assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]
 
 
+def test_sampling_benchmark_with_static_decode_draws_the_exact_loops_samples():
+    lines = bench("sampling.py", "--prompts", "3", "--samples", "4", "--max-new-tokens", "30", "--max-rows", "8",
+                  "--threads", "1", "--device", "cpu", "--static-decode", "on", "--sync-every", "3",
+                  "--compare-exact", "--transformers-static-cache", "--repeats", "2", "--problem-seed", "3")
+    assert any(line.startswith("thinkscale engine (max_rows 8, float32, static decode, sync every 3): ")
+               and "(median of 2: " in line for line in lines)
+    assert "exact loop on cpu: 12 of 12 samples the same as static decode's" in lines
+    assert any(line.startswith("transformers generate, float32, static cache, 3 prompt(s) x 4 per call: ")
+               for line in lines)
+    assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]
+    engine = bench("sampling.py", "--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--split", "train",
+                   "--engine-only", "--device", "cpu")
+    assert engine[-1].startswith("thinkscale engine (max_rows 1024, float32, exact loop): ")
+
+
+def test_step_kernels_counts_what_a_static_step_launches():
+    lines = bench("step_kernels.py", "--rows", "16")
+    counts = [int(re.search(r": (\d+) kernels", line).group(1)) for line in lines[1:]]
+    assert len(counts) == 8 and counts == sorted(set(counts))  # each chunk read adds kernels
+    nucleus = bench("step_kernels.py", "--rows", "16", "--top-p")
+    assert int(re.search(r": (\d+) kernels", nucleus[1]).group(1)) > counts[0]  # top-p sorts: more kernels
+
+
 def test_adaptive_benchmark():
     lines = bench("adaptive.py", "--problems", "3", "--dev-problems", "3", "--n", "4", "--particles", "2",
                   "--problem-seed", "2")

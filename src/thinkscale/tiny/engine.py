@@ -306,8 +306,9 @@ class Engine:
         x = self.embed[tokens]  # (A, h)
         for i in range(c.num_hidden_layers):
             qkv = self._rms(x, self.norm1[i]).to(self.dtype) @ self.w_qkv[i]  # (A, 3h)
-            q, k, v = qkv.view(A, 3, H, D).unbind(1)  # each (A, H, D)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qkv = qkv.view(A, 3, H, D)
+            q, k = apply_rope(qkv[:, :2], cos[:, None], sin[:, None]).unbind(1)  # each (A, H, D); one pass for both
+            v = qkv[:, 2]
             y = attend(i, (q * scale)[:, :, None, :], k, v)  # (A, H, 1, D)
             x = x + y.reshape(A, -1) @ self.w_o[i]
             g, u = (self._rms(x, self.norm2[i]).to(self.dtype) @ self.w_gu[i]).chunk(2, dim=-1)
@@ -502,6 +503,9 @@ class Engine:
             m_new = torch.maximum(m[a:b], scores.amax(-1, keepdim=True))
             alpha = (m[a:b] - m_new).exp_()
             p = (scores - m_new).exp_()  # exactly 0 where masked
+            if b - a == len(m):  # every row (static decode): the same values, with no copies back into slices
+                l, acc, m = l * alpha + p.sum(-1, keepdim=True), acc * alpha + torch.matmul(p, values[chunk, a:b]), m_new
+                continue
             l[a:b] = l[a:b] * alpha + p.sum(-1, keepdim=True)
             acc[a:b] = acc[a:b] * alpha + torch.matmul(p, values[chunk, a:b])
             m[a:b] = m_new
