@@ -504,7 +504,8 @@ class Engine:
             alpha = (m[a:b] - m_new).exp_()
             p = (scores - m_new).exp_()  # exactly 0 where masked
             if b - a == len(m):  # every row (static decode): the same values, with no copies back into slices
-                l, acc, m = l * alpha + p.sum(-1, keepdim=True), acc * alpha + torch.matmul(p, values[chunk, a:b]), m_new
+                l, m = l * alpha + p.sum(-1, keepdim=True), m_new
+                acc = acc * alpha + torch.matmul(p, values[chunk, a:b])
                 continue
             l[a:b] = l[a:b] * alpha + p.sum(-1, keepdim=True)
             acc[a:b] = acc[a:b] * alpha + torch.matmul(p, values[chunk, a:b])
@@ -558,7 +559,8 @@ class Engine:
                     self._static_body(width, chunks, nucleus)
             except RuntimeError as error:  # the step above ran; the later ones run as they are
                 warnings.warn(f"the engine's decode step could not be captured in a CUDA graph ({error}); "
-                              "it runs kernel by kernel from now on (cuda_graphs = False)", RuntimeWarning, stacklevel=2)
+                              "it runs kernel by kernel from now on (cuda_graphs = False)", RuntimeWarning,
+                              stacklevel=2)
                 self.cuda_graphs = False
                 return None
             self._graphs[key] = graph
@@ -740,28 +742,26 @@ class Engine:
                 live_rows.pop(row, None)
             holes = sorted((r for r in gone if r < A), reverse=True)
             movers = sorted((r for r in range(A, A + len(gone)) if r not in gone), reverse=True)
-            if not holes:
-                if static:  # the rows past the active ones are idle
-                    moved[0][A:A + len(gone)] = False
-                return
-            dst, src = torch.tensor(holes, device=dev), torch.tensor(movers, device=dev)
-            lengths = row_pos[src].tolist()
-            if static:  # one gather: a copy per row costs more than the copy itself on a GPU
-                used = (max(lengths) - 1) // CHUNK + 1
-                cache[:, :, :used, dst] = cache[:, :, :used, src]
-            else:
-                for hole, mover, length in zip(holes, movers, lengths):
-                    used = (length - 1) // CHUNK + 1  # the chunks the mover has written (the rest: stale, finite)
-                    cache[:, :, :used, hole] = cache[:, :, :used, mover]  # a strided copy: faster than a gather
-            for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut, *moved):
-                t[dst] = t[src]
-            if confident:
-                out_conf[dst] = out_conf[src]
-            if static:
+            if holes:
+                dst, src = torch.tensor(holes, device=dev), torch.tensor(movers, device=dev)
+                lengths = row_pos[src].tolist()
+                if static:  # one gather: a copy per row costs more than the copy itself on a GPU
+                    used = (max(lengths) - 1) // CHUNK + 1
+                    cache[:, :, :used, dst] = cache[:, :, :used, src]
+                else:
+                    for hole, mover, length in zip(holes, movers, lengths):
+                        used = (length - 1) // CHUNK + 1  # the chunks the mover has written (the rest: stale, finite)
+                        cache[:, :, :used, hole] = cache[:, :, :used, mover]  # a strided copy: faster than a gather
+                for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut,
+                          *moved):
+                    t[dst] = t[src]
+                if confident:
+                    out_conf[dst] = out_conf[src]
+                for hole, mover in zip(holes, movers):
+                    if mover in live_rows:
+                        live_rows[hole] = live_rows.pop(mover)
+            if static:  # the rows past the active ones are idle now (a mover's old slot too)
                 moved[0][A:A + len(gone)] = False
-            for hole, mover in zip(holes, movers):
-                if mover in live_rows:
-                    live_rows[hole] = live_rows.pop(mover)
 
         dropped: set[int] = set()
 
