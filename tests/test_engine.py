@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -342,6 +344,29 @@ def test_extend_over_several_passes_never_reads_memory_nobody_wrote(arithmetic_c
     for (kv, logits), (kv_whole, logits_whole) in zip(engine.extend(known), [w for w, (_, _, t) in zip(whole, paths)
                                                                              if len(t) > 56]):
         assert torch.equal(logits, logits_whole[40:]) and torch.equal(kv, kv_whole)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
+def test_the_cpu_cache_costs_memory_only_where_rows_write(arithmetic_checkpoint, arithmetic):
+    engine = Engine(arithmetic_checkpoint.model, max_rows=2048)
+    before = _resident_bytes()
+    cache = engine._cache_for(2, 16)
+    whole = engine._cache
+    # made once for every row and position the engine can use (8 chunks of 2,048 rows: 1 GiB), and zeros
+    assert whole.shape[2:4] == (-(-arithmetic_checkpoint.model.config.max_position_embeddings // 32), 2048)
+    assert whole.nbytes >= 2**30 and not whole[:, :, :, ::97].any()
+    assert _resident_bytes() - before < 64 * 2**20  # read, not written: nothing resident
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 4, 4, temperature=1.0, max_tokens=60)
+    first = engine.generate(reqs)
+    assert engine._cache is whole and cache.data_ptr() == whole.data_ptr()  # never made again
+    assert _resident_bytes() - before < 128 * 2**20
+    again = Engine(arithmetic_checkpoint.model, max_rows=5).generate(reqs)  # rows written, reused and zero alike
+    assert [[c.token_ids for c in r] for r in first] == [[c.token_ids for c in r] for r in again]
 
 
 def _mixed_requests(checkpoint, task, n=5):
