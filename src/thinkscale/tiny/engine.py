@@ -594,21 +594,21 @@ class Engine:
 
         Zeros, not empty, when new: masked positions are multiplied by 0, and
         0 x NaN is NaN. Reused, it holds only finite values written earlier.
-        On a CPU it is made once, for every row and position the engine can
-        use, from memory the kernel zeroes page by page as rows first write
-        it (`_lazy_zeros`): nothing is spent up front and only the pages used
-        count. torch.zeros of the ~1 GB it takes at 1,024 rows cost 0.3-3.5 s
-        on these machines, and again each time a call needed more.
+        On a CPU it covers every position from the start, in memory the
+        kernel zeroes page by page as rows first write it (`_lazy_zeros`):
+        nothing is spent up front and only the pages used count. torch.zeros
+        of the ~1 GB it takes at 1,024 rows cost 0.3-3.5 s on these machines,
+        and again each time a call needed more chunks.
         """
         c = self.config
         have = getattr(self, "_cache", None)
         if have is None or have.shape[2] < chunks or have.shape[3] < rows:
-            if self.device.type == "cpu":  # every chunk and row at once: untouched pages cost nothing
-                size = max(chunks, -(-c.max_position_embeddings // CHUNK)), max(rows, self.max_rows, MIN_ROWS)
-            else:  # grow to cover both the old and the new shape, rows rounded up to a power of two (at most what
-                # a call can ask for): a step search's calls of slowly growing size would otherwise zero a new one each
-                size = max(chunks, 0 if have is None else have.shape[2]), max(
-                    rows, 0 if have is None else have.shape[3], min(1 << (rows - 1).bit_length(), self.max_rows))
+            # Grow to cover both the old and the new shape, rows rounded up to a power of two (at most what a call
+            # can ask for): a step search's calls of slowly growing size would otherwise make a new one each. On a
+            # CPU every position at once: untouched pages cost nothing.
+            size = max(chunks, 0 if have is None else have.shape[2],
+                       -(-c.max_position_embeddings // CHUNK) if self.device.type == "cpu" else 0), max(
+                rows, 0 if have is None else have.shape[3], min(1 << (rows - 1).bit_length(), self.max_rows))
             self._cache = self._state = None  # free the old ones first; the graphs read them
             self._graphs = {}
             shape = (c.num_hidden_layers, 2, *size, c.num_attention_heads, CHUNK * c.head_dim)
