@@ -353,12 +353,14 @@ def _resident_bytes() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
 def test_the_cpu_cache_costs_memory_only_where_rows_write(arithmetic_checkpoint, arithmetic):
+    from thinkscale.tiny.engine import CHUNK
+
     engine = Engine(arithmetic_checkpoint.model, max_rows=2048)
     before = _resident_bytes()
     cache = engine._cache_for(2, 2048)
     whole = engine._cache
     # made for every position at once (8 chunks of 2,048 rows: 1 GiB), and zeros
-    assert whole.shape[2:4] == (-(-arithmetic_checkpoint.model.config.max_position_embeddings // 32), 2048)
+    assert whole.shape[2:4] == (-(-arithmetic_checkpoint.model.config.max_position_embeddings // CHUNK), 2048)
     assert whole.nbytes >= 2**30 and not whole[:, :, :, ::97].any()
     assert _resident_bytes() - before < 64 * 2**20  # read, not written: nothing resident
     reqs = requests_for(arithmetic_checkpoint, arithmetic, 4, 4, temperature=1.0, max_tokens=60)

@@ -906,6 +906,8 @@ class Engine:
 def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Zeros on the CPU in a private anonymous mapping: the kernel hands each page over zeroed when it is
     first touched, so the tensor costs no time to make and no memory where it is never written."""
+    if not hasattr(mmap, "MAP_PRIVATE"):  # not a POSIX system: plain zeros
+        return torch.zeros(shape, dtype=dtype)
     memory = mmap.mmap(-1, math.prod(shape) * dtype.itemsize, flags=mmap.MAP_PRIVATE)  # not shared with a fork
     return torch.frombuffer(memory, dtype=dtype).view(shape)  # the tensor keeps the mapping alive
 
