@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # Issue 16's GPU checks in one call, for a session lent a GPU (see /work/.library/device):
-#   bash benchmarks/gpu_check.sh        (logs under $OUT, else /tmp/gpu_check)
+#   bash benchmarks/gpu_check.sh        (logs under $OUT, else /tmp/gpu_check: 8 files)
 # 1. the CUDA tests (static decode, graphs captured and replayed);
 # 2. static decode's sync_every (4, 8 or 16) chosen on training problems (engine alone, bfloat16);
 # 3. benchmarks/sampling.py on the test problems with that setting: bfloat16 (the issue's goal) with the
-#    exact loop compared and transformers' static cache tried too, a fresh draw (--problem-seed 1), and
-#    float32. Each log is written as it runs: a run cut short still leaves what it printed.
+#    exact loop compared and transformers' static cache tried too; benchmarks/profile_engine.py (where that
+#    call's time goes); float32; a fresh draw (--problem-seed 1); and the engine with static decode's
+#    attention chunk by chunk, as before one-pass attention; benchmarks/attention_products.py. Each log is
+#    written as it runs: a run cut short still leaves what it printed.
 # The machine's python3 and packages are used as they are: thinkscale runs from src/.
 set -u
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$out/setup.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' \
-    | tee -a "$out/gpu.txt"
+    | tee -a "$out/setup.txt"
 # cuBLAS reproducible across streams (the graphs' warm-up runs on a side stream; the test compares to the bit)
-CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py -k "static or cuda or device" \
-    2>&1 | tail -15 | tee "$out/tests.log"
+CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
+    -k "static or cuda or device or one_pass or batched" 2>&1 | tail -15 | tee -a "$out/setup.txt"
 best=8 best_rate=0
 for k in 4 8 16; do
     line=$(python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --split train --engine-only --sync-every "$k" \
-           2>&1 | tee "$out/train_sync$k.log" | grep 'tokens/s$' | tail -1)
+           2>&1 | grep 'tokens/s$' | tail -1)
     rate=$(echo "$line" | sed 's/.*= \([0-9,]*\) tokens\/s$/\1/' | tr -d ,)
     echo "sync_every $k (train problems): ${rate:-failed} tokens/s" | tee -a "$out/sync.txt"
     if [ -n "$rate" ] && [ "$rate" -gt "$best_rate" ]; then best=$k best_rate=$rate; fi
@@ -29,6 +31,12 @@ echo "chosen on train problems: sync_every $best" | tee -a "$out/sync.txt"
 python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --compare-exact \
     --transformers-static-cache 2>&1 \
     | grep -v '^Loading' | tee "$out/bf16.log"
-python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --problem-seed 1 2>&1 \
-    | grep -v '^Loading' | tee "$out/bf16_seed1.log"
-python3 benchmarks/sampling.py --device cuda --sync-every "$best" 2>&1 | grep -v '^Loading' | tee "$out/fp32.log"
+python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" 2>&1 | grep -v 'USDT\|_warn_once\|acc_events' \
+    | tee "$out/profile.log"
+python3 benchmarks/sampling.py --device cuda --sync-every "$best" --transformers-static-cache 2>&1 \
+    | grep -v '^Loading' | tee "$out/fp32.log"
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --problem-seed 1 \
+    --transformers-static-cache 2>&1 | grep -v '^Loading' | tee "$out/bf16_seed1.log"
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --engine-only \
+    --one-pass-attention off 2>&1 | grep -v '^Loading' | tee "$out/bf16_chunked.log"
+python3 benchmarks/attention_products.py --device cuda 2>&1 | tee "$out/attention.txt"

@@ -47,11 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     engine._state_for(args.rows)
     print(f"{args.checkpoint}: one static step of {args.rows} rows{', top-p' if args.top_p else ''}")
     for chunks in range(1, most + 1):
-        with torch.inference_mode(), Count() as count:
-            engine._static_body(args.rows, chunks, args.top_p)
-        kernels = sum(n for name, n in count.ops.items() if name not in VIEWS)
-        print(f"{chunks} chunk(s) read ({chunks * CHUNK} positions): {kernels} kernels, "
-              f"{sum(count.ops.values()) - kernels} views")
+        counts = []
+        for one_pass in (False, True):  # the online softmax chunk by chunk (a CPU's), one softmax (a GPU's)
+            engine.one_pass_attention = one_pass
+            with torch.inference_mode(), Count() as count:
+                engine._static_body(args.rows, chunks, args.top_p)
+            kernels = sum(n for name, n in count.ops.items() if name not in VIEWS)
+            counts.append(f"{kernels} kernels, {sum(count.ops.values()) - kernels} views")
+        print(f"{chunks} chunk(s) read ({chunks * CHUNK} positions): chunk by chunk {counts[0]}; "
+              f"one softmax {counts[1]}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def test_sampling_benchmark_with_static_decode_draws_the_exact_loops_samples():
     lines = bench("sampling.py", "--prompts", "3", "--samples", "4", "--max-new-tokens", "30", "--max-rows", "8",
                   "--threads", "1", "--device", "cpu", "--static-decode", "on", "--sync-every", "3",
                   "--compare-exact", "--transformers-static-cache", "--repeats", "2", "--problem-seed", "3")
-    assert any(line.startswith("thinkscale engine (max_rows 8, float32, static decode, sync every 3): ")
+    name = "thinkscale engine (max_rows 8, float32, static decode, sync every 3, chunked attention): "
+    assert any(line.startswith(name)
                and "(median of 2: " in line for line in lines)
     assert "exact loop on cpu: 12 of 12 samples the same as static decode's" in lines
     assert any(line.startswith("transformers generate, float32, static cache, 3 prompt(s) x 4 per call: ")
@@ -86,10 +87,36 @@ def test_sampling_benchmark_with_static_decode_draws_the_exact_loops_samples():
 
 def test_step_kernels_counts_what_a_static_step_launches():
     lines = bench("step_kernels.py", "--rows", "16")
-    counts = [int(re.search(r": (\d+) kernels", line).group(1)) for line in lines[1:]]
-    assert len(counts) == 8 and counts == sorted(set(counts))  # each chunk read adds kernels
+    pattern = r"chunk by chunk (\d+) kernels, \d+ views; one softmax (\d+) kernels"
+    chunked, one_pass = zip(*[map(int, re.search(pattern, line).groups()) for line in lines[1:]])
+    for counts in (chunked, one_pass):
+        assert len(counts) == 8 and list(counts) == sorted(set(counts))  # each chunk read adds kernels
+    assert one_pass[-1] - one_pass[0] < (chunked[-1] - chunked[0]) / 4  # one softmax: few kernels per chunk
     nucleus = bench("step_kernels.py", "--rows", "16", "--top-p")
-    assert int(re.search(r": (\d+) kernels", nucleus[1]).group(1)) > counts[0]  # top-p sorts: more kernels
+    assert int(re.search(pattern, nucleus[1]).group(1)) > chunked[0]  # top-p sorts: more kernels
+
+
+def test_profile_engine_places_a_calls_time():
+    lines = bench("profile_engine.py", "--prompts", "2", "--samples", "8", "--max-new-tokens", "20", "--top", "4",
+                  "--sync-every", "4", "--one-pass-attention", "on", "--dtype", "float32")
+    lines = [line for line in lines if not line.startswith("USDT")]  # the profiler's own chatter on some builds
+    assert "float32, sync every 4, one-pass attention on, kernel by kernel" in lines[0]
+    steps = re.search(r"static steps: (\d+); by rows: 16 x (\d+); row-steps ([\d,]+), .*\(tokens drawn: ([\d,]+)\)",
+                      lines[2])
+    assert steps and steps[1] == steps[2] and int(steps[1]) % 4 == 0  # every 4 steps a look: rows stay at 16
+    assert int(steps[3].replace(",", "")) >= int(steps[4].replace(",", "")) > 0
+    table = lines[lines.index("host ops by their own CPU time (on a GPU, waits for it show as synchronisations and "
+                              "copies):") + 1:]
+    assert len(table) == 4 and all(re.match(rf"\s+{NUMBER} ms\s+{NUMBER}%\s+[\d,]+ x  aten::", t) for t in table)
+
+
+def test_attention_products_time_both_ways_and_agree():
+    lines = bench("attention_products.py", "--rows", "16", "--device", "cpu")
+    assert lines[0] == "device cpu" and len(lines) == 3
+    for line, dtype, bound in ((lines[1], "bfloat16", 0.02), (lines[2], "float32", 1e-5)):
+        assert line.startswith(f"{dtype}, 16 rows: scores matmul ")
+        gaps = re.search(r"scores (\S+), values (\S+)$", line)
+        assert all(float(gap) < bound for gap in gaps.groups()), line
 
 
 def test_adaptive_benchmark():

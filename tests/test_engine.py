@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
 import torch
 
-from thinkscale.tiny.engine import Engine, SampleRequest, SamplingParams, reference_generate
+from thinkscale.tiny.engine import CHUNK, Engine, SampleRequest, SamplingParams, reference_generate
 
 
 def requests_for(checkpoint, task, count, n, **params):
@@ -346,6 +347,39 @@ def test_extend_over_several_passes_never_reads_memory_nobody_wrote(arithmetic_c
         assert torch.equal(logits, logits_whole[40:]) and torch.equal(kv, kv_whole)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_extend_computes_the_grouped_bits_with_fewer_waits(arithmetic_checkpoint, arithmetic, monkeypatch,
+                                                                   dtype):
+    """`extend` of many sequences at once (a GPU's default: one cache for all, each row's keys gathered) draws
+    what it draws item by item, to the bit, over one pass or several that end inside sequences and on top of
+    known positions, while it waits for the device once per pass, not once per sequence."""
+    from thinkscale.tiny import engine as engine_module
+
+    grouped = Engine(arithmetic_checkpoint.model, dtype=dtype)
+    batched = Engine(arithmetic_checkpoint.model, dtype=dtype)
+    assert not batched.batched_extend  # off on a CPU, where its gathered copies cost more than its kernels save
+    batched.batched_extend = True
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 8, 1, temperature=1.0, max_tokens=100)
+    paths = [(None, 0, r.prompt_ids + s[0].token_ids) for r, s in zip(reqs, grouped.generate(reqs))]
+    whole = grouped.extend(paths)
+    known = [(kv[:, :, :2].clone(), 40, t[40:]) for (kv, _), (_, _, t) in zip(whole, paths) if len(t) > 41]
+    assert len({len(t) for _, _, t in paths}) > 3 and known
+    waits = _Waits(monkeypatch)
+    for rows in (engine_module.EXTEND_ROWS, 16, 37):
+        monkeypatch.setattr(engine_module, "EXTEND_ROWS", rows)
+        for items in (paths, known):
+            with waits as seen:
+                expected = grouped.extend(items)
+            grouped_waits = seen.count("aten.nonzero.default")
+            with waits as seen:
+                got = batched.extend(items)
+            batched_waits = seen.count("aten.nonzero.default")  # a pass's rows that reach a chunk, found
+            assert batched_waits < grouped_waits / 2 if rows > 1000 else batched_waits <= grouped_waits
+            for (kv, logits), (kv_expected, logits_expected) in zip(got, expected):
+                assert kv.shape == kv_expected.shape and kv.is_contiguous()
+                assert torch.equal(kv, kv_expected) and torch.equal(logits, logits_expected)
+
+
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -389,6 +423,39 @@ def test_static_decode_draws_the_exact_loops_samples(arithmetic_checkpoint, arit
     assert engine.generate(reqs) == exact
     assert {c.finish_reason for r in exact for c in r} == {"stop", "length"}
     assert engine.generate(reqs[3:5]) == exact[3:5]  # its state is kept between calls; a smaller call after
+
+
+def test_one_pass_attention_is_the_chunked_attention_rounded_otherwise(arithmetic_checkpoint, arithmetic):
+    """Static decode's attention in one softmax over all chunks (a GPU's default) equals the online softmax's to
+    rounding, rows that see part of a chunk and rows that see none of a later one alike; end to end it draws
+    the exact loop's samples but where two tokens were nearly tied."""
+    gen = torch.Generator().manual_seed(0)
+    A, H, D, C = 40, 4, 32, 3
+    q = torch.randn(A, H, 1, D, generator=gen)
+    keys, values = torch.randn(C, A, H, D, CHUNK, generator=gen), torch.randn(C, A, H, CHUNK, D, generator=gen)
+    pos = torch.randint(0, C * CHUNK, (A,), generator=gen)
+    hidden = torch.arange(C * CHUNK).view(C, 1, CHUNK) > pos[None, :, None]
+    bias = torch.zeros(C, A, 1, 1, CHUNK).masked_fill_(hidden[:, :, None, None, :], float("-inf"))
+    chunked = Engine._attend(q, keys, values, [(c, 0, A, bias[c]) for c in range(C)])
+    one_pass = Engine._attend_all(q, keys, values, bias)
+    torch.testing.assert_close(one_pass, chunked, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(one_pass, chunked)  # another order of operations: not the same bits
+    # in bfloat16 (a GPU's usual dtype) it is no further from the exact attention (float64) than chunk by chunk
+    exact = Engine._attend(q.double(), keys.double(), values.double(), [(c, 0, A, bias[c].double()) for c in range(C)])
+    b16 = [t.bfloat16() for t in (q, keys, values, bias)]
+    errors = [float((out.double() - exact).abs().mean()) for out in (
+        Engine._attend(*b16[:3], [(c, 0, A, b16[3][c]) for c in range(C)]), Engine._attend_all(*b16))]
+    assert errors[1] <= 1.05 * errors[0], errors
+
+    model, reqs = arithmetic_checkpoint.model, _mixed_requests(arithmetic_checkpoint, arithmetic, n=8)
+    exact = Engine(model, max_rows=32).generate(reqs)
+    engine = Engine(model, max_rows=32, static_decode=True)
+    engine.one_pass_attention = True
+    drawn = engine.generate(reqs)
+    pairs = [(a, b) for x, y in zip(exact, drawn) for a, b in zip(x, y)]
+    same = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]
+    assert len(same) >= 0.9 * len(pairs)
+    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in same)
 
 
 def test_static_decode_keeps_steps_in_the_prefix_cache_and_drops_cancelled_rows(arithmetic_checkpoint, arithmetic):
@@ -457,10 +524,12 @@ class _Waits:
         self.mode.__exit__(*exc)
 
 
-def test_a_static_step_never_waits_for_the_device(arithmetic_checkpoint, arithmetic, monkeypatch):
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_a_static_step_never_waits_for_the_device(arithmetic_checkpoint, arithmetic, monkeypatch, one_pass):
     """What a CUDA graph can capture, checked where there is no GPU: the static step (`_static_body`) has no op
     that waits for the device or copies host data to it; the exact loop's step has (the watch sees them)."""
     engine, waits = Engine(arithmetic_checkpoint.model, max_rows=16, static_decode=True), _Waits(monkeypatch)
+    engine.one_pass_attention = one_pass
     body, steps = engine._static_body, []
 
     def watched(*args):
@@ -492,7 +561,8 @@ def test_the_engine_and_the_model_keep_everything_on_their_device(arithmetic_che
     assert {t.device.type for t in tables} == {"meta"}
     engine._cache_for(6, 32)
     state = engine._state_for(32)
-    for nucleus in (True, False):
+    for nucleus, one_pass in itertools.product((True, False), repeat=2):
+        engine.one_pass_attention = one_pass
         engine._static_body(32, 3, nucleus)
     assert {t.device.type for t in state.values()} == {"meta"}
     assert model(torch.zeros(2, 5, dtype=torch.long, device="meta")).shape == (2, 5, model.config.vocab_size)
@@ -518,3 +588,25 @@ def test_cuda_graphs_replay_the_static_steps(arithmetic_checkpoint, arithmetic, 
             engine.model.lm_head.weight.mul_(1.5)
         engine.reload_weights()
     assert graphed.generate(reqs) == eager.generate(reqs) != first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpus_one_pass_attention_and_batched_extend_draw_what_the_cpus_paths_draw(arithmetic_checkpoint,
+                                                                                      arithmetic):
+    """On a GPU static decode attends in one softmax and `extend` batches its sequences, by default: in float32
+    they draw the samples the CPU's paths (chunk by chunk, sequence by sequence) draw on the same card, but
+    where two tokens were nearly tied, and their prompts' logits agree to rounding."""
+    import copy
+
+    reqs = _mixed_requests(arithmetic_checkpoint, arithmetic, n=40)
+    gpu = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda")
+    cpu_paths = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda")
+    assert gpu.one_pass_attention and gpu.batched_extend
+    cpu_paths.one_pass_attention = cpu_paths.batched_extend = False
+    pairs = [(a, b) for x, y in zip(gpu.generate(reqs), cpu_paths.generate(reqs)) for a, b in zip(x, y)]
+    same = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]
+    assert len(same) >= 0.9 * len(pairs) and all(abs(a.logprob - b.logprob) < 1e-3 for a, b in same)
+    items = [(None, 0, r.prompt_ids) for r in reqs]
+    for (kv, logits), (kv_cpu, logits_cpu) in zip(gpu.extend(items), cpu_paths.extend(items)):
+        torch.testing.assert_close(logits, logits_cpu, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(kv, kv_cpu, rtol=1e-4, atol=1e-4)

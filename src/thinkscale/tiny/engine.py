@@ -65,6 +65,17 @@ chunks and rows the exact loop skips). On a GPU nothing is batch-invariant
 to begin with (the kernels a library picks depend on the shape), so there a
 sample may change with its batch in either loop. Requests that stream tokens
 or track confidence are decoded by the exact loop.
+
+Two more GPU defaults (off on a CPU, attributes a test can turn on anywhere).
+`one_pass_attention`: static decode's attention is one softmax over all the
+chunks a step reads (`_attend_all`: about 2 kernels a chunk where the online
+softmax takes 14), the same attention rounded otherwise, no further from the
+exact one in bfloat16 (a test); so on a GPU static decode's samples are not
+the CPU's static or exact loop's to the bit. `batched_extend`: `extend`
+gives all its sequences one cache and gathers each row's keys and values,
+one set of kernels and one wait for the device per pass instead of one per
+sequence; the same bits (a test), but the gathered copies cost a CPU more
+than the kernels save.
 """
 
 from __future__ import annotations
@@ -133,12 +144,16 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def gumbel_noise(seed: torch.Tensor, sample: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
-    """(rows, vocab) Gumbel noise, a pure function of (seed, sample index, step, token)."""
-    v = torch.arange(vocab, dtype=torch.int64, device=seed.device)
-    h = _fmix32((seed & _M32) ^ 0x9E3779B9)
-    h = _fmix32(h ^ (sample & _M32))
-    h = _fmix32(h ^ (step & _M32))[:, None]  # (rows, 1)
+def sample_key(seed: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """Each row's 32-bit key, a hash of (seed, sample index): what its noise hashes at every step (static decode
+    keeps it per row, so a step hashes only the step and the token)."""
+    return _fmix32(_fmix32((seed & _M32) ^ 0x9E3779B9) ^ (sample & _M32))
+
+
+def gumbel_noise(key: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(rows, vocab) Gumbel noise, a pure function of (seed, sample index, step, token): key is `sample_key`'s."""
+    v = torch.arange(vocab, dtype=torch.int64, device=key.device)
+    h = _fmix32(key ^ (step & _M32))[:, None]  # (rows, 1)
     h = _fmix32(h ^ (v * 0x27D4EB2F & _M32))  # (rows, vocab)
     u = (h.double() + 0.5) / 4294967296.0
     return -torch.log(-torch.log(u)).float()
@@ -146,11 +161,11 @@ def gumbel_noise(seed: torch.Tensor, sample: torch.Tensor, step: torch.Tensor, v
 
 def choose_tokens(
     logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-    seed: torch.Tensor, sample: torch.Tensor, step: torch.Tensor, nucleus: bool | None = None,
+    key: torch.Tensor, step: torch.Tensor, nucleus: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row; returns (tokens, their log-probability at temperature 1).
 
-    logits (rows, vocab) float32; the other arguments are per-row tensors.
+    logits (rows, vocab) float32; the other arguments are per-row tensors (`key`: `sample_key`'s).
     `nucleus`: whether any row may have top_p < 1 (None: look, which waits
     for the device; a captured CUDA graph cannot).
     """
@@ -165,7 +180,7 @@ def choose_tokens(
         drop_sorted = ((probs.cumsum(-1) - probs) >= top_p[:, None]) & (top_p < 1)[:, None]
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
-    noisy = scaled + gumbel_noise(seed, sample, step, logits.shape[-1])
+    noisy = scaled + gumbel_noise(key, step, logits.shape[-1])
     tokens = torch.where(greedy, logits.argmax(-1), noisy.argmax(-1))
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
 
@@ -205,7 +220,11 @@ class Engine:
         self.static_decode = self.device.type == "cuda" if static_decode is None else static_decode
         self.sync_every = sync_every
         self.cuda_graphs = True  # static decode's steps as CUDA graphs on a GPU (off: run as they are; tests)
-        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus) -> a step
+        # static decode's attention in one softmax over all its chunks (`_attend_all`): fewer kernels, other
+        # rounding; default on a GPU only, where static decode is not the exact loop's to the bit anyway
+        self.one_pass_attention = self.device.type == "cuda"
+        self.batched_extend = self.device.type == "cuda"  # `extend`: all items at once (same bits, more memory)
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, one pass) -> a step
         self.reload_weights()
 
     def reload_weights(self) -> None:
@@ -356,9 +375,18 @@ class Engine:
             if not tokens or start + len(tokens) > c.max_position_embeddings:
                 raise ValueError(f"cannot extend a sequence of {start} positions by {len(tokens)} tokens "
                                  f"(at least 1, and at most {c.max_position_embeddings} positions in all)")
+        # Batched (`batched_extend`): every item's cache is a slice of one tensor, and each pass stores its rows
+        # and gathers the keys and values they read in one go, where grouped costs ~14 kernels per item per
+        # layer and chunk, and a wait for the device per item (`_plan`). The same bits: a row's own copy of its
+        # keys rounds as a view that many rows share (see "positions as rows").
+        batched = self.batched_extend and len(items) > 1
+        if batched:
+            joint = torch.zeros(c.num_hidden_layers, 2, max(-(-(start + len(tokens)) // CHUNK) for _, start, tokens
+                                                            in items), len(items), c.num_attention_heads,
+                                CHUNK * c.head_dim, device=dev, dtype=self.dtype)
         own = []
-        for kv, start, tokens in items:
-            buf = self.new_kv(start + len(tokens))
+        for s, (kv, start, tokens) in enumerate(items):
+            buf = joint[:, :, :, s] if batched else self.new_kv(start + len(tokens))
             if kv is not None and start:
                 have = min(kv.shape[2], buf.shape[2], -(-start // CHUNK))
                 buf[:, :, :have] = kv[:, :, :have]
@@ -383,29 +411,49 @@ class Engine:
             pos = torch.tensor([p for _, p, _ in part] + [0] * (width - len(part)), device=dev)
             tokens = torch.tensor([t for _, _, t in part] + [c.pad_token_id] * (width - len(part)), device=dev)
             bounds = [r for r in range(len(part) + 1) if r in (0, len(part)) or part[r][0] != part[r - 1][0]]
-            groups = []  # (item, its rows, the rows that attend, where they write, their plan)
+            groups = []  # (item, its rows, the rows that attend, where they write, their plan: grouped only)
             for first_row, end in zip(bounds, bounds[1:]):
                 real = slice(first_row, end)
                 attending = slice(first_row, width if end == len(part) else end)  # the last also takes the idle rows
                 groups.append((part[first_row][0], real, attending, pos[real] // CHUNK, pos[real] % CHUNK,
-                               self._plan(pos[attending])))
+                               None if batched else self._plan(pos[attending])))
+            if batched:
+                n, plan = len(part), self._plan(pos)
+                item = torch.tensor([s for s, _, _ in part] + [part[-1][0]] * (width - n), device=dev)
+                chunk_of, offset, used = pos[:n] // CHUNK, pos[:n] % CHUNK, plan[-1][0] + 1
 
-            def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                for s, real, _, chunk_of, offset, _ in groups:
-                    self._store(own[s][i], chunk_of, None, offset, k[real], v[real])
-                out = []
-                for s, _, rows, _, _, plan in groups:  # every row of the sequence reads its one cache, not a copy
-                    n = rows.stop - rows.start
-                    keys, values = self._keys(own[s][i]), self._values(own[s][i])
-                    out.append(self._attend(q[rows], keys[:, None].expand(-1, n, -1, -1, -1),
-                                            values[:, None].expand(-1, n, -1, -1, -1), plan))
-                return out[0] if len(out) == 1 else torch.cat(out)
+                def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                    self._store(joint[i], chunk_of, item[:n], offset, k[:n], v[:n])
+                    keys, values = self._keys(joint[i]), self._values(joint[i])  # (chunks, items, ...)
+                    return self._attend(q, keys[:used, item], values[:used, item], plan)  # each row its item's
+            else:
+                attend = self._attend_groups(own, groups)
 
             out = self._rows(tokens, pos, attend)
             for s, real, _, _, _, _ in groups:  # an item's rows in this pass: consecutive positions, longest first
                 lowest = part[real.stop - 1][1] - items[s][1]
                 logits[s][lowest:lowest + real.stop - real.start] = out[real].flip(0)
+        if batched:  # each item's own tensor, of its own chunks
+            own = [kv[:, :, :-(-(start + len(tokens)) // CHUNK)].contiguous() for kv, (_, start, tokens)
+                   in zip(own, items)]
         return list(zip(own, logits))
+
+    def _attend_groups(self, own: list[torch.Tensor], groups: list[tuple]
+                       ) -> Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`extend`'s attention item by item: each item's rows store into and read its own cache `own[item]`."""
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            for s, real, _, chunk_of, offset, _ in groups:
+                self._store(own[s][i], chunk_of, None, offset, k[real], v[real])
+            out = []
+            for s, _, rows, _, _, plan in groups:  # every row of the sequence reads its one cache, not a copy
+                n = rows.stop - rows.start
+                keys, values = self._keys(own[s][i]), self._values(own[s][i])
+                out.append(self._attend(q[rows], keys[:, None].expand(-1, n, -1, -1, -1),
+                                        values[:, None].expand(-1, n, -1, -1, -1), plan))
+            return out[0] if len(out) == 1 else torch.cat(out)
+
+        return attend
 
     @torch.inference_mode()
     def read(self, sequences: list[tuple[int, ...]], prefix: int = 0, scope: object = None,
@@ -467,18 +515,22 @@ class Engine:
         return [done[seq][1] for seq in seqs[:fit]], computed
 
     # -- one decode step over the active rows ---------------------------------
-    def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor, plan: list | None = None
+    def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
+                attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
                 ) -> torch.Tensor:
         """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab).
 
-        `plan`: which rows read which chunk (default `_plan`'s, which waits for the device to say)."""
+        `attention(q, keys, values)` over one layer's whole cache (`_keys`, `_values`); default `_attend` by
+        `_plan`'s chunks, which waits for the device to say which rows reach which."""
         rows = torch.arange(tokens.shape[0], device=self.device)
         chunk_of, offset = pos // CHUNK, pos % CHUNK
-        plan = self._plan(pos) if plan is None else plan
+        if attention is None:
+            plan = self._plan(pos)
+            attention = lambda q, keys, values: self._attend(q, keys, values, plan)  # noqa: E731
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             self._store(cache[i], chunk_of, rows, offset, k, v)
-            return self._attend(q, self._keys(cache[i]), self._values(cache[i]), plan)
+            return attention(q, self._keys(cache[i]), self._values(cache[i]))
 
         return self._rows(tokens, pos, attend)
 
@@ -513,6 +565,25 @@ class Engine:
             m[a:b] = m_new
         return acc / l
 
+    @staticmethod
+    def _attend_all(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """`_attend` for every row over the same chunks, in one softmax: 2 x chunks + 6 kernels where the online
+        softmax takes about 14 a chunk. The same attention, rounded differently (one max over all chunks).
+
+        q (A, H, 1, D), already scaled; keys (C, A, H, D, CHUNK) and values (C, A, H, CHUNK, D), chunks 0..C-1
+        of rows 0..A-1; bias (C, A, 1, 1, CHUNK), additive, -inf where a row does not see a position. One
+        matmul a chunk each way: a chunk of the first A rows is a contiguous block, all chunks together are not
+        (unless A is every row), and one batched matmul over them would copy the keys first.
+        """
+        scores = torch.stack([torch.matmul(q, k) for k in keys]).add_(bias)  # (C, A, H, 1, CHUNK)
+        p = scores.sub_(scores.amax((0, -1), keepdim=True)).exp_()  # the max is finite: chunk 0 holds position 0
+        total = p.sum((0, -1), keepdim=True)[0]  # (A, H, 1, 1)
+        acc = torch.matmul(p[0], values[0])  # (A, H, 1, D)
+        flat = acc.view(-1, 1, acc.shape[-1])
+        for chunk in range(1, len(keys)):
+            flat.baddbmm_(p[chunk].view(len(flat), 1, CHUNK), values[chunk].reshape(len(flat), CHUNK, -1))
+        return acc / total
+
     # -- static decode: steps of fixed shapes, captured in CUDA graphs ---------
     def _state_for(self, rows: int) -> dict[str, torch.Tensor]:
         """Per-row state for static decode, kept between calls (a captured step reads and writes these very
@@ -523,7 +594,7 @@ class Engine:
             self._graphs = {}
             long = lambda: torch.zeros(rows, dtype=torch.long, device=dev)  # noqa: E731
             self._state = have = {
-                "req": long(), "sample": long(), "pos": long(), "tok": long(), "ngen": long(), "seed": long(),
+                "req": long(), "sample": long(), "pos": long(), "tok": long(), "ngen": long(), "key": long(),
                 "max": long(), "lp": torch.zeros(rows, dtype=torch.float64, device=dev),
                 "temp": torch.zeros(rows, device=dev), "top_p": torch.ones(rows, device=dev),
                 "live": torch.zeros(rows, dtype=torch.bool, device=dev),
@@ -540,7 +611,7 @@ class Engine:
         """
         if self.device.type != "cuda" or not self.cuda_graphs:
             return self._static_body(width, chunks, nucleus)
-        key = (width, chunks, nucleus)
+        key = (width, chunks, nucleus, self.one_pass_attention)
         with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
             graph = self._graphs.get(key)
             if graph is not None:
@@ -574,15 +645,21 @@ class Engine:
         past its own (`_state_for`, `generate`)."""
         s, cache = self._state, self._cache
         pos = s["pos"][:width].clamp(max=chunks * CHUNK - 1)  # an idle row's stale position stays in range
-        hidden = torch.arange(chunks * CHUNK, device=self.device).view(1, chunks, CHUNK) > pos[:, None, None]
-        bias = torch.zeros(width, chunks, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(hidden,
-                                                                                                    float("-inf"))
-        plan = [(chunk, 0, width, bias[:, chunk, None, None, :]) for chunk in range(chunks)]  # every row, every chunk
-        logits = self._decode(cache, s["tok"][:width], pos, plan)
+        hidden = torch.arange(chunks * CHUNK, device=self.device).view(chunks, 1, CHUNK) > pos[None, :, None]
+        bias = torch.zeros(chunks, width, 1, 1, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(
+            hidden[:, :, None, None, :], float("-inf"))
+        if self.one_pass_attention:
+            def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+                return self._attend_all(q, keys[:chunks, :width], values[:chunks, :width], bias)
+        else:
+            plan = [(chunk, 0, width, bias[chunk]) for chunk in range(chunks)]  # every row, every chunk
+
+            def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+                return self._attend(q, keys, values, plan)
+        logits = self._decode(cache, s["tok"][:width], pos, attention)
         live, ngen = s["live"][:width], s["ngen"][:width]
         s["pos"][:width] += live
-        tok, lp = choose_tokens(logits, s["temp"][:width], s["top_p"][:width], s["seed"][:width],
-                                s["sample"][:width], ngen, nucleus)
+        tok, lp = choose_tokens(logits, s["temp"][:width], s["top_p"][:width], s["key"][:width], ngen, nucleus)
         s["out"][:width].scatter_(1, ngen[:, None], tok[:, None])
         s["tok"][:width] = tok
         s["lp"][:width] += torch.where(live, lp.double(), 0.0)
@@ -725,7 +802,7 @@ class Engine:
             state["live"].zero_()
             row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens = (
                 state[k] for k in ("req", "sample", "pos", "tok", "ngen", "lp", "out"))
-            moved = [state[k] for k in ("live", "temp", "top_p", "seed", "max", "stop")]
+            moved = [state[k] for k in ("live", "temp", "top_p", "key", "max", "stop")]
             nucleus = bool((req_top_p < 1).any())
         else:
             row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
@@ -839,8 +916,8 @@ class Engine:
         def take_token(rows: torch.Tensor, logits: torch.Tensor) -> None:
             """Draw the next token for `rows` and finish those that stop or run out."""
             req = row_req[rows]
-            tok, lp = choose_tokens(logits, req_temp[req], req_top_p[req], req_seed[req],
-                                    row_sample[rows], row_ngen[rows])
+            tok, lp = choose_tokens(logits, req_temp[req], req_top_p[req],
+                                    sample_key(req_seed[req], row_sample[rows]), row_ngen[rows])
             out_tokens[rows, row_ngen[rows]] = tok
             row_tok[rows] = tok
             row_lp[rows] += lp.double()
@@ -871,8 +948,9 @@ class Engine:
                 row_pos[rows], row_ngen[rows], row_lp[rows] = req_len[req], 0, 0.0
                 row_wsum[rows], row_cut[rows] = 0.0, False
                 if static:  # what the captured step reads of a row's request
-                    live, temp, top_p, seed, most, stops = moved
-                    live[rows], temp[rows], top_p[rows], seed[rows] = True, req_temp[req], req_top_p[req], req_seed[req]
+                    live, temp, top_p, key, most, stops = moved
+                    live[rows], temp[rows], top_p[rows] = True, req_temp[req], req_top_p[req]
+                    key[rows] = sample_key(req_seed[req], row_sample[rows])
                     most[rows], stops[rows] = req_max[req], stop_table[req]
                 first = A  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
                 for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]):
@@ -934,7 +1012,8 @@ def reference_generate(model: TinyLlama, requests: list[SampleRequest]) -> list[
             while len(out) < max_tokens:
                 logits = model(torch.tensor([ids]))[:, -1]  # (1, vocab)
                 tok, lp = choose_tokens(logits, one(r.params.temperature), one(r.params.top_p),
-                                        one(r.params.seed, torch.int64), one(j, torch.int64), one(len(out), torch.int64))
+                                        sample_key(one(r.params.seed, torch.int64), one(j, torch.int64)),
+                                        one(len(out), torch.int64))
                 out.append(int(tok))
                 ids.append(int(tok))
                 total += float(lp)

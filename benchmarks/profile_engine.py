@@ -1,0 +1,126 @@
+"""Where one sampling call of the tiny engine spends its time: its steps by shape, and its kernels by device time.
+
+    python benchmarks/profile_engine.py [--device cuda] [--dtype bfloat16] [--prompts 64] [--samples 64]
+        [--max-new-tokens 160] [--sync-every N] [--one-pass-attention auto|on|off] [--eager] [--top 15]
+        [--problem-seed 0]
+
+The work is benchmarks/sampling.py's (the same test problems, one row per
+sample, as there on a GPU). One call warms up (on a GPU it captures the graphs), then
+one call runs under torch.profiler. Prints the call's wall time; the static
+steps it ran, by rows and chunks read; the kernels the device ran, their
+count and summed time and that sum's share of the wall time (low: the device
+waited for the host); the kernels that took the most device time; and the
+host's ops by their own CPU time (on a CPU, the only table).
+`--eager` runs the static steps kernel by kernel instead of as CUDA graphs.
+A probe to find what to make faster, not a benchmark: the profiler itself
+slows the host, so time a change with benchmarks/sampling.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import time
+from typing import get_args
+
+from thinkscale.tiny import DtypeName  # torch-free: threads are set before torch loads
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", default="arithmetic")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--problem-seed", type=int, default=0, help="which test problems are the prompts (default 0)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=get_args(DtypeName), default="bfloat16")
+    parser.add_argument("--sync-every", type=int, default=None,
+                        help="static decode's steps between looks for finished rows (default: the engine's)")
+    parser.add_argument("--one-pass-attention", choices=("auto", "on", "off"), default="auto",
+                        help="static decode's attention in one softmax (default auto: the engine's, on a GPU)")
+    parser.add_argument("--eager", action="store_true", help="static steps kernel by kernel, no CUDA graphs")
+    parser.add_argument("--top", type=int, default=15, help="kernels (ops on a CPU) listed (default 15)")
+    args = parser.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from thinkscale.tasks import get_task
+    from thinkscale.tiny import checkpoint
+    from thinkscale.tiny.engine import DTYPES, Engine, SampleRequest, SamplingParams
+
+    torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    ck = checkpoint.load(args.checkpoint)
+    task = get_task(ck.summary.get("task", args.checkpoint))
+    prompts = [tuple(ck.tokenizer.encode(e.problem.prompt))
+               for e in task.examples("test", args.prompts, seed=args.problem_seed)]
+    requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
+                                                                       seed=i)) for i, p in enumerate(prompts)]
+    engine = Engine(ck.model.to(device), max_rows=args.prompts * args.samples, device=device,
+                    dtype=DTYPES[args.dtype], static_decode=True,
+                    **({"sync_every": args.sync_every} if args.sync_every else {}))
+    if args.one_pass_attention != "auto":
+        engine.one_pass_attention = args.one_pass_attention == "on"
+    engine.cuda_graphs = not args.eager
+    steps: collections.Counter = collections.Counter()
+    stepped = engine._static_step
+
+    def counted(width: int, chunks: int, nucleus: bool) -> None:
+        steps[width, chunks] += 1
+        stepped(width, chunks, nucleus)
+
+    engine._static_step = counted
+    engine.generate(requests)  # warm up: on a GPU the graphs are captured here
+    steps.clear()
+
+    def synced() -> None:
+        if gpu:
+            torch.cuda.synchronize(device)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        results = engine.generate(requests)
+        synced()
+        wall = time.perf_counter() - started
+    tokens = sum(len(c.token_ids) for r in results for c in r)
+    print(f"{ck.path.name}, {args.prompts} prompts x {args.samples} samples, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if gpu else "")
+          + f", {args.dtype}, sync every {engine.sync_every}, one-pass attention {'on' if engine.one_pass_attention else 'off'}, "
+          + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel"))
+    print(f"one call, profiled: {tokens} tokens in {wall:.3f} s ({tokens / wall:,.0f} tokens/s under the profiler)")
+    widths: collections.Counter = collections.Counter()
+    for (width, _), n in steps.items():
+        widths[width] += n
+    print(f"static steps: {sum(steps.values())}; by rows: "
+          + ", ".join(f"{w} x {n}" for w, n in sorted(widths.items(), reverse=True))
+          + f"; row-steps {sum(w * n for (w, _), n in steps.items()):,}, row-chunk-steps "
+          + f"{sum(w * c * n for (w, c), n in steps.items()):,} (tokens drawn: {tokens:,})")
+    if gpu:
+        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        busy = sum(e.device_time for e in kernels) / 1e6  # microseconds
+        print(f"device kernels: {len(kernels):,}, {busy:.3f} s in all = {busy / wall:.0%} of the wall time; "
+              f"{len(kernels) / max(1, sum(steps.values())):.0f} per static step")
+        by_name: dict[str, list[float]] = collections.defaultdict(list)
+        for e in kernels:
+            by_name[e.name].append(e.device_time)
+        ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:args.top]
+        for name, times in ranked:
+            print(f"  {sum(times) / 1e3:8.2f} ms {sum(times) / 1e4 / wall:5.1f}%  {len(times):7,} x "
+                  f"{sum(times) / len(times):6.1f} us  {name[:110]}")
+    print("host ops by their own CPU time (on a GPU, waits for it show as synchronisations and copies):")
+    ops = sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:args.top]
+    for op in ops:
+        print(f"  {op.self_cpu_time_total / 1e3:8.2f} ms {op.self_cpu_time_total / 1e4 / wall:5.1f}%  "
+              f"{op.count:7,} x  {op.key}")
+
+
+if __name__ == "__main__":
+    main()
