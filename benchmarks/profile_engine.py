@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens = sum(len(c.token_ids) for r in results for c in r)
     print(f"{ck.path.name}, {args.prompts} prompts x {args.samples} samples, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else "")
-          + f", {args.dtype}, sync every {engine.sync_every}, one-pass attention {'on' if engine.one_pass_attention else 'off'}, "
+          + f", {args.dtype}, sync every {engine.sync_every}, one-pass attention "
+          + ("on, " if engine.one_pass_attention else "off, ")
           + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel"))
     print(f"one call, profiled: {tokens} tokens in {wall:.3f} s ({tokens / wall:,.0f} tokens/s under the profiler)")
     widths: collections.Counter = collections.Counter()

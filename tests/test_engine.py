@@ -351,33 +351,53 @@ def test_extend_over_several_passes_never_reads_memory_nobody_wrote(arithmetic_c
 def test_batched_extend_computes_the_grouped_bits_with_fewer_waits(arithmetic_checkpoint, arithmetic, monkeypatch,
                                                                    dtype):
     """`extend` of many sequences at once (a GPU's default: one cache for all, each row's keys gathered) draws
-    what it draws item by item, to the bit, over one pass or several that end inside sequences and on top of
-    known positions, while it waits for the device once per pass, not once per sequence."""
+    what it draws item by item, to the bit, over one pass or several that end inside sequences, over one call or
+    several (its memory bound), and on top of known positions, another continuation's among them; while it waits
+    for the device once per pass, not once per sequence."""
     from thinkscale.tiny import engine as engine_module
 
     grouped = Engine(arithmetic_checkpoint.model, dtype=dtype)
     batched = Engine(arithmetic_checkpoint.model, dtype=dtype)
     assert not batched.batched_extend  # off on a CPU, where its gathered copies cost more than its kernels save
     batched.batched_extend = True
-    reqs = requests_for(arithmetic_checkpoint, arithmetic, 8, 1, temperature=1.0, max_tokens=100)
-    paths = [(None, 0, r.prompt_ids + s[0].token_ids) for r, s in zip(reqs, grouped.generate(reqs))]
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 8, 2, temperature=1.0, max_tokens=100)
+    drawn = grouped.generate(reqs)
+    paths = [(None, 0, r.prompt_ids + s[0].token_ids) for r, s in zip(reqs, drawn)]
     whole = grouped.extend(paths)
     known = [(kv[:, :, :2].clone(), 40, t[40:]) for (kv, _), (_, _, t) in zip(whole, paths) if len(t) > 41]
-    assert len({len(t) for _, _, t in paths}) > 3 and known
+    # a known prompt whose cache a longer continuation left (as the prefix cache hands out), then a short other one
+    other_from = [(r.prompt_ids, s[1].token_ids[:3], kv) for (kv, _), r, s in zip(whole, reqs, drawn)
+                  if len(r.prompt_ids) % engine_module.CHUNK and len(s[1].token_ids) >= 3]
+    other = [(kv, len(prompt), tokens) for prompt, tokens, kv in other_from]
+    assert len({len(t) for _, _, t in paths}) > 3 and known and other
+    c = arithmetic_checkpoint.model.config
+    per_sequence = (c.num_hidden_layers * 2 * max(kv.shape[2] for kv, _ in whole) * c.num_attention_heads
+                    * engine_module.CHUNK * c.head_dim * dtype.itemsize)  # the longest path's cache, in bytes
+    calls, extend = [0], batched.extend
+    monkeypatch.setattr(batched, "extend", lambda items: calls.__setitem__(0, calls[0] + 1) or extend(items))
     waits = _Waits(monkeypatch)
-    for rows in (engine_module.EXTEND_ROWS, 16, 37):
+    for rows, fit in ((engine_module.EXTEND_ROWS, None), (16, 3), (37, 2)):
         monkeypatch.setattr(engine_module, "EXTEND_ROWS", rows)
-        for items in (paths, known):
+        if fit:  # room for `fit` of the longest sequences a call: the paths' call splits into several
+            monkeypatch.setattr(engine_module, "EXTEND_BYTES", fit * per_sequence)
+        for items in (paths, known, other):
             with waits as seen:
                 expected = grouped.extend(items)
             grouped_waits = seen.count("aten.nonzero.default")
+            calls[0] = 0
             with waits as seen:
                 got = batched.extend(items)
-            batched_waits = seen.count("aten.nonzero.default")  # a pass's rows that reach a chunk, found
-            assert batched_waits < grouped_waits / 2 if rows > 1000 else batched_waits <= grouped_waits
+            if items is paths and fit is None:  # one pass, one call: a look per chunk, not per sequence and chunk
+                assert calls[0] == 1 and seen.count("aten.nonzero.default") < grouped_waits / 2
+            elif items is paths:
+                assert calls[0] == 1 + -(-len(items) // fit)
+            assert len(got) == len(items)
             for (kv, logits), (kv_expected, logits_expected) in zip(got, expected):
                 assert kv.shape == kv_expected.shape and kv.is_contiguous()
                 assert torch.equal(kv, kv_expected) and torch.equal(logits, logits_expected)
+    for (kv, logits), (prompt, tokens, _) in zip(got, other_from):  # what the sequence computed whole holds
+        fresh_kv, fresh_logits = grouped.extend([(None, 0, prompt + tokens)])[0]
+        assert torch.equal(kv, fresh_kv) and torch.equal(logits, fresh_logits[len(prompt):])
 
 
 def _resident_bytes() -> int:
@@ -441,7 +461,8 @@ def test_one_pass_attention_is_the_chunked_attention_rounded_otherwise(arithmeti
     torch.testing.assert_close(one_pass, chunked, rtol=1e-5, atol=1e-6)
     assert not torch.equal(one_pass, chunked)  # another order of operations: not the same bits
     # in bfloat16 (a GPU's usual dtype) it is no further from the exact attention (float64) than chunk by chunk
-    exact = Engine._attend(q.double(), keys.double(), values.double(), [(c, 0, A, bias[c].double()) for c in range(C)])
+    exact = Engine._attend(q.double(), keys.double(), values.double(),
+                           [(c, 0, A, bias[c].double()) for c in range(C)])
     b16 = [t.bfloat16() for t in (q, keys, values, bias)]
     errors = [float((out.double() - exact).abs().mean()) for out in (
         Engine._attend(*b16[:3], [(c, 0, A, b16[3][c]) for c in range(C)]), Engine._attend_all(*b16))]

@@ -69,13 +69,13 @@ or track confidence are decoded by the exact loop.
 Two more GPU defaults (off on a CPU, attributes a test can turn on anywhere).
 `one_pass_attention`: static decode's attention is one softmax over all the
 chunks a step reads (`_attend_all`: about 2 kernels a chunk where the online
-softmax takes 14), the same attention rounded otherwise, no further from the
+softmax takes 14), the same attention rounded otherwise, as close to the
 exact one in bfloat16 (a test); so on a GPU static decode's samples are not
 the CPU's static or exact loop's to the bit. `batched_extend`: `extend`
 gives all its sequences one cache and gathers each row's keys and values,
 one set of kernels and one wait for the device per pass instead of one per
-sequence; the same bits (a test), but the gathered copies cost a CPU more
-than the kernels save.
+sequence (at most `EXTEND_BYTES` of cache at once); the same bits (a test),
+but the gathered copies cost a CPU more than the kernels save.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 r
 CHUNK = 32  # attention reduces over fixed chunks of cache positions
 FLOOR_TOLERANCE = 1e-9  # a window this close to the confidence floor is not below it
 EXTEND_ROWS = 2048  # positions computed together by one pass of `extend` (bounds its memory)
+EXTEND_BYTES = 1 << 30  # at most this much cache for the sequences of one batched `extend` (more: several calls)
 GAP_ROWS = 16  # rows that do not reach a chunk, between two runs that do, read with them (`_plan`)
 
 
@@ -381,15 +382,23 @@ class Engine:
         # keys rounds as a view that many rows share (see "positions as rows").
         batched = self.batched_extend and len(items) > 1
         if batched:
-            joint = torch.zeros(c.num_hidden_layers, 2, max(-(-(start + len(tokens)) // CHUNK) for _, start, tokens
-                                                            in items), len(items), c.num_attention_heads,
-                                CHUNK * c.head_dim, device=dev, dtype=self.dtype)
+            chunks = max(-(-(start + len(tokens)) // CHUNK) for _, start, tokens in items)
+            shape = (c.num_hidden_layers, 2, chunks, len(items), c.num_attention_heads, CHUNK * c.head_dim)
+            fit = max(1, EXTEND_BYTES // (math.prod(shape) // len(items) * self.dtype.itemsize))
+            if fit < len(items):  # each sequence gets the longest one's chunks: a few calls, each in its bound
+                return [done for i in range(0, len(items), fit) for done in self.extend(items[i:i + fit])]
+            joint = torch.zeros(shape, device=dev, dtype=self.dtype)
         own = []
         for s, (kv, start, tokens) in enumerate(items):
             buf = joint[:, :, :, s] if batched else self.new_kv(start + len(tokens))
             if kv is not None and start:
                 have = min(kv.shape[2], buf.shape[2], -(-start // CHUNK))
                 buf[:, :, :have] = kv[:, :, :have]
+                if start % CHUNK and have == -(-start // CHUNK):  # past `start`, the last known chunk holds what
+                    # another continuation left (a prefix cache's entry): zeros, as a sequence computed whole has
+                    by_kind = buf.transpose(0, 1)  # (2, layers, chunks, ...): the keys and values of every layer
+                    self._keys(by_kind)[:, have - 1, :, :, start % CHUNK:] = 0
+                    self._values(by_kind)[:, have - 1, :, start % CHUNK:] = 0
             own.append(buf)
         logits = [torch.empty(len(tokens), c.vocab_size, device=dev) for _, _, tokens in items]
         # Rows in order (item, position), cut into passes of at most EXTEND_ROWS: a pass sees the
@@ -567,7 +576,7 @@ class Engine:
 
     @staticmethod
     def _attend_all(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """`_attend` for every row over the same chunks, in one softmax: 2 x chunks + 6 kernels where the online
+        """`_attend` for every row over the same chunks, in one softmax: 2 x chunks + 7 kernels where the online
         softmax takes about 14 a chunk. The same attention, rounded differently (one max over all chunks).
 
         q (A, H, 1, D), already scaled; keys (C, A, H, D, CHUNK) and values (C, A, H, CHUNK, D), chunks 0..C-1
