@@ -3,9 +3,12 @@
     python benchmarks/step_kernels.py [--checkpoint arithmetic] [--rows 64] [--top-p]
 
 Every op the step dispatches is counted (a TorchDispatchMode), and views
-(slices, reshapes: no kernel) apart. A step of this model is launch-bound
-on a GPU even in a CUDA graph, so fewer kernels is a faster step there. Runs
-on the CPU: the ops are the same on any device.
+(slices, reshapes: no kernel) apart, twice per line: with the attention chunk
+by chunk (`one_pass_attention` off, a CPU's) and in one softmax (on, a GPU's
+default). On an H200, in CUDA graphs, tiny kernels of 1-5 us were about half
+of a call's device time and the attention's matmuls most of the rest
+(docs/tiny-core.md), so fewer kernels is a faster step there. Runs on the
+CPU: the ops are the same on any device.
 """
 
 from __future__ import annotations
