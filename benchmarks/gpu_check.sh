@@ -6,8 +6,9 @@
 # 3. benchmarks/sampling.py on the test problems with that setting: bfloat16 (the issue's goal) with the
 #    exact loop compared and transformers' static cache tried too; benchmarks/profile_engine.py (where that
 #    call's time goes); float32; a fresh draw (--problem-seed 1); and the engine with static decode's
-#    attention chunk by chunk, as before one-pass attention; benchmarks/attention_products.py. Each log is
-#    written as it runs: a run cut short still leaves what it printed.
+#    attention chunk by chunk, as before one-pass attention, and as the Triton kernel (off by default until
+#    this measures it, with the Triton tests first); benchmarks/attention_products.py. Each log is written as
+#    it runs: a run cut short still leaves what it printed.
 # The machine's python3 and packages are used as they are: thinkscale runs from src/.
 set -u
 out=${OUT:-/tmp/gpu_check}
@@ -19,6 +20,7 @@ python3 -c 'import torch, transformers; print("torch", torch.__version__, "trans
 # cuBLAS reproducible across streams (the graphs' warm-up runs on a side stream; the test compares to the bit)
 CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py \
     -k "static or cuda or device or one_pass or batched" 2>&1 | tail -15 | tee -a "$out/setup.txt"
+python3 -m pytest -q -p no:cacheprovider -m triton tests/test_attention_kernel.py 2>&1 | tail -8 | tee -a "$out/setup.txt"
 best=8 best_rate=0
 for k in 4 8 16; do
     line=$(python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --split train --engine-only --sync-every "$k" \
@@ -39,4 +41,6 @@ python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$bes
     --transformers-static-cache 2>&1 | grep -v '^Loading' | tee "$out/bf16_seed1.log"
 python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --engine-only \
     --one-pass-attention off 2>&1 | grep -v '^Loading' | tee "$out/bf16_chunked.log"
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --engine-only \
+    --triton-attention --compare-exact 2>&1 | grep -v '^Loading' | tee -a "$out/bf16_chunked.log"
 python3 benchmarks/attention_products.py --device cuda 2>&1 | tee "$out/attention.txt"

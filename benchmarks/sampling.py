@@ -2,7 +2,8 @@
 
     python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
         [--dtype float32|bfloat16] [--device cpu|cuda] [--static-decode auto|on|off] [--repeats N]
-        [--sync-every N] [--one-pass-attention auto|on|off] [--split test|train] [--engine-only] [--compare-exact]
+        [--sync-every N] [--one-pass-attention auto|on|off] [--triton-attention] [--split test|train]
+        [--engine-only] [--compare-exact]
 
 Both sample the same prompts from the same shipped checkpoint with the same
 thread count, in the same run. Throughput counts generated tokens up to and
@@ -27,7 +28,8 @@ minutes), after a warm-up call, as on the CPU. `--compare-exact` also runs the
 engine's exact loop (static decode off) on the same device and prints how many
 samples it draws the same. `--one-pass-attention on|off` sets static
 decode's attention (one softmax over all chunks, a GPU's default, or chunk by
-chunk; tiny/engine.py). `--transformers-static-cache` also gives
+chunk; tiny/engine.py); `--triton-attention` runs it as one Triton kernel a
+layer instead (tiny/attention_kernel.py). `--transformers-static-cache` also gives
 transformers its static KV cache with all prompts per call (on a GPU its
 generate may compile the model for it; its first call is timed apart). On
 this CPU it was no faster than the dynamic cache (7.6-7.8k against 7.9-9.2k
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--one-pass-attention", choices=("auto", "on", "off"), default="auto",
                         help="static decode's attention in one softmax over all chunks, not chunk by chunk "
                              "(default auto: on a GPU only)")
+    parser.add_argument("--triton-attention", action="store_true",
+                        help="static decode's attention as one Triton kernel a layer (tiny/attention_kernel.py; "
+                             "needs Triton, so a GPU)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed engine calls, the median reported (default 1 on a CPU, 3 on a GPU)")
     parser.add_argument("--sync-every", type=int, default=None,
@@ -156,12 +161,13 @@ def main(argv: list[str] | None = None) -> None:
                     static_decode=static, **({"sync_every": args.sync_every} if args.sync_every else {}))
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
+    engine.triton_attention = args.triton_attention
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
     name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, "
-            + (f"static decode, sync every {engine.sync_every}"
-               + (", one-pass attention)" if engine.one_pass_attention else ", chunked attention)")
-               if engine.static_decode else "exact loop)"))
+            + (f"static decode, sync every {engine.sync_every}, "
+               + ("Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked")
+               + " attention)" if engine.static_decode else "exact loop)"))
     started = time.perf_counter()
     results = engine.generate(requests if gpu else requests[:2])  # warm up; on a GPU, the graphs' capture
     if gpu:

@@ -75,7 +75,9 @@ the CPU's static or exact loop's to the bit. `batched_extend`: `extend`
 gives all its sequences one cache and gathers each row's keys and values,
 one set of kernels and one wait for the device per pass instead of one per
 sequence (at most `EXTEND_BYTES` of cache at once); the same bits (a test),
-but the gathered copies cost a CPU more than the kernels save.
+but the gathered copies cost a CPU more than the kernels save. And
+`triton_attention` (off everywhere until a GPU has measured it): static
+decode's attention as one Triton kernel a layer (attention_kernel.py).
 """
 
 from __future__ import annotations
@@ -225,7 +227,9 @@ class Engine:
         # rounding; default on a GPU only, where static decode is not the exact loop's to the bit anyway
         self.one_pass_attention = self.device.type == "cuda"
         self.batched_extend = self.device.type == "cuda"  # `extend`: all items at once (same bits, more memory)
-        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, one pass) -> a step
+        # static decode's attention as one Triton kernel a layer (attention_kernel.py): off until a GPU measures it
+        self.triton_attention = False
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, attention) -> a step
         self.reload_weights()
 
     def reload_weights(self) -> None:
@@ -620,7 +624,7 @@ class Engine:
         """
         if self.device.type != "cuda" or not self.cuda_graphs:
             return self._static_body(width, chunks, nucleus)
-        key = (width, chunks, nucleus, self.one_pass_attention)
+        key = (width, chunks, nucleus, self.one_pass_attention, self.triton_attention)
         with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
             graph = self._graphs.get(key)
             if graph is not None:
@@ -654,16 +658,20 @@ class Engine:
         past its own (`_state_for`, `generate`)."""
         s, cache = self._state, self._cache
         pos = s["pos"][:width].clamp(max=chunks * CHUNK - 1)  # an idle row's stale position stays in range
-        hidden = torch.arange(chunks * CHUNK, device=self.device).view(chunks, 1, CHUNK) > pos[None, :, None]
-        bias = torch.zeros(chunks, width, 1, 1, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(
-            hidden[:, :, None, None, :], float("-inf"))
-        if self.one_pass_attention:
+        if self.triton_attention:
+            from thinkscale.tiny import attention_kernel  # Triton: imported only where asked for
+
             def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-                return self._attend_all(q, keys[:chunks, :width], values[:chunks, :width], bias)
+                return attention_kernel.attend(q, keys, values, pos, chunks)
         else:
+            hidden = torch.arange(chunks * CHUNK, device=self.device).view(chunks, 1, CHUNK) > pos[None, :, None]
+            bias = torch.zeros(chunks, width, 1, 1, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(
+                hidden[:, :, None, None, :], float("-inf"))
             plan = [(chunk, 0, width, bias[chunk]) for chunk in range(chunks)]  # every row, every chunk
 
             def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+                if self.one_pass_attention:
+                    return self._attend_all(q, keys[:chunks, :width], values[:chunks, :width], bias)
                 return self._attend(q, keys, values, plan)
         logits = self._decode(cache, s["tok"][:width], pos, attention)
         live, ngen = s["live"][:width], s["ngen"][:width]
