@@ -39,11 +39,14 @@ test-trl: $(VENV)/.installed
 # static decode's Triton attention kernel, run by Triton's interpreter on the CPU (about a minute). Triton goes
 # into a folder of its own, on the path for these tests alone: the CPU build of torch never sees it otherwise.
 TRITON_SITE ?= .triton-site
-test-triton: $(VENV)/.installed $(TRITON_SITE)/.installed
-	PYTHONPATH=$(abspath $(TRITON_SITE)) TRITON_INTERPRET=1 $(VENV)/bin/pytest -m triton
+TRITON_VERSION := 3.6.0
+test-triton: $(VENV)/.installed $(TRITON_SITE)/.installed-$(TRITON_VERSION)
+	PYTHONPATH=$(abspath $(TRITON_SITE))$(if $(PYTHONPATH),:$(PYTHONPATH)) TRITON_INTERPRET=1 \
+		$(VENV)/bin/pytest -m triton
 
-$(TRITON_SITE)/.installed:
-	$(PY) -m pip install -q --no-deps --target $(TRITON_SITE) triton==3.6.0
+$(TRITON_SITE)/.installed-$(TRITON_VERSION): $(VENV)/.installed
+	rm -rf $(TRITON_SITE)
+	$(PY) -m pip install -q --no-deps --target $(TRITON_SITE) triton==$(TRITON_VERSION)
 	touch $@
 
 # the tiny core served by vLLM's CPU build, from its own venv (it brings its own torch); about 1.5 minutes

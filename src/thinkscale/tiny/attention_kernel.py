@@ -60,13 +60,21 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: torch
     keeps it (`Engine._keys`, `Engine._values`; rows 0..A-1 are read); pos (A,).
     Returns (A, H, 1, D) in q's dtype.
     """
+    q = q.contiguous()
     rows, heads, _, size = q.shape
     chunk = keys.shape[-1]
     block = (heads * size * chunk, size * chunk)  # a row's chunk, a head's: contiguous, keys as (D, K), values (K, D)
     if (keys.stride()[1:] != (*block, chunk, 1) or values.stride()[1:] != (*block, size, 1)
-            or values.stride(0) != keys.stride(0)):
+            or values.stride(0) != keys.stride(0) or keys.shape[2:4] != (heads, size)):
         raise ValueError("keys and values must be the engine's chunk-major cache: each row's chunk contiguous")
+    if not (chunks <= keys.shape[0] and rows <= keys.shape[1] and pos.shape == (rows,)):
+        raise ValueError(f"{rows} rows over {chunks} chunks do not fit a cache of {keys.shape[1]} rows and "
+                         f"{keys.shape[0]} chunks, or pos is not one position a row")
+    if size & (size - 1) or chunk & (chunk - 1):
+        raise ValueError(f"head size {size} and chunk {chunk} must be powers of two (Triton's blocks)")
+    if keys.shape[0] * keys.stride(0) >= 2**31:  # the kernel's offsets are 32-bit
+        raise ValueError("a layer's cache of 2**31 elements or more is past this kernel's 32-bit offsets")
     out = torch.empty_like(q)
-    _attend_rows[(rows * heads,)](q.contiguous(), keys, values, pos.contiguous(), out, keys.stride(0),
-                                  keys.stride(1), CHUNKS=chunks, H=heads, D=size, K=chunk)
+    _attend_rows[(rows * heads,)](q, keys, values, pos.contiguous(), out, keys.stride(0), keys.stride(1),
+                                  CHUNKS=chunks, H=heads, D=size, K=chunk)
     return out
