@@ -3,7 +3,7 @@
     python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
         [--dtype float32|bfloat16] [--device cpu|cuda] [--static-decode auto|on|off] [--repeats N]
         [--sync-every N] [--one-pass-attention auto|on|off] [--triton-attention] [--split test|train]
-        [--engine-only] [--compare-exact]
+        [--engine-only] [--compare-exact] [--cpu-kernel]
 
 Both sample the same prompts from the same shipped checkpoint with the same
 thread count, in the same run. Throughput counts generated tokens up to and
@@ -18,6 +18,10 @@ fastest transformers).
 costs), prints how far its next-token distributions are from float32's on
 each prompt and its first sample, and gives transformers both dtypes, float32
 and bfloat16, each with every batching: the baseline is the fastest of all.
+`--cpu-kernel` runs the engine's attention in its C kernel on a CPU
+(tiny/cpu_kernel.py, built on first use: the build is timed apart, not in
+the engine's time if it was already built) and prints how many samples it
+draws the same as the torch path, which it is timed against too.
 
 On a GPU the engine runs static decode (tiny/engine.py: fixed-shape steps
 captured in CUDA graphs) with a row for every sample, and its first call,
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
                              "generate may compile the model for it), the time of a first call apart")
     parser.add_argument("--compare-exact", action="store_true",
                         help="also draw the samples with the exact loop and count how many are the same")
+    parser.add_argument("--cpu-kernel", action="store_true",
+                        help="the engine's attention in its C kernel (CPU only; tiny/cpu_kernel.py), also timed "
+                             "against the torch path")
     parser.add_argument("--dtype", choices=get_args(DtypeName), default="float32",
                         help="the engine's dtype (default float32); with bfloat16, transformers tries both")
     args = parser.parse_args(argv)
@@ -157,14 +164,25 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else ""))
 
+    if args.cpu_kernel:
+        from thinkscale.tiny import cpu_kernel
+
+        if gpu:
+            parser.error("--cpu-kernel runs on a CPU (--device cpu)")
+        started = time.perf_counter()
+        if not cpu_kernel.available():
+            parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
+        print(f"the CPU kernel built or loaded in {time.perf_counter() - started:.2f} s (once per machine and "
+              "version; not in the engine's time)")
     engine = Engine(ck.model.to(device), max_rows=max_rows, device=device, dtype=DTYPES[args.dtype],
-                    static_decode=static, **({"sync_every": args.sync_every} if args.sync_every else {}))
+                    static_decode=static, cpu_kernel=args.cpu_kernel,
+                    **({"sync_every": args.sync_every} if args.sync_every else {}))
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.triton_attention = args.triton_attention
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
-    name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, "
+    name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, " + ("C kernel, " if args.cpu_kernel else "")
             + (f"static decode, sync every {engine.sync_every}, "
                + ("Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked")
                + " attention)" if engine.static_decode else "exact loop)"))
@@ -182,6 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     engine_rate = engine_tokens / engine_s
     print(f"{name}: {engine_tokens} tokens in {engine_s:.3f} s (median of {repeats}: "
           f"{', '.join(f'{t:.3f}' for t in times)}) = {engine_rate:,.0f} tokens/s")
+    if args.cpu_kernel:  # the same engine with the torch path's attention, and how many samples are the same
+        plain = Engine(ck.model, max_rows=max_rows, dtype=DTYPES[args.dtype], static_decode=static, cpu_kernel=False)
+        plain.generate(requests[:2])
+        started = time.perf_counter()
+        drawn = plain.generate(requests)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(c.token_ids) for r in drawn for c in r)
+        same = [a.token_ids == b.token_ids for x, y in zip(results, drawn) for a, b in zip(x, y)]
+        print(f"the same engine, attention in torch: {tokens} tokens in {seconds:.3f} s = {tokens / seconds:,.0f} "
+              f"tokens/s; the C kernel {engine_rate / (tokens / seconds):.2f}x; {sum(same)} of {len(same)} samples "
+              "the same tokens")
     if args.compare_exact:
         exact = Engine(ck.model, max_rows=max_rows, device=device, dtype=DTYPES[args.dtype], static_decode=False)
         same = [a == b for x, y in zip(results, exact.generate(requests)) for a, b in zip(x, y)]

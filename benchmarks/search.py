@@ -312,7 +312,8 @@ def bench_task(name: str, args) -> dict:
     elsewhere = len(out["pids"] - {os.getpid()})
     print(f"{name}: {time.perf_counter() - started:.0f} s in all, {args.workers} worker"
           f"{'s' if args.workers > 1 else ''} of {args.threads} torch thread{'s' if args.threads > 1 else ''} "
-          f"(rows run in {elsewhere} other process{'es' if elsewhere != 1 else ''}), {args.dtype}; peak memory so far "
+          f"(rows run in {elsewhere} other process{'es' if elsewhere != 1 else ''}), {args.dtype}"
+          + (", C kernel" if args.cpu_kernel else "") + "; peak memory so far "
           f"{here:.0f} MB" + (f" here, {worker:.0f} MB the largest worker" if args.workers > 1 else ""), flush=True)
     return out
 
@@ -473,6 +474,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="what the policies and the reward models compute in (default float32; bfloat16 is "
                              "faster where the CPU has bfloat16 units, and its samples and scores differ a little: "
                              "'Wall time' below)")
+    parser.add_argument("--cpu-kernel", action="store_true",
+                        help="the policies' and the reward models' attention in the engine's C kernel "
+                             "(tiny/cpu_kernel.py): faster on a CPU, rounded otherwise, so compare each row with "
+                             "the torch path's interval, not its digits (sets THINKSCALE_CPU_KERNEL=1 for every "
+                             "process)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every strategy")
     parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
     parser.add_argument("--mcts-exploration", type=float, default=MCTS["exploration"],
@@ -492,6 +498,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.base_pool is not None and args.base_pool < max(args.budgets):
         parser.error(f"--base-pool {args.base_pool} is smaller than the largest budget {max(args.budgets)}")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.cpu_kernel:
+        from thinkscale.tiny import cpu_kernel
+
+        if not cpu_kernel.available():  # built here once, before the workers load it
+            parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
+        os.environ["THINKSCALE_CPU_KERNEL"] = "1"  # every engine of this process and of its workers
     tasks = args.tasks.split(",")
     results = {name: bench_task(name, args) for name in tasks}
 

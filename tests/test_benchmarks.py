@@ -85,6 +85,20 @@ def test_sampling_benchmark_with_static_decode_draws_the_exact_loops_samples():
     assert engine[-1].startswith("thinkscale engine (max_rows 1024, float32, exact loop): ")
 
 
+def test_sampling_benchmark_with_the_cpu_kernel_times_it_against_the_torch_path():
+    from thinkscale.tiny import cpu_kernel
+
+    if not cpu_kernel.available():
+        pytest.skip(f"no CPU kernel: {cpu_kernel.why_unavailable()}")
+    lines = bench("sampling.py", "--prompts", "2", "--samples", "4", "--max-new-tokens", "20", "--max-rows", "8",
+                  "--device", "cpu", "--cpu-kernel", "--engine-only", "--problem-seed", "3")
+    assert any(line.startswith("thinkscale engine (max_rows 8, float32, C kernel, exact loop): ") for line in lines)
+    match = next(re.fullmatch(rf"the same engine, attention in torch: \d+ tokens in {NUMBER} s = [\d,]+ tokens/s; "
+                              rf"the C kernel {NUMBER}x; (\d+) of 8 samples the same tokens", line)
+                 for line in lines if line.startswith("the same engine"))
+    assert int(match.group(1)) >= 6
+
+
 def test_step_kernels_counts_what_a_static_step_launches():
     lines = bench("step_kernels.py", "--rows", "16")
     pattern = r"chunk by chunk (\d+) kernels, \d+ views; one softmax (\d+) kernels"
@@ -163,6 +177,22 @@ def test_search_benchmark_in_bfloat16_loads_every_model_in_it():
                        1, 64, 0, "bfloat16")
     assert {str(m.engine.dtype) for m in (*search.LOADED["policies"].values(), *search.LOADED["scorers"].values())} \
         == {"torch.bfloat16"}
+
+
+def test_search_benchmark_with_the_cpu_kernel_runs_every_model_with_it(monkeypatch):
+    from thinkscale.tiny import cpu_kernel
+
+    if not cpu_kernel.available():
+        pytest.skip(f"no CPU kernel: {cpu_kernel.why_unavailable()}")
+    lines = bench("search.py", "--tasks", "arithmetic", "--problems", "2", "--budgets", "4", "--threads", "1",
+                  "--only", "prm-best_of_n", "--base-policy", "none", "--cpu-kernel", "--workers", "2")
+    assert re.match(r"arithmetic: \d+ s in all, 2 workers of 1 torch thread \(rows run in [12] other processes?\), "
+                    r"float32, C kernel; ", lines[-1]), lines[-1]
+    search = load("search.py")  # what a worker loads, where the flag has set the variable: every model with it
+    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "1")
+    search.load_models("arithmetic", [], {"policy": "arithmetic"}, {"prm": "arithmetic-prm", "orm": "arithmetic-orm"},
+                       1, 64, 0)
+    assert all(m.engine._fused() for m in (*search.LOADED["policies"].values(), *search.LOADED["scorers"].values()))
 
 
 def test_search_benchmark_rows_in_worker_processes_print_what_one_process_prints():

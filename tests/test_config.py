@@ -109,7 +109,7 @@ def test_unknown_policy_option_is_checked_against_the_policy_constructor(tmp_pat
     path = write(tmp_path, minimal() + "policy:\n  options:\n    threads: 1\n    max_row: 8\n")
     message = error_of(path)
     assert message.startswith(f"{path}:{line_of(path, 'max_row:')}: policy.options: unknown key 'max_row'")
-    assert "did you mean 'max_rows'?" in message and "valid keys: checkpoint_name, device, dtype, max_rows, prefix_cache_mb, threads" in message
+    assert "did you mean 'max_rows'?" in message and "valid keys: checkpoint_name, cpu_kernel, device, dtype, max_rows, prefix_cache_mb, threads" in message
 
 
 def test_every_policys_and_scorers_options_are_checked_by_name_and_type(tmp_path):

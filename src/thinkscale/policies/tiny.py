@@ -27,13 +27,17 @@ class TinyPolicy(Policy):
                                 reports_cuts=True)
 
     def __init__(self, checkpoint_name: str = "arithmetic", max_rows: int = 1024, threads: int | None = None,
-                 prefix_cache_mb: float = 512, dtype: DtypeName = "float32", device: str = "cpu") -> None:
+                 prefix_cache_mb: float = 512, dtype: DtypeName = "float32", device: str = "cpu",
+                 cpu_kernel: bool | None = None) -> None:
         """`prefix_cache_mb`: memory for the keys and values of prompts and steps already computed, which
         later prompts start from (a step search's next step reads only the new tokens). Exact: it changes
         what is computed, never a sample (tiny/prefix_cache.py). 0 turns it off. `dtype`: "float32", or
         "bfloat16" (faster where the CPU or GPU has bfloat16 units; samples then differ from float32's and
         may change with what shares their batch: tiny/engine.py). `device`: "cpu", or "cuda" ("cuda:N") for
-        a GPU, where the engine decodes in steps captured in CUDA graphs (tiny/engine.py, "Static decode")."""
+        a GPU, where the engine decodes in steps captured in CUDA graphs (tiny/engine.py, "Static decode").
+        `cpu_kernel`: on a CPU, attention in the engine's C kernel, built on first use (tiny/cpu_kernel.py):
+        faster, and rounded otherwise than torch, so samples differ where two tokens nearly tied; default:
+        whether $THINKSCALE_CPU_KERNEL is 1."""
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
         torch_dtype = dtype_named(dtype)
@@ -47,7 +51,7 @@ class TinyPolicy(Policy):
                 torch.set_num_threads(threads)
             ck = checkpoint.load(checkpoint_name)
             return ck, Engine(ck.model, max_rows=max_rows, prefix_cache_bytes=int(prefix_cache_mb * 2**20),
-                              dtype=torch_dtype, device=device)
+                              dtype=torch_dtype, device=device, cpu_kernel=cpu_kernel)
 
         self.checkpoint, self.engine = torch_thread.call(load)  # all torch work on one thread: see torch_thread.py
         self.tokenizer = self.checkpoint.tokenizer

@@ -116,9 +116,11 @@ class TinyFamilyScorer(Scorer):
     the logits at each of its positions, and each step's [start, end) span.
     """
 
-    def __init__(self, checkpoint_name: str, prefix_cache_mb: float = 512, dtype: DtypeName = "float32") -> None:
+    def __init__(self, checkpoint_name: str, prefix_cache_mb: float = 512, dtype: DtypeName = "float32",
+                 cpu_kernel: bool | None = None) -> None:
         """`dtype`: "float32", or "bfloat16" (faster where the CPU has bfloat16 units; scores then move a
-        little from float32's: tiny/engine.py)."""
+        little from float32's: tiny/engine.py). `cpu_kernel`: attention in the engine's C kernel on a CPU
+        (tiny/cpu_kernel.py; faster, rounded otherwise; default: whether $THINKSCALE_CPU_KERNEL is 1)."""
         from thinkscale import torch_thread
         from thinkscale.tiny import checkpoint
         from thinkscale.tiny.engine import Engine, dtype_named
@@ -129,7 +131,8 @@ class TinyFamilyScorer(Scorer):
 
         def load() -> tuple:
             ck = checkpoint.load(checkpoint_name)
-            return ck, Engine(ck.model, max_rows=1, prefix_cache_bytes=int(prefix_cache_mb * 2**20), dtype=torch_dtype)
+            return ck, Engine(ck.model, max_rows=1, prefix_cache_bytes=int(prefix_cache_mb * 2**20), dtype=torch_dtype,
+                              cpu_kernel=cpu_kernel)
 
         self.checkpoint, self.engine = torch_thread.call(load)
         self.tokenizer = self.checkpoint.tokenizer

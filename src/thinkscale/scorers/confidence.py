@@ -20,8 +20,8 @@ class ConfidenceScorer(TinyFamilyScorer):
     name = "confidence"
 
     def __init__(self, checkpoint_name: str = "arithmetic", prefix_cache_mb: float = 512,
-                 dtype: DtypeName = "float32") -> None:
-        super().__init__(checkpoint_name, prefix_cache_mb, dtype)
+                 dtype: DtypeName = "float32", cpu_kernel: bool | None = None) -> None:
+        super().__init__(checkpoint_name, prefix_cache_mb, dtype, cpu_kernel)
 
     def _step_scores(self, rows: list[list[int]], logits: list[torch.Tensor],
                      spans: list[list[tuple[int, int]]]) -> list[list[float]]:

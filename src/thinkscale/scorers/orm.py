@@ -15,8 +15,8 @@ class ORMScorer(PRMScorer):
     name = "orm"
 
     def __init__(self, checkpoint_name: str = "arithmetic-orm", prefix_cache_mb: float = 512,
-                 dtype: DtypeName = "float32") -> None:
-        super().__init__(checkpoint_name, prefix_cache_mb, dtype)
+                 dtype: DtypeName = "float32", cpu_kernel: bool | None = None) -> None:
+        super().__init__(checkpoint_name, prefix_cache_mb, dtype, cpu_kernel)
 
     def steps_of(self, solution: str, delimiter: str) -> list[str]:
         return [solution] if solution.strip() else []

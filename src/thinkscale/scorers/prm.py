@@ -23,8 +23,8 @@ class PRMScorer(TinyFamilyScorer):
     name = "prm"
 
     def __init__(self, checkpoint_name: str = "arithmetic-prm", prefix_cache_mb: float = 512,
-                 dtype: DtypeName = "float32") -> None:
-        super().__init__(checkpoint_name, prefix_cache_mb, dtype)
+                 dtype: DtypeName = "float32", cpu_kernel: bool | None = None) -> None:
+        super().__init__(checkpoint_name, prefix_cache_mb, dtype, cpu_kernel)
         meta_path = self.checkpoint.path / REWARD_META
         if not meta_path.exists():
             raise ValueError(f"{self.checkpoint.path} is not a reward model checkpoint: it has no {REWARD_META} "

@@ -78,6 +78,19 @@ sequence (at most `EXTEND_BYTES` of cache at once); the same bits (a test),
 but the gathered copies cost a CPU more than the kernels save. And
 `triton_attention` (off everywhere until a GPU has measured it): static
 decode's attention as one Triton kernel a layer (attention_kernel.py).
+
+The CPU kernel (`cpu_kernel`; off by default, on with the constructor's
+argument or $THINKSCALE_CPU_KERNEL=1). On a CPU, each layer's rotary
+embedding, cache write and attention run as one call into C
+(cpu_kernel.py, cpu_attention.c, built for this CPU on first use), in
+float32 whatever the dtype: about 14 torch operations a chunk become one
+pass that reads each key and value once, as far as its row reaches. Every
+row's arithmetic is its own, in a fixed order, so the row-by-row exactness
+above holds with it (tests/test_engine.py runs every test both ways), but it
+rounds otherwise than torch, so a sample can differ from the torch path's
+where two tokens nearly tied. Off by default for that reason alone: the
+figures in the docs were measured with the torch path. Where it cannot be
+built (no C compiler), asking for it warns once and the torch path runs.
 """
 
 from __future__ import annotations
@@ -93,7 +106,8 @@ import torch
 import torch.nn.functional as F
 
 from thinkscale.budget import forward_flops_per_token
-from thinkscale.tiny import DtypeName
+from thinkscale.tiny import DtypeName, cpu_kernel
+from thinkscale.tiny.cpu_kernel import default as cpu_kernel_default
 from thinkscale.tiny.model import TinyLlama, apply_rope, rope_tables
 from thinkscale.tiny.prefix_cache import Entry, PrefixCache
 from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
@@ -101,11 +115,21 @@ from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
 _M32 = 0xFFFFFFFF
 DTYPES = dict(zip(get_args(DtypeName), (torch.float32, torch.bfloat16), strict=True))  # by name: `dtype_named`
 MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 rows here)
-CHUNK = 32  # attention reduces over fixed chunks of cache positions
+CHUNK = cpu_kernel.CHUNK  # attention reduces over fixed chunks of cache positions (32; the C kernel's too)
 FLOOR_TOLERANCE = 1e-9  # a window this close to the confidence floor is not below it
 EXTEND_ROWS = 2048  # positions computed together by one pass of `extend` (bounds its memory)
 EXTEND_BYTES = 1 << 30  # at most this much cache for the sequences of one batched `extend` (more: several calls)
 GAP_ROWS = 16  # rows that do not reach a chunk, between two runs that do, read with them (`_plan`)
+
+
+@dataclass(frozen=True)
+class Fused:
+    """`_rows`' attention by the CPU kernel: each row's cache (`cpu_kernel.where`'s table), and how many of
+    the rows, from the first, store their keys and values (the rest only read: `extend`'s idle rows); `own`:
+    each row has a cache of its own (decode), none shared with another row."""
+    table: torch.Tensor
+    stores: int
+    own: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,12 +224,13 @@ class Engine:
 
     def __init__(self, model: TinyLlama, max_rows: int = 1024, device: str | torch.device | None = None,
                  prefix_cache_bytes: int = 0, dtype: torch.dtype | None = None, static_decode: bool | None = None,
-                 sync_every: int = 8) -> None:
+                 sync_every: int = 8, cpu_kernel: bool | None = None) -> None:
         """`prefix_cache_bytes` > 0 keeps the keys and values of prompts, and of samples that ended at a stop
         token other than the end token (a step, to be continued), for later prompts to start from. `dtype`:
         what the layers compute in and keep their keys and values in (default the model's; bfloat16: the
         module's docstring, which says what stays float32). `static_decode` (default: on a CUDA device only)
-        and `sync_every`: the module's docstring, "Static decode"."""
+        and `sync_every`: the module's docstring, "Static decode". `cpu_kernel`: on a CPU, attention in C (the
+        module's docstring, "The CPU kernel"; default: whether $THINKSCALE_CPU_KERNEL is 1)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if sync_every < 1:
@@ -229,6 +254,9 @@ class Engine:
         self.batched_extend = self.device.type == "cuda"  # `extend`: all items at once (same bits, more memory)
         # static decode's attention as one Triton kernel a layer (attention_kernel.py): off until a GPU measures it
         self.triton_attention = False
+        # on a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py): another
+        # rounding than the torch path's, so off by default; `_fused` says whether it is in use
+        self.cpu_kernel = cpu_kernel_default() if cpu_kernel is None else cpu_kernel
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, attention) -> a step
         self.reload_weights()
 
@@ -259,6 +287,7 @@ class Engine:
             self.w_head = model.lm_head.weight.T.contiguous()  # (h, vocab): float32, as the logits
             cos, sin = rope_tables(c, torch.arange(c.max_position_embeddings, device=self.device))
             self.cos, self.sin = cos.to(dtype).contiguous(), sin.to(dtype).contiguous()  # (positions, head_dim)
+            self.cos32, self.sin32 = cos.float().contiguous(), sin.float().contiguous()  # the CPU kernel's
 
     def flops_per_token(self) -> float:
         """2 x (non-embedding parameters): the usual estimate of a forward pass."""
@@ -317,24 +346,34 @@ class Engine:
         return plan
 
     def _rows(self, tokens: torch.Tensor, pos: torch.Tensor,
-              attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+              attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | Fused
+              ) -> torch.Tensor:
         """Feed `tokens` (A,) at positions `pos` (A,), one row each; returns logits (A, vocab).
 
         Per layer, `attend(layer, q, k, v)` stores the rows' keys and values
         (each (A, H, D)) where their positions belong and returns each row's
         attention over its own positions, (A, H, 1, D), for q already scaled.
+        Or, with the CPU kernel (`cpu_kernel`), `attend` is a `Fused`: where
+        each row's cache is, and how many of the rows store; the kernel ropes,
+        stores and attends in one call a layer.
         """
         c = self.config
         A, H, D = tokens.shape[0], c.num_attention_heads, c.head_dim
-        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
+        fused = isinstance(attend, Fused)
+        if not fused:
+            cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
         scale = 1.0 / math.sqrt(D)
         x = self.embed[tokens]  # (A, h)
         for i in range(c.num_hidden_layers):
             qkv = self._rms(x, self.norm1[i]).to(self.dtype) @ self.w_qkv[i]  # (A, 3h)
             qkv = qkv.view(A, 3, H, D)
-            q, k = apply_rope(qkv[:, :2], cos[:, None], sin[:, None]).unbind(1)  # each (A, H, D); one pass for both
-            v = qkv[:, 2]
-            y = attend(i, (q * scale)[:, :, None, :], k, v)  # (A, H, 1, D)
+            if fused:
+                y = cpu_kernel.attend(qkv, pos, self.cos32, self.sin32, attend.table, i, attend.stores, scale,
+                                      attend.own)
+            else:
+                q, k = apply_rope(qkv[:, :2], cos[:, None], sin[:, None]).unbind(1)  # each (A, H, D); one pass
+                v = qkv[:, 2]
+                y = attend(i, (q * scale)[:, :, None, :], k, v)  # (A, H, 1, D)
             x = x + y.reshape(A, -1) @ self.w_o[i]
             g, u = (self._rms(x, self.norm2[i]).to(self.dtype) @ self.w_gu[i]).chunk(2, dim=-1)
             x = x + (F.silu(g) * u) @ self.w_down[i]
@@ -361,6 +400,17 @@ class Engine:
                          device=self.device, dtype=self.dtype)
         kv[:, :, -1] = 0
         return kv
+
+    def _fused(self) -> bool:
+        """Whether attention runs in the CPU kernel: asked for (`cpu_kernel`), on a CPU, and built; asked for
+        where it cannot be built, it warns once and the torch path runs."""
+        if not self.cpu_kernel or self.device.type != "cpu":
+            return False
+        if not cpu_kernel.available():
+            warnings.warn(f"the engine's CPU kernel is not available ({cpu_kernel.why_unavailable()}); "
+                          "attention runs in torch", RuntimeWarning, stacklevel=3)
+            self.cpu_kernel = False
+        return self.cpu_kernel
 
     # -- extend: a sequence's next positions, on top of its known ones --------
     @torch.inference_mode()
@@ -408,6 +458,7 @@ class Engine:
         # Rows in order (item, position), cut into passes of at most EXTEND_ROWS: a pass sees the
         # keys and values of every earlier position, written by this pass or an earlier one.
         flat = [(s, start + t, tok) for s, (_, start, tokens) in enumerate(items) for t, tok in enumerate(tokens)]
+        fused = self._fused()  # the CPU kernel: each row reads its item's cache, in `own` or `joint` alike
         # A pass stores all its positions before it reads any. Where a pass ends inside a chunk of a sequence
         # that the next pass goes on with, it reads that chunk before its later positions are written: they
         # must be zeros (masked, but multiplied by 0, and 0 x NaN is NaN), not what the memory held.
@@ -429,8 +480,11 @@ class Engine:
                 real = slice(first_row, end)
                 attending = slice(first_row, width if end == len(part) else end)  # the last also takes the idle rows
                 groups.append((part[first_row][0], real, attending, pos[real] // CHUNK, pos[real] % CHUNK,
-                               None if batched else self._plan(pos[attending])))
-            if batched:
+                               None if batched or fused else self._plan(pos[attending])))
+            if fused:
+                attend = Fused(torch.cat([cpu_kernel.where(own[s]).expand(rows.stop - rows.start, -1)
+                                          for s, _, rows, _, _, _ in groups]), len(part))
+            elif batched:
                 n, plan = len(part), self._plan(pos)
                 item = torch.tensor([s for s, _, _ in part] + [part[-1][0]] * (width - n), device=dev)
                 chunk_of, offset, used = pos[:n] // CHUNK, pos[:n] % CHUNK, plan[-1][0] + 1
@@ -536,6 +590,8 @@ class Engine:
         `attention(q, keys, values)` over one layer's whole cache (`_keys`, `_values`); default `_attend` by
         `_plan`'s chunks, which waits for the device to say which rows reach which."""
         rows = torch.arange(tokens.shape[0], device=self.device)
+        if attention is None and self._fused():
+            return self._rows(tokens, pos, Fused(cpu_kernel.where(cache, rows), len(rows), own=True))
         chunk_of, offset = pos // CHUNK, pos % CHUNK
         if attention is None:
             plan = self._plan(pos)
@@ -658,7 +714,9 @@ class Engine:
         past its own (`_state_for`, `generate`)."""
         s, cache = self._state, self._cache
         pos = s["pos"][:width].clamp(max=chunks * CHUNK - 1)  # an idle row's stale position stays in range
-        if self.triton_attention:
+        if self._fused():  # the CPU kernel reads each row as far as its position: the exact loop's attention
+            attention = None
+        elif self.triton_attention:
             from thinkscale.tiny import attention_kernel  # Triton: imported only where asked for
 
             def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,159 @@
+"""The engine's fused attention on a CPU (`Engine.cpu_kernel`): cpu_attention.c, built here on first use.
+
+Per layer, one call does what the torch path does in about 14 operations a
+chunk plus rope and the cache write: the rotary embedding of q and k, the
+keys and values stored where their positions belong, and each row's
+attention over its positions 0..pos, in float32, reading each key and value
+once and only as far as the row reaches. A row's arithmetic is its own, in
+a fixed order, so a position's result does not depend on what shares its
+call, and the engine stays exact row by row (the same tests hold it); but it
+rounds otherwise than the torch path, so its samples are not the torch
+path's to the bit (where two tokens were nearly tied one may differ).
+
+The C source is compiled with the machine's C compiler (`$CC`, else `cc`)
+for this CPU (`-march=native`) into a cache folder (`$THINKSCALE_CACHE`,
+else `~/.cache/thinkscale`), named by a hash of the source, the flags, the
+compiler and the CPU, so a folder shared by other machines never hands one
+another's build. Where no compiler works, `available()` is False with the
+reason in `why_unavailable()`, and the engine uses the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+CHUNK = 32  # cache positions a chunk (the engine's; cpu_attention.c's)
+SOURCE = Path(__file__).with_name("cpu_attention.c")
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared", "-pthread")
+_failure: list[str] = []
+
+
+def _cpu_id() -> str:
+    """What the build is for: the CPU's model and flags (Linux), else the platform's name."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("THINKSCALE_CACHE") or Path.home() / ".cache" / "thinkscale") / "kernels"
+
+
+def _compile(compiler: str, out: Path, flags: tuple[str, ...]) -> str | None:
+    """Build the library into `out`; None, or what went wrong."""
+    try:
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out), "-lm"], capture_output=True,
+                              text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{compiler}: {error}"
+    return None if done.returncode == 0 else f"{compiler} {' '.join(flags)}: {done.stderr.strip()[-500:]}"
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        _failure.append("no C compiler found (set CC)")
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        _failure.append(f"{compiler}: {error}")
+        return None
+    errors = []
+    for flags in (FLAGS, tuple(f for f in FLAGS if f != "-mprefer-vector-width=512")):  # the second: not gcc
+        digest = hashlib.sha256("\0".join([SOURCE.read_text(), *flags, version, _cpu_id()]).encode()).hexdigest()
+        path = _cache_dir() / f"cpu_attention-{digest[:20]}.so"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then renamed: atomic
+                built = Path(tmp) / path.name
+                error = _compile(compiler, built, flags)
+                if error:
+                    errors.append(error)
+                    continue
+                os.replace(built, path)
+        library = ctypes.CDLL(str(path))
+        f = library.ts_attend
+        f.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
+        f.restype = ctypes.c_int
+        return library
+    _failure.append("; ".join(errors))
+    return None
+
+
+def default() -> bool:
+    """Whether an engine uses the kernel when not told: $THINKSCALE_CPU_KERNEL is 1 (0: never, even when told)."""
+    return os.environ.get("THINKSCALE_CPU_KERNEL") == "1"
+
+
+def available() -> bool:
+    """Whether the kernel is built (or can be) and loads; builds it on the first call."""
+    if os.environ.get("THINKSCALE_CPU_KERNEL", "1") == "0":
+        return False
+    try:
+        return _library() is not None
+    except OSError as error:  # the cache folder, or loading the library
+        _failure.append(str(error))
+        return False
+
+
+def why_unavailable() -> str:
+    if os.environ.get("THINKSCALE_CPU_KERNEL", "1") == "0":
+        return "THINKSCALE_CPU_KERNEL=0"
+    return "; ".join(_failure) or "available"
+
+
+def where(kv: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(rows), 5) int64: per row, the address of its layer-0 keys' chunk 0; the distances (elements) from
+    keys to values, chunk to chunk and layer to layer; and how many chunks it has, in a cache (layers, 2,
+    chunks, [rows,] H, CHUNK * D); without `rows` (one sequence's cache), one row. Addresses: `kv` must
+    outlive every use of the table."""
+    if kv.device.type != "cpu" or kv.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the CPU kernel reads float32 or bfloat16 caches on the CPU, got {kv.dtype} on {kv.device}")
+    layout = [kv.stride(1), kv.stride(2), kv.stride(0), kv.shape[2]]
+    if rows is None:
+        return torch.tensor([[kv.data_ptr(), *layout]], dtype=torch.int64)
+    table = torch.empty(len(rows), 5, dtype=torch.int64)
+    table[:, 0] = rows.to(torch.int64) * (kv.stride(3) * kv.element_size()) + kv.data_ptr()
+    table[:, 1:] = torch.tensor(layout, dtype=torch.int64)
+    return table
+
+
+def attend(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table: torch.Tensor,
+           layer: int, stores: int, scale: float, own: bool = False) -> torch.Tensor:
+    """One layer: rope q and k, store k and v of rows 0..stores-1, and return every row's attention (A, H * D).
+
+    qkv (A, 3, H, D) contiguous, float32 or bfloat16 as the cache; pos (A,) int64, each row's position, within
+    its cache; cos, sin (positions, D) float32, covering every position; table: `where`'s, a row per row of qkv.
+    `own`: no two rows share a cache (decode), so each row stores just before it reads, while the lines it
+    wrote are at hand; otherwise (one sequence's positions, `extend`) every row stores before any reads.
+    """
+    A, _, H, D = qkv.shape
+    if qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous() or D % 2:
+        raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size, got {qkv.dtype}, "
+                         f"shape {tuple(qkv.shape)}, strides {qkv.stride()}")
+    if len(pos) != A or len(table) != A or not 0 <= stores <= A:
+        raise ValueError(f"{A} rows of qkv, {len(pos)} positions, {len(table)} cache rows, {stores} to store")
+    pos = pos.to(torch.int64).contiguous()
+    if A and (int(pos.min()) < 0 or bool((pos // CHUNK >= table[:, 4]).any()) or int(pos.max()) >= len(cos)):
+        raise ValueError(f"a position outside its cache or the rope tables: {pos.tolist()}")
+    table = table.contiguous()
+    out = torch.empty(A, H * D, dtype=qkv.dtype)
+    threads = min(torch.get_num_threads(), max(1, A // 64))
+    _library().ts_attend(qkv.data_ptr(), pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), table.data_ptr(),
+                         out.data_ptr(), layer, A, stores, H, D, scale, int(qkv.dtype == torch.bfloat16), int(own),
+                         threads)
+    return out

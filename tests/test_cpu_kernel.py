@@ -1,0 +1,178 @@
+"""The engine's C attention kernel for a CPU (tiny/cpu_kernel.py) against exact attention, and its fallbacks.
+
+Every engine property (a decode step equals `extend`, splits equal the whole, the prefix cache changes no
+sample, static decode equals the exact loop) is checked with the kernel too: tests/test_engine.py runs each
+of its tests with the torch path and with the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from thinkscale.tiny import cpu_kernel
+from thinkscale.tiny.engine import CHUNK, Engine, SampleRequest, SamplingParams
+from thinkscale.tiny.model import TinyConfig, apply_rope, rope_tables
+
+pytestmark = pytest.mark.skipif(not cpu_kernel.available(), reason=f"no CPU kernel: {cpu_kernel.why_unavailable()}")
+
+
+def _case(heads: int, dim: int, rows: int, chunks: int, layers: int = 2, dtype=torch.float32, seed: int = 0):
+    """A decode cache (layers, 2, chunks, rows, H, CHUNK * D) of random keys and values at each row's positions
+    before its own, NaN after (never to be read), rows' qkv and positions, and the rope tables."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randint(0, chunks * CHUNK, (rows,), generator=g)
+    pos[:3] = torch.tensor([0, CHUNK - 1, chunks * CHUNK - 1])[: rows]  # the first position, a chunk's last, the end
+    cache = torch.randn(layers, 2, chunks, rows, heads, CHUNK * dim, generator=g).to(dtype)
+    keys = cache[:, 0].view(layers, chunks, rows, heads, dim, CHUNK)
+    values = cache[:, 1].view(layers, chunks, rows, heads, CHUNK, dim)
+    for r, p in enumerate(pos.tolist()):
+        for c in range(chunks):
+            past = [j for j in range(CHUNK) if c * CHUNK + j >= p]
+            keys[:, c, r, :, :, past] = float("nan")
+            values[:, c, r, :, past] = float("nan")
+    qkv = torch.randn(rows, 3, heads, dim, generator=g).to(dtype)
+    cos, sin = rope_tables(TinyConfig(hidden_size=heads * dim, num_attention_heads=heads), torch.arange(chunks * CHUNK))
+    return cache, qkv, pos, cos.float().contiguous(), sin.float().contiguous()
+
+
+def _exact(cache, qkv, pos, cos, sin, layer):
+    """Rope, store and attention in float64 with torch: (each row's attention (A, H * D), the cache after)."""
+    cache = cache.double().clone()
+    A, _, H, D = qkv.shape
+    x = qkv.double()
+    q = apply_rope(x[:, 0], cos.double()[pos][:, None], sin.double()[pos][:, None]) / math.sqrt(D)
+    k = apply_rope(x[:, 1], cos.double()[pos][:, None], sin.double()[pos][:, None])
+    chunks = cache.shape[2]
+    keys = cache[layer, 0].view(chunks, A, H, D, CHUNK)
+    values = cache[layer, 1].view(chunks, A, H, CHUNK, D)
+    out = torch.empty(A, H, D, dtype=torch.float64)
+    for r, p in enumerate(pos.tolist()):
+        c, o = divmod(p, CHUNK)
+        keys[c, r, :, :, o], values[c, r, :, o] = k[r], x[r, 2]
+        K = keys[:, r].permute(1, 0, 3, 2).reshape(H, chunks * CHUNK, D)[:, : p + 1]  # (H, positions, D)
+        V = values[:, r].permute(1, 0, 2, 3).reshape(H, chunks * CHUNK, D)[:, : p + 1]
+        weights = torch.einsum("hd,hpd->hp", q[r], K).softmax(-1)
+        out[r] = torch.einsum("hp,hpd->hd", weights, V)
+    return out.reshape(A, H * D), cache
+
+
+@pytest.mark.parametrize("heads, dim", [(4, 32), (2, 64), (3, 16)])  # the shipped head size, another, any
+def test_the_kernel_ropes_stores_and_attends_as_exact_attention(heads, dim):
+    cache, qkv, pos, cos, sin = _case(heads, dim, rows=40, chunks=4)
+    expected, expected_cache = _exact(cache, qkv, pos, cos, sin, layer=1)
+    out = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, torch.arange(40)), 1, 40, 1 / math.sqrt(dim))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()  # nothing past a row's position was read
+    assert torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-5)
+    written = ~expected_cache.isnan()
+    assert torch.equal(written, ~cache.isnan())  # it wrote each row's position of layer 1, nothing else
+    assert torch.allclose(cache.double()[written], expected_cache[written], rtol=1e-5, atol=1e-6)
+    assert torch.equal(cache[:, 1][~cache[:, 1].isnan()], expected_cache[:, 1][written[:, 1]].float())  # values as given
+
+
+def test_a_row_reads_only_its_own_cache_and_its_result_is_the_same_whatever_shares_the_call():
+    cache, qkv, pos, cos, sin = _case(4, 32, rows=200, chunks=3)
+    scale, rows = 1 / math.sqrt(32), torch.arange(200)
+    before = cache.clone()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = []
+        for r in range(0, 200, 23):  # each row alone, on a copy of the cache as it was
+            copy = before.clone()
+            alone.append(cpu_kernel.attend(qkv[r:r + 1], pos[r:r + 1], cos, sin, cpu_kernel.where(copy, rows[r:r + 1]),
+                                           0, 1, scale))
+        torch.set_num_threads(2)  # the rows split among two threads
+        together = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, rows), 0, 200, scale)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(together[::23], torch.cat(alone))
+
+
+def test_rows_of_one_sequence_store_then_read_its_one_cache():
+    """`extend`'s use: consecutive positions of one sequence, every row pointed at the same cache; rows past
+    `stores` only read (an idle row)."""
+    heads, dim, length = 4, 32, 70
+    cache, qkv, _, cos, sin = _case(heads, dim, rows=1, chunks=3)
+    pos = torch.arange(length)
+    qkv = torch.randn(length + 1, 3, heads, dim)
+    table = cpu_kernel.where(cache[:, :, :, 0]).expand(length + 1, -1)
+    out = cpu_kernel.attend(qkv, torch.cat([pos, torch.tensor([5])]), cos, sin, table, 0, length, 0.25)
+    one_by_one = cache.clone()
+    for p in range(length):  # the same positions fed one at a time, as decode steps
+        step = cpu_kernel.attend(qkv[p:p + 1], pos[p:p + 1], cos, sin, cpu_kernel.where(one_by_one[:, :, :, 0]), 0, 1,
+                                 0.25)
+        assert torch.equal(step, out[p:p + 1])
+    assert torch.allclose(one_by_one, cache, rtol=0, atol=0, equal_nan=True)  # the same keys and values stored
+    assert torch.isfinite(out[-1]).all()  # the idle row read positions 0..5, all written
+
+
+def test_in_bfloat16_the_kernel_is_nearer_exact_attention_than_bfloat16_matmuls():
+    cache, qkv, pos, cos, sin = _case(4, 32, rows=64, chunks=4, dtype=torch.bfloat16, seed=1)
+    expected, expected_cache = _exact(cache, qkv, pos, cos, sin, layer=0)
+    out = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, torch.arange(64)), 0, 64, 1 / math.sqrt(32))
+    assert out.dtype == torch.bfloat16
+    error = (out.double() - expected).abs().max()
+    torch_bf16 = []  # the torch path's arithmetic: rope, scores, softmax and values in bfloat16
+    x = qkv
+    q = apply_rope(x[:, 0], cos.bfloat16()[pos][:, None], sin.bfloat16()[pos][:, None]) * (1 / math.sqrt(32))
+    for r, p in enumerate(pos.tolist()):
+        K = expected_cache[0, 0, :, r].view(4, 4, 32, CHUNK).permute(1, 0, 3, 2).reshape(4, -1, 32)[:, : p + 1]
+        V = expected_cache[0, 1, :, r].view(4, 4, CHUNK, 32).permute(1, 0, 2, 3).reshape(4, -1, 32)[:, : p + 1]
+        w = torch.einsum("hd,hpd->hp", q[r], K.bfloat16()).softmax(-1)
+        torch_bf16.append(torch.einsum("hp,hpd->hd", w, V.bfloat16()).reshape(-1))
+    assert error < 0.02 and error < (torch.stack(torch_bf16).double() - expected).abs().max()
+
+
+def test_bad_inputs_are_refused():
+    cache, qkv, pos, cos, sin = _case(4, 32, rows=8, chunks=2)
+    table = cpu_kernel.where(cache, torch.arange(8))
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_kernel.attend(qkv.transpose(0, 1).contiguous().transpose(0, 1), pos, cos, sin, table, 0, 8, 1.0)
+    with pytest.raises(ValueError, match="8 rows of qkv, 7 positions"):
+        cpu_kernel.attend(qkv, pos[:7], cos, sin, table, 0, 8, 1.0)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        cpu_kernel.attend(qkv.double(), pos, cos, sin, table, 0, 8, 1.0)
+
+
+def test_the_engine_with_the_kernel_draws_the_torch_paths_samples_but_where_two_tokens_nearly_tied(
+        arithmetic_checkpoint, arithmetic):
+    prompts = [tuple(arithmetic_checkpoint.tokenizer.encode(e.problem.prompt)) for e in arithmetic.examples("test", 8)]
+    reqs = [SampleRequest(p, n=16, params=SamplingParams(max_tokens=100, seed=i)) for i, p in enumerate(prompts)]
+    torch_path = Engine(arithmetic_checkpoint.model, cpu_kernel=False).generate(reqs)
+    kernel = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
+    assert kernel._fused()
+    drawn = kernel.generate(reqs)
+    pairs = [(a, b) for x, y in zip(torch_path, drawn) for a, b in zip(x, y)]
+    same = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]
+    assert len(same) >= 0.9 * len(pairs)
+    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in same)
+
+
+def test_without_a_compiler_or_when_turned_off_the_engine_warns_and_runs_the_torch_path(
+        arithmetic_checkpoint, arithmetic, monkeypatch, tmp_path):
+    prompt = tuple(arithmetic_checkpoint.tokenizer.encode(arithmetic.examples("test", 1)[0].problem.prompt))
+    reqs = [SampleRequest(prompt, n=4, params=SamplingParams(max_tokens=40))]
+    expected = Engine(arithmetic_checkpoint.model, cpu_kernel=False).generate(reqs)
+    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "0")
+    engine = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
+    with pytest.warns(RuntimeWarning, match="THINKSCALE_CPU_KERNEL=0"):
+        assert engine.generate(reqs) == expected
+    assert not engine.cpu_kernel
+    monkeypatch.delenv("THINKSCALE_CPU_KERNEL")
+    monkeypatch.setenv("THINKSCALE_CACHE", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", "/bin/false")
+    cpu_kernel._library.cache_clear()
+    try:
+        assert not cpu_kernel.available()
+        assert "/bin/false" in cpu_kernel.why_unavailable()
+        engine = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
+        with pytest.warns(RuntimeWarning, match="not available"):
+            assert engine.generate(reqs) == expected
+    finally:
+        monkeypatch.undo()
+        cpu_kernel._library.cache_clear()
+        cpu_kernel._failure.clear()
+    assert cpu_kernel.available()
