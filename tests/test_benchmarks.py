@@ -186,7 +186,7 @@ def test_search_benchmark_with_the_cpu_kernel_runs_every_model_with_it(monkeypat
         pytest.skip(f"no CPU kernel: {cpu_kernel.why_unavailable()}")
     lines = bench("search.py", "--tasks", "arithmetic", "--problems", "2", "--budgets", "4", "--threads", "1",
                   "--only", "prm-best_of_n", "--base-policy", "none", "--cpu-kernel", "--workers", "2")
-    assert re.match(r"arithmetic: \d+ s in all, 2 workers of 1 torch thread \(rows run in [12] other processes?\), "
+    assert re.match(r"arithmetic: \d+ s in all, 2 workers of 1 torch thread \(rows run in [12] other process(es)?\), "
                     r"float32, C kernel; ", lines[-1]), lines[-1]
     search = load("search.py")  # what a worker loads, where the flag has set the variable: every model with it
     monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "1")

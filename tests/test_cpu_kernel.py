@@ -76,18 +76,12 @@ def test_a_row_reads_only_its_own_cache_and_its_result_is_the_same_whatever_shar
     cache, qkv, pos, cos, sin = _case(4, 32, rows=200, chunks=3)
     scale, rows = 1 / math.sqrt(32), torch.arange(200)
     before = cache.clone()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        alone = []
-        for r in range(0, 200, 23):  # each row alone, on a copy of the cache as it was
-            copy = before.clone()
-            alone.append(cpu_kernel.attend(qkv[r:r + 1], pos[r:r + 1], cos, sin, cpu_kernel.where(copy, rows[r:r + 1]),
-                                           0, 1, scale))
-        torch.set_num_threads(2)  # the rows split among two threads
-        together = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, rows), 0, 200, scale)
-    finally:
-        torch.set_num_threads(threads)
+    alone = []
+    for r in range(0, 200, 23):  # each row alone, on a copy of the cache as it was
+        copy = before.clone()
+        alone.append(cpu_kernel.attend(qkv[r:r + 1], pos[r:r + 1], cos, sin, cpu_kernel.where(copy, rows[r:r + 1]),
+                                       0, 1, scale, own=True))
+    together = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, rows), 0, 200, scale, own=True)
     assert torch.equal(together[::23], torch.cat(alone))
 
 

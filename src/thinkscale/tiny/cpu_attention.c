@@ -2,7 +2,7 @@
  * stored into each row's cache, then each row's query against its cached positions 0..pos, in float32.
  *
  * Built and loaded by cpu_kernel.py (the engine's `cpu_kernel` setting). The arithmetic of a row depends on
- * that row's query and cache alone, in a fixed order (no reduction is split by the number of rows or threads),
+ * that row's query and cache alone, in a fixed order (no reduction is split by how many rows there are),
  * so a position's result is the same whatever shares its call: the engine's row-by-row exactness holds with
  * it as with the torch path, each path with its own rounding.
  *
@@ -16,7 +16,6 @@
 #include <immintrin.h>
 #endif
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -259,36 +258,14 @@ static void attend_rows(const Job *job) {
     }
 }
 
-static void *run_job(void *job) {
-    attend_rows((const Job *)job);
-    return NULL;
-}
-
-/* Store rows 0..stores-1, and attend rows 0..rows-1, the rows split among `threads` threads. Where rows
- * share a cache (`own` 0: one sequence's positions), every row stores before any row reads; where each has
- * its own (`own` 1: decode), a row stores just before it reads. Returns 0, or -1 where a thread could not be
- * started (its rows then ran on the caller's thread: the same result). */
-int ts_attend(const void *qkv, const int64_t *pos, const float *cos, const float *sin, const int64_t *where,
-              void *out, int64_t layer, int64_t rows, int64_t stores, int64_t heads, int64_t dim, float scale,
-              int bf16, int own, int threads) {
-    Job base = {qkv, pos, cos, sin, where, out, layer, rows, heads, dim, 0, rows, stores, scale, bf16, own};
-    if (!own) store_rows(&base, 0, stores);
-    if (threads < 1) threads = 1;
-    if (threads > 16) threads = 16;
-    if (threads > rows) threads = (int)(rows > 0 ? rows : 1);
-    Job jobs[16];
-    pthread_t ids[16];
-    int started[16] = {0}, failed = 0;
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = base;
-        jobs[t].first = rows * t / threads;
-        jobs[t].last = rows * (t + 1) / threads;
-    }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
-    attend_rows(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(ids[t], NULL);
-        else { attend_rows(&jobs[t]); failed = 1; }
-    }
-    return failed ? -1 : 0;
+/* Store rows 0..stores-1, and attend rows 0..rows-1. Where rows share a cache (`own` 0: one sequence's
+ * positions), every row stores before any row reads; where each has its own (`own` 1: decode), a row stores
+ * just before it reads. One thread: with torch on two, a second thread here measured no faster (torch's
+ * OpenMP workers keep the other core busy between their matmuls). */
+void ts_attend(const void *qkv, const int64_t *pos, const float *cos, const float *sin, const int64_t *where,
+               void *out, int64_t layer, int64_t rows, int64_t stores, int64_t heads, int64_t dim, float scale,
+               int bf16, int own) {
+    const Job job = {qkv, pos, cos, sin, where, out, layer, rows, heads, dim, 0, rows, stores, scale, bf16, own};
+    if (!own) store_rows(&job, 0, stores);
+    attend_rows(&job);
 }

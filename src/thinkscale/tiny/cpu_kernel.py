@@ -34,7 +34,7 @@ import torch
 
 CHUNK = 32  # cache positions a chunk (the engine's; cpu_attention.c's)
 SOURCE = Path(__file__).with_name("cpu_attention.c")
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared", "-pthread")
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared")
 _failure: list[str] = []
 
 
@@ -87,8 +87,8 @@ def _library() -> ctypes.CDLL | None:
                 os.replace(built, path)
         library = ctypes.CDLL(str(path))
         f = library.ts_attend
-        f.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
-        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float] + [ctypes.c_int] * 2
+        f.restype = None
         return library
     _failure.append("; ".join(errors))
     return None
@@ -152,8 +152,6 @@ def attend(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.T
         raise ValueError(f"a position outside its cache or the rope tables: {pos.tolist()}")
     table = table.contiguous()
     out = torch.empty(A, H * D, dtype=qkv.dtype)
-    threads = min(torch.get_num_threads(), max(1, A // 64))
     _library().ts_attend(qkv.data_ptr(), pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), table.data_ptr(),
-                         out.data_ptr(), layer, A, stores, H, D, scale, int(qkv.dtype == torch.bfloat16), int(own),
-                         threads)
+                         out.data_ptr(), layer, A, stores, H, D, scale, int(qkv.dtype == torch.bfloat16), int(own))
     return out
