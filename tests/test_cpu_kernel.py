@@ -129,6 +129,21 @@ def test_bad_inputs_are_refused():
         cpu_kernel.attend(qkv, pos[:7], cos, sin, table, 0, 8, 1.0)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         cpu_kernel.attend(qkv.double(), pos, cos, sin, table, 0, 8, 1.0)
+    # what the table says of the cache: the call must fit it, or C would write outside it
+    with pytest.raises(ValueError, match="layer 2 does not fit"):
+        cpu_kernel.attend(qkv, pos, cos, sin, table, 2, 8, 1.0)  # the cache has two layers
+    with pytest.raises(ValueError, match="does not fit the cache's table"):
+        cpu_kernel.attend(qkv.bfloat16(), pos, cos, sin, table, 0, 8, 1.0)  # a float32 cache
+    with pytest.raises(ValueError, match="does not fit the cache's table"):
+        cpu_kernel.attend(qkv[:, :, :2].contiguous(), pos, cos, sin, table, 0, 8, 1.0)  # 2 heads of a 4-head cache
+    with pytest.raises(ValueError, match="contiguous float32"):
+        cpu_kernel.attend(qkv, pos, cos.bfloat16(), sin, table, 0, 8, 1.0)
+    with pytest.raises(ValueError, match="position outside"):
+        cpu_kernel.attend(qkv, pos.clamp(max=0) + 2 * CHUNK, cos, sin, table, 0, 8, 1.0)  # past its two chunks
+    with pytest.raises(ValueError, match="rows outside"):
+        cpu_kernel.where(cache, torch.arange(1, 9))
+    with pytest.raises(ValueError, match="last two dimensions"):
+        cpu_kernel.where(cache[..., ::2], torch.arange(8))
 
 
 def test_the_engine_with_the_kernel_draws_the_torch_paths_samples_but_where_two_tokens_nearly_tied(

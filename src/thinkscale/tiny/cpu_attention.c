@@ -9,7 +9,7 @@
  * Layouts (the engine's): qkv (A, 3, H, D), contiguous; a cache chunk is (H, CHUNK * D) per row, its keys
  * transposed (D, CHUNK) and its values (CHUNK, D); `where` gives, per row, the address of its layer-0 keys'
  * chunk 0; in elements, the distance from keys to values, from one chunk to the next and from one layer to
- * the next; and its number of chunks (cpu_kernel.py checks each position against it). Element type: float32, or bfloat16 (stored as uint16: loaded into float32, results rounded
+ * the next; and what cpu_kernel.py checks the call against (chunks, layers, a chunk's size, an element's). Element type: float32, or bfloat16 (stored as uint16: loaded into float32, results rounded
  * to nearest even).
  */
 #ifdef __AVX512F__
@@ -20,6 +20,7 @@
 #include <string.h>
 
 #define CHUNK 32
+#define WHERE 8  /* columns of a row's entry in `where` (cpu_kernel.where) */
 #define LANES 16
 
 typedef struct {
@@ -89,7 +90,7 @@ static void store_rows(const Job *job, int64_t first, int64_t last) {
     const int64_t H = job->heads, D = job->dim;
     float k[D];
     for (int64_t r = first; r < last; r++) {
-        const int64_t p = job->pos[r], *w = job->where + 5 * r;
+        const int64_t p = job->pos[r], *w = job->where + WHERE * r;
         const int64_t base = job->layer * w[3] + (p / CHUNK) * w[2], o = p % CHUNK;
         for (int64_t h = 0; h < H; h++) {
             const int64_t kin = ((r * 3 + 1) * H + h) * D, vin = ((r * 3 + 2) * H + h) * D;
@@ -209,7 +210,7 @@ static void attend_rows(const Job *job) {
     const Values values = PICK(values);
     float q[H * D], acc[H * D];
     for (int64_t r = job->first; r < job->last; r++) {
-        const int64_t p = job->pos[r], n = p + 1, chunks = (n + CHUNK - 1) / CHUNK, *w = job->where + 5 * r;
+        const int64_t p = job->pos[r], n = p + 1, chunks = (n + CHUNK - 1) / CHUNK, *w = job->where + WHERE * r;
         const int64_t span = chunks * CHUNK, layer = job->layer * w[3];
         const char *cache = (const char *)(intptr_t)w[0];
         float s[H * span];

@@ -105,7 +105,7 @@ def available() -> bool:
         return False
     try:
         return _library() is not None
-    except OSError as error:  # the cache folder, or loading the library
+    except (OSError, RuntimeError) as error:  # the cache folder (or no home folder), or loading the library
         _failure.append(str(error))
         return False
 
@@ -117,16 +117,22 @@ def why_unavailable() -> str:
 
 
 def where(kv: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """(len(rows), 5) int64: per row, the address of its layer-0 keys' chunk 0; the distances (elements) from
-    keys to values, chunk to chunk and layer to layer; and how many chunks it has, in a cache (layers, 2,
-    chunks, [rows,] H, CHUNK * D); without `rows` (one sequence's cache), one row. Addresses: `kv` must
-    outlive every use of the table."""
+    """(len(rows), 8) int64: per row, the address of its layer-0 keys' chunk 0; the distances (elements) from
+    keys to values, chunk to chunk and layer to layer; and, for `attend` to check, its chunks, layers, elements
+    of a chunk (H * CHUNK * D) and bytes an element, in a cache (layers, 2, chunks, [rows,] H, CHUNK * D);
+    without `rows` (one sequence's cache), one row. Addresses: `kv` must outlive every use of the table."""
     if kv.device.type != "cpu" or kv.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"the CPU kernel reads float32 or bfloat16 caches on the CPU, got {kv.dtype} on {kv.device}")
-    layout = [kv.stride(1), kv.stride(2), kv.stride(0), kv.shape[2]]
+    if kv.dim() != (5 if rows is None else 6) or kv.stride(-1) != 1 or kv.stride(-2) != kv.shape[-1]:
+        raise ValueError(f"a cache (layers, 2, chunks, [rows,] H, CHUNK * D) with its last two dimensions "
+                         f"contiguous, got shape {tuple(kv.shape)}, strides {kv.stride()}")
+    layout = [kv.stride(1), kv.stride(2), kv.stride(0), kv.shape[2], kv.shape[0], kv.shape[-2] * kv.shape[-1],
+              kv.element_size()]
     if rows is None:
         return torch.tensor([[kv.data_ptr(), *layout]], dtype=torch.int64)
-    table = torch.empty(len(rows), 5, dtype=torch.int64)
+    if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < kv.shape[3]:
+        raise ValueError(f"rows outside the cache's {kv.shape[3]}: {rows.tolist()}")
+    table = torch.empty(len(rows), 8, dtype=torch.int64)
     table[:, 0] = rows.to(torch.int64) * (kv.stride(3) * kv.element_size()) + kv.data_ptr()
     table[:, 1:] = torch.tensor(layout, dtype=torch.int64)
     return table
@@ -147,9 +153,18 @@ def attend(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.T
                          f"shape {tuple(qkv.shape)}, strides {qkv.stride()}")
     if len(pos) != A or len(table) != A or not 0 <= stores <= A:
         raise ValueError(f"{A} rows of qkv, {len(pos)} positions, {len(table)} cache rows, {stores} to store")
+    for t in (cos, sin):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.dim() != 2 or t.shape[1] != D:
+            raise ValueError(f"cos and sin must be contiguous float32 (positions, {D}), got {t.dtype} "
+                             f"{tuple(t.shape)}")
+    if A and not (bool((table[:, 6] == H * CHUNK * D).all()) and bool((table[:, 7] == qkv.element_size()).all())
+                  and 0 <= layer < int(table[:, 5].min())):
+        raise ValueError(f"qkv ({H} heads of {D}, {qkv.dtype}) or layer {layer} does not fit the cache's table")
     pos = pos.to(torch.int64).contiguous()
     if A and (int(pos.min()) < 0 or bool((pos // CHUNK >= table[:, 4]).any()) or int(pos.max()) >= len(cos)):
         raise ValueError(f"a position outside its cache or the rope tables: {pos.tolist()}")
+    if A and H * (int(pos.max()) // CHUNK + 1) * CHUNK > 1 << 16:  # the C side's scores live on its stack
+        raise ValueError(f"{H} heads x {int(pos.max()) + 1} positions: more than the kernel's bound (65,536 scores)")
     table = table.contiguous()
     out = torch.empty(A, H * D, dtype=qkv.dtype)
     _library().ts_attend(qkv.data_ptr(), pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), table.data_ptr(),
