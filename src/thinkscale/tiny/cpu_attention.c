@@ -29,7 +29,7 @@ typedef struct {
     const float *cos, *sin;
     const int64_t *where;
     void *out;
-    int64_t layer, rows, heads, dim, first, last, stores;
+    int64_t layer, rows, heads, dim, stores;
     float scale;
     int bf16, own;  /* own: each row has a cache of its own, so it stores just before it attends */
 } Job;
@@ -209,7 +209,7 @@ static void attend_rows(const Job *job) {
     const Scores scores = PICK(scores);
     const Values values = PICK(values);
     float q[H * D], acc[H * D];
-    for (int64_t r = job->first; r < job->last; r++) {
+    for (int64_t r = 0; r < job->rows; r++) {
         const int64_t p = job->pos[r], n = p + 1, chunks = (n + CHUNK - 1) / CHUNK, *w = job->where + WHERE * r;
         const int64_t span = chunks * CHUNK, layer = job->layer * w[3];
         const char *cache = (const char *)(intptr_t)w[0];
@@ -266,7 +266,7 @@ static void attend_rows(const Job *job) {
 void ts_attend(const void *qkv, const int64_t *pos, const float *cos, const float *sin, const int64_t *where,
                void *out, int64_t layer, int64_t rows, int64_t stores, int64_t heads, int64_t dim, float scale,
                int bf16, int own) {
-    const Job job = {qkv, pos, cos, sin, where, out, layer, rows, heads, dim, 0, rows, stores, scale, bf16, own};
+    const Job job = {qkv, pos, cos, sin, where, out, layer, rows, heads, dim, stores, scale, bf16, own};
     if (!own) store_rows(&job, 0, stores);
     attend_rows(&job);
 }
