@@ -21,18 +21,17 @@ pytestmark = pytest.mark.skipif(not cpu_kernel.available(), reason=f"no CPU kern
 
 def _case(heads: int, dim: int, rows: int, chunks: int, layers: int = 2, dtype=torch.float32, seed: int = 0):
     """A decode cache (layers, 2, chunks, rows, H, CHUNK * D) of random keys and values at each row's positions
-    before its own, NaN after (never to be read), rows' qkv and positions, and the rope tables."""
+    before its own, NaN after (never to be read), rows' qkv and positions, and the rope tables. The kernel's
+    layout: keys position-major, (CHUNK, D) a head, as values."""
     g = torch.Generator().manual_seed(seed)
     pos = torch.randint(0, chunks * CHUNK, (rows,), generator=g)
     pos[:3] = torch.tensor([0, CHUNK - 1, chunks * CHUNK - 1])[: rows]  # the first position, a chunk's last, the end
     cache = torch.randn(layers, 2, chunks, rows, heads, CHUNK * dim, generator=g).to(dtype)
-    keys = cache[:, 0].view(layers, chunks, rows, heads, dim, CHUNK)
-    values = cache[:, 1].view(layers, chunks, rows, heads, CHUNK, dim)
+    both = cache.view(layers, 2, chunks, rows, heads, CHUNK, dim)
     for r, p in enumerate(pos.tolist()):
         for c in range(chunks):
             past = [j for j in range(CHUNK) if c * CHUNK + j >= p]
-            keys[:, c, r, :, :, past] = float("nan")
-            values[:, c, r, :, past] = float("nan")
+            both[:, :, c, r, :, past] = float("nan")
     qkv = torch.randn(rows, 3, heads, dim, generator=g).to(dtype)
     cos, sin = rope_tables(TinyConfig(hidden_size=heads * dim, num_attention_heads=heads), torch.arange(chunks * CHUNK))
     return cache, qkv, pos, cos.float().contiguous(), sin.float().contiguous()
@@ -46,13 +45,13 @@ def _exact(cache, qkv, pos, cos, sin, layer):
     q = apply_rope(x[:, 0], cos.double()[pos][:, None], sin.double()[pos][:, None]) / math.sqrt(D)
     k = apply_rope(x[:, 1], cos.double()[pos][:, None], sin.double()[pos][:, None])
     chunks = cache.shape[2]
-    keys = cache[layer, 0].view(chunks, A, H, D, CHUNK)
+    keys = cache[layer, 0].view(chunks, A, H, CHUNK, D)
     values = cache[layer, 1].view(chunks, A, H, CHUNK, D)
     out = torch.empty(A, H, D, dtype=torch.float64)
     for r, p in enumerate(pos.tolist()):
         c, o = divmod(p, CHUNK)
-        keys[c, r, :, :, o], values[c, r, :, o] = k[r], x[r, 2]
-        K = keys[:, r].permute(1, 0, 3, 2).reshape(H, chunks * CHUNK, D)[:, : p + 1]  # (H, positions, D)
+        keys[c, r, :, o], values[c, r, :, o] = k[r], x[r, 2]
+        K = keys[:, r].permute(1, 0, 2, 3).reshape(H, chunks * CHUNK, D)[:, : p + 1]  # (H, positions, D)
         V = values[:, r].permute(1, 0, 2, 3).reshape(H, chunks * CHUNK, D)[:, : p + 1]
         weights = torch.einsum("hd,hpd->hp", q[r], K).softmax(-1)
         out[r] = torch.einsum("hp,hpd->hd", weights, V)
@@ -85,6 +84,30 @@ def test_a_row_reads_only_its_own_cache_and_its_result_is_the_same_whatever_shar
     assert torch.equal(together[::23], torch.cat(alone))
 
 
+def test_rows_that_read_their_first_positions_from_a_shared_cache_compute_what_their_own_copies_give():
+    """Decode's use of `lead`: each row's prompt read from the prompt's one cache, where its own holds a copy
+    (positions past the lead: NaN in the shared cache, never read); the same bits as reading the copy."""
+    cache, qkv, pos, cos, sin = _case(4, 32, rows=60, chunks=3)
+    rows, scale = torch.arange(60), 1 / math.sqrt(32)
+    lead = torch.randint(0, 1 << 30, (60,), generator=torch.Generator().manual_seed(3)) % (pos + 1)
+    lead[:4] = torch.stack([pos[0], pos[1] * 0, pos[2] // CHUNK * CHUNK, pos[3]])  # all, none, whole chunks, all
+    prompts = []  # one cache a row here (the engine's rows of a prompt share one): its lead positions, NaN after
+    for r in range(60):
+        own = cache[:, :, :, r].clone()
+        by_position = own.view(2, 2, 3, 4, CHUNK, 32)  # (layers, 2, chunks, H, CHUNK, D)
+        for j in range(int(lead[r]), 3 * CHUNK):
+            by_position[:, :, j // CHUNK, :, j % CHUNK] = float("nan")
+        prompts.append(own)
+    table = torch.cat([cpu_kernel.where(p) for p in prompts])
+    plain = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache.clone(), rows), 0, 60, scale, own=True)
+    led = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, rows), 0, 60, scale, own=True,
+                            lead=(table, lead))
+    assert torch.isfinite(led).all() and torch.equal(led, plain)
+    with pytest.raises(ValueError, match="lead counts"):  # a row's lead may not reach the position it stores
+        cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, rows), 0, 60, scale, own=True,
+                          lead=(table, pos + 1))
+
+
 def test_rows_of_one_sequence_store_then_read_its_one_cache():
     """`extend`'s use: consecutive positions of one sequence, every row pointed at the same cache; rows past
     `stores` only read (an idle row)."""
@@ -113,7 +136,7 @@ def test_in_bfloat16_the_kernel_is_nearer_exact_attention_than_bfloat16_matmuls(
     x = qkv
     q = apply_rope(x[:, 0], cos.bfloat16()[pos][:, None], sin.bfloat16()[pos][:, None]) * (1 / math.sqrt(32))
     for r, p in enumerate(pos.tolist()):
-        K = expected_cache[0, 0, :, r].view(4, 4, 32, CHUNK).permute(1, 0, 3, 2).reshape(4, -1, 32)[:, : p + 1]
+        K = expected_cache[0, 0, :, r].view(4, 4, CHUNK, 32).permute(1, 0, 2, 3).reshape(4, -1, 32)[:, : p + 1]
         V = expected_cache[0, 1, :, r].view(4, 4, CHUNK, 32).permute(1, 0, 2, 3).reshape(4, -1, 32)[:, : p + 1]
         w = torch.einsum("hd,hpd->hp", q[r], K.bfloat16()).softmax(-1)
         torch_bf16.append(torch.einsum("hp,hpd->hd", w, V.bfloat16()).reshape(-1))

@@ -87,7 +87,8 @@ def _library() -> ctypes.CDLL | None:
                 os.replace(built, path)
         library = ctypes.CDLL(str(path))
         f = library.ts_attend
-        f.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float] + [ctypes.c_int] * 2
+        f.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float] + [ctypes.c_int] * 2 + [
+            ctypes.c_void_p] * 2
         f.restype = None
         return library
     _failure.append("; ".join(errors))
@@ -139,34 +140,58 @@ def where(kv: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def attend(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table: torch.Tensor,
-           layer: int, stores: int, scale: float, own: bool = False) -> torch.Tensor:
+           layer: int, stores: int, scale: float, own: bool = False,
+           lead: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One layer: rope q and k, store k and v of rows 0..stores-1, and return every row's attention (A, H * D).
 
     qkv (A, 3, H, D) contiguous, float32 or bfloat16 as the cache; pos (A,) int64, each row's position, within
     its cache; cos, sin (positions, D) float32, covering every position; table: `where`'s, a row per row of qkv.
     `own`: no two rows share a cache (decode), so each row stores just before it reads, while the lines it
     wrote are at hand; otherwise (one sequence's positions, `extend`) every row stores before any reads.
+    `lead`: (`where`'s table of another cache per row, counts (A,)): row r reads its first counts[r] positions
+    (at most its position, so never the one it stores) from that cache, which must hold the same keys and
+    values as its own there (decode: the prompt's cache, which the rows of a prompt share and the CPU keeps
+    at hand, where each row's own copy would be read from memory).
+    The keys live in this kernel's layout, position-major as the values (cpu_attention.c), not the torch
+    path's.
     """
     A, _, H, D = qkv.shape
-    if qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous() or D % 2:
-        raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size, got {qkv.dtype}, "
-                         f"shape {tuple(qkv.shape)}, strides {qkv.stride()}")
+    if qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous() or D % 2 or D > 128:
+        raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size of at most 128, got "
+                         f"{qkv.dtype}, shape {tuple(qkv.shape)}, strides {qkv.stride()}")
     if len(pos) != A or len(table) != A or not 0 <= stores <= A:
         raise ValueError(f"{A} rows of qkv, {len(pos)} positions, {len(table)} cache rows, {stores} to store")
     for t in (cos, sin):
         if t.dtype != torch.float32 or not t.is_contiguous() or t.dim() != 2 or t.shape[1] != D:
             raise ValueError(f"cos and sin must be contiguous float32 (positions, {D}), got {t.dtype} "
                              f"{tuple(t.shape)}")
-    if A and not (bool((table[:, 6] == H * CHUNK * D).all()) and bool((table[:, 7] == qkv.element_size()).all())
-                  and 0 <= layer < int(table[:, 5].min())):
-        raise ValueError(f"qkv ({H} heads of {D}, {qkv.dtype}) or layer {layer} does not fit the cache's table")
+    _check_table(table, layer, H, D, qkv)
     pos = pos.to(torch.int64).contiguous()
     if A and (int(pos.min()) < 0 or bool((pos // CHUNK >= table[:, 4]).any()) or int(pos.max()) >= len(cos)):
         raise ValueError(f"a position outside its cache or the rope tables: {pos.tolist()}")
     if A and H * (int(pos.max()) // CHUNK + 1) * CHUNK > 1 << 16:  # the C side's scores live on its stack
         raise ValueError(f"{H} heads x {int(pos.max()) + 1} positions: more than the kernel's bound (65,536 scores)")
+    counts = lead_table = None
+    if lead is not None:
+        lead_table, counts = lead[0].contiguous(), lead[1].to(torch.int64).contiguous()
+        if len(lead_table) != A or len(counts) != A:
+            raise ValueError(f"{A} rows, {len(lead_table)} lead caches and {len(counts)} lead counts")
+        _check_table(lead_table, layer, H, D, qkv)
+        if A and (int(counts.min()) < 0 or bool((counts > pos).any())
+                  or bool((counts > lead_table[:, 4] * CHUNK).any())):
+            raise ValueError(f"lead counts must be within 0..each row's position and its lead cache, got "
+                             f"{counts.tolist()} for positions {pos.tolist()}")
     table = table.contiguous()
     out = torch.empty(A, H * D, dtype=qkv.dtype)
     _library().ts_attend(qkv.data_ptr(), pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), table.data_ptr(),
-                         out.data_ptr(), layer, A, stores, H, D, scale, int(qkv.dtype == torch.bfloat16), int(own))
+                         out.data_ptr(), layer, A, stores, H, D, scale, int(qkv.dtype == torch.bfloat16), int(own),
+                         None if counts is None else counts.data_ptr(),
+                         None if lead_table is None else lead_table.data_ptr())
     return out
+
+
+def _check_table(table: torch.Tensor, layer: int, heads: int, dim: int, qkv: torch.Tensor) -> None:
+    """That every row of a `where` table fits `qkv` (its heads, head size and dtype) and has `layer`."""
+    if len(table) and not (bool((table[:, 6] == heads * CHUNK * dim).all())
+                           and bool((table[:, 7] == qkv.element_size()).all()) and 0 <= layer < int(table[:, 5].min())):
+        raise ValueError(f"qkv ({heads} heads of {dim}, {qkv.dtype}) or layer {layer} does not fit the cache's table")

@@ -126,10 +126,12 @@ GAP_ROWS = 16  # rows that do not reach a chunk, between two runs that do, read 
 class Fused:
     """`_rows`' attention by the CPU kernel: each row's cache (`cpu_kernel.where`'s table), and how many of
     the rows, from the first, store their keys and values (the rest only read: `extend`'s idle rows); `own`:
-    each row has a cache of its own (decode), none shared with another row."""
+    each row has a cache of its own (decode), none shared with another row; `lead`: where each row's first
+    positions are read from instead (`cpu_kernel.attend`'s: decode reads its prompt's cache)."""
     table: torch.Tensor
     stores: int
     own: bool = False
+    lead: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -256,9 +258,21 @@ class Engine:
         self.triton_attention = False
         # on a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py): another
         # rounding than the torch path's, so off by default; `_fused` says whether it is in use
-        self.cpu_kernel = cpu_kernel_default() if cpu_kernel is None else cpu_kernel
+        self._cpu_kernel = cpu_kernel_default() if cpu_kernel is None else cpu_kernel
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, attention) -> a step
         self.reload_weights()
+
+    @property
+    def cpu_kernel(self) -> bool:
+        """On a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py)."""
+        return self._cpu_kernel
+
+    @cpu_kernel.setter
+    def cpu_kernel(self, on: bool) -> None:
+        """The kernel keeps its keys in a layout of its own (`_keys`): a change empties the prefix cache."""
+        if on != self._cpu_kernel and self.prefix_cache is not None:
+            self.prefix_cache = PrefixCache(self.prefix_cache.max_bytes)
+        self._cpu_kernel = on
 
     def reload_weights(self) -> None:
         """Read the model's weights again, after training changed them in place.
@@ -311,13 +325,27 @@ class Engine:
     # the rows of a prefix read 1.55x the row-chunks needed (1.20x in runs; 64
     # arithmetic prompts x 64 samples). Re-sorting decode rows by position now
     # and then measured no faster: the copy eats the gain.
+    # With the CPU kernel the keys are position-major, (CHUNK, D) as the values:
+    # a row then reads only the cache lines of its own positions, and decode
+    # reads a prompt's positions from the prompt's one cache (`Fused.lead`).
+    # Only the kernel reads and writes keys then (`_zero_from` aside).
     def _keys(self, kv: torch.Tensor) -> torch.Tensor:
-        """The keys of one layer's (2, chunks, [rows,] H, CHUNK * D) cache as (chunks, [rows,] H, D, CHUNK)."""
+        """The keys of one layer's (2, chunks, [rows,] H, CHUNK * D) cache as (chunks, [rows,] H, D, CHUNK) (the
+        torch path's layout)."""
         return kv[0].view(*kv.shape[1:-1], self.config.head_dim, CHUNK)
 
     def _values(self, kv: torch.Tensor) -> torch.Tensor:
         """The values of such a cache as (chunks, [rows,] H, CHUNK, D)."""
         return kv[1].view(*kv.shape[1:-1], CHUNK, self.config.head_dim)
+
+    def _zero_from(self, kv: torch.Tensor, chunk: int, offset: int) -> None:
+        """Zero positions `offset`.. of chunk `chunk` of one layer's one-sequence cache (2, chunks, H, CHUNK * D),
+        in the layout of the path in use."""
+        if self._fused():
+            kv[:, chunk].view(2, kv.shape[2], CHUNK, self.config.head_dim)[:, :, offset:] = 0
+        else:
+            self._keys(kv)[chunk, :, :, offset:] = 0
+            self._values(kv)[chunk, :, offset:] = 0
 
     def _plan(self, pos: torch.Tensor) -> list[tuple[int, int, int, torch.Tensor]]:
         """Which rows read which chunk: (chunk, start, stop, additive mask of rows start..stop-1), chunk by chunk.
@@ -369,7 +397,7 @@ class Engine:
             qkv = qkv.view(A, 3, H, D)
             if fused:
                 y = cpu_kernel.attend(qkv, pos, self.cos32, self.sin32, attend.table, i, attend.stores, scale,
-                                      attend.own)
+                                      attend.own, attend.lead)
             else:
                 q, k = apply_rope(qkv[:, :2], cos[:, None], sin[:, None]).unbind(1)  # each (A, H, D); one pass
                 v = qkv[:, 2]
@@ -450,9 +478,8 @@ class Engine:
                 buf[:, :, :have] = kv[:, :, :have]
                 if start % CHUNK and have == -(-start // CHUNK):  # past `start`, the last known chunk holds what
                     # another continuation left (a prefix cache's entry): zeros, as a sequence computed whole has
-                    by_kind = buf.transpose(0, 1)  # (2, layers, chunks, ...): the keys and values of every layer
-                    self._keys(by_kind)[:, have - 1, :, :, start % CHUNK:] = 0
-                    self._values(by_kind)[:, have - 1, :, start % CHUNK:] = 0
+                    for layer in buf:
+                        self._zero_from(layer, have - 1, start % CHUNK)
             own.append(buf)
         logits = [torch.empty(len(tokens), c.vocab_size, device=dev) for _, _, tokens in items]
         # Rows in order (item, position), cut into passes of at most EXTEND_ROWS: a pass sees the
@@ -467,8 +494,7 @@ class Engine:
             chunk, offset = divmod(position, CHUNK)
             if s == same and offset:
                 for layer in own[s]:  # the chunk's positions from `offset` on; the earlier ones are written
-                    self._keys(layer)[chunk, :, :, offset:] = 0
-                    self._values(layer)[chunk, :, offset:] = 0
+                    self._zero_from(layer, chunk, offset)
         for first in range(0, len(flat), EXTEND_ROWS):
             part = sorted(flat[first:first + EXTEND_ROWS], key=lambda r: (r[0], -r[1]))  # by item, longest first
             width = max(len(part), MIN_ROWS)  # rows past the real ones (position 0) are computed and ignored
@@ -583,15 +609,16 @@ class Engine:
 
     # -- one decode step over the active rows ---------------------------------
     def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
-                attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                ) -> torch.Tensor:
+                attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                lead: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab).
 
         `attention(q, keys, values)` over one layer's whole cache (`_keys`, `_values`); default `_attend` by
-        `_plan`'s chunks, which waits for the device to say which rows reach which."""
+        `_plan`'s chunks, which waits for the device to say which rows reach which. `lead`: with the CPU
+        kernel, where each row's prompt is read from (`Fused.lead`)."""
         rows = torch.arange(tokens.shape[0], device=self.device)
         if attention is None and self._fused():
-            return self._rows(tokens, pos, Fused(cpu_kernel.where(cache, rows), len(rows), own=True))
+            return self._rows(tokens, pos, Fused(cpu_kernel.where(cache, rows), len(rows), own=True, lead=lead))
         chunk_of, offset = pos // CHUNK, pos % CHUNK
         if attention is None:
             plan = self._plan(pos)
@@ -836,6 +863,8 @@ class Engine:
                 kvs.append(known[i][1])
                 lasts.append(known[i][2])
         prompt_cached = [start for start, _, _ in known]
+        # With the CPU kernel, decode reads each row's prompt from the prompt's one cache (`Fused.lead`)
+        prompt_where = torch.cat([cpu_kernel.where(kv) for kv in kvs]) if self._fused() else None
         prompt_chunks = [-(-len(p) // CHUNK) for p in prompts]
         prompt_logits = torch.stack(lasts)
         prompt_len = torch.tensor([len(p) for p in prompts], device=dev)
@@ -1050,7 +1079,13 @@ class Engine:
             width = max(A, MIN_ROWS)  # rows past A are idle slots, computed and ignored
             pos = row_pos[:width].clone()
             pos[A:] = 0  # an idle slot writes at its own position 0, rewritten on admission
-            logits = self._decode(cache, row_tok[:width], pos)[:A]
+            lead = None
+            if prompt_where is not None:
+                prompt = req_prompt[row_req[:width]]
+                counts = prompt_len[prompt]
+                counts[A:] = 0  # an idle slot reads its own position 0
+                lead = (prompt_where[prompt], counts)
+            logits = self._decode(cache, row_tok[:width], pos, lead=lead)[:A]
             row_pos[:A] += 1
             take_token(active, logits)
         return results  # type: ignore[return-value]
