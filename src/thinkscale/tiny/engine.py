@@ -91,6 +91,9 @@ rounds otherwise than torch, so a sample can differ from the torch path's
 where two tokens nearly tied. Off by default for that reason alone: the
 figures in the docs were measured with the torch path. Where it cannot be
 built (no C compiler), asking for it warns once and the torch path runs.
+With it, the cache keeps its keys position-major, as its values (`_keys`),
+and decode reads each row's prompt from the prompt's one cache, which the
+rows of a prompt share (`Fused.lead`), not from the row's own copy.
 """
 
 from __future__ import annotations
