@@ -99,7 +99,8 @@ def test_rows_that_read_their_first_positions_from_a_shared_cache_compute_what_t
             by_position[:, :, j // CHUNK, :, j % CHUNK] = float("nan")
         prompts.append(own)
     table = torch.cat([cpu_kernel.where(p) for p in prompts])
-    plain = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache.clone(), rows), 0, 60, scale, own=True)
+    copy = cache.clone()  # alive while the kernel writes into it: a table holds addresses, not tensors
+    plain = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(copy, rows), 0, 60, scale, own=True)
     led = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, rows), 0, 60, scale, own=True,
                             lead=(table, lead))
     assert torch.isfinite(led).all() and torch.equal(led, plain)

@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -121,7 +122,8 @@ def where(kv: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """(len(rows), 8) int64: per row, the address of its layer-0 keys' chunk 0; the distances (elements) from
     keys to values, chunk to chunk and layer to layer; and, for `attend` to check, its chunks, layers, elements
     of a chunk (H * CHUNK * D) and bytes an element, in a cache (layers, 2, chunks, [rows,] H, CHUNK * D);
-    without `rows` (one sequence's cache), one row. Addresses: `kv` must outlive every use of the table."""
+    without `rows` (one sequence's cache), one row. Addresses: `kv` must outlive every use of the table (the
+    table keeps it alive, but not what is made from the table: a slice, a copy, a concatenation)."""
     if kv.device.type != "cpu" or kv.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"the CPU kernel reads float32 or bfloat16 caches on the CPU, got {kv.dtype} on {kv.device}")
     if kv.dim() != (5 if rows is None else 6) or kv.stride(-1) != 1 or kv.stride(-2) != kv.shape[-1]:
@@ -130,68 +132,106 @@ def where(kv: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     layout = [kv.stride(1), kv.stride(2), kv.stride(0), kv.shape[2], kv.shape[0], kv.shape[-2] * kv.shape[-1],
               kv.element_size()]
     if rows is None:
-        return torch.tensor([[kv.data_ptr(), *layout]], dtype=torch.int64)
-    if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < kv.shape[3]:
-        raise ValueError(f"rows outside the cache's {kv.shape[3]}: {rows.tolist()}")
-    table = torch.empty(len(rows), 8, dtype=torch.int64)
-    table[:, 0] = rows.to(torch.int64) * (kv.stride(3) * kv.element_size()) + kv.data_ptr()
-    table[:, 1:] = torch.tensor(layout, dtype=torch.int64)
+        table = torch.tensor([[kv.data_ptr(), *layout]], dtype=torch.int64)
+    else:
+        if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < kv.shape[3]:
+            raise ValueError(f"rows outside the cache's {kv.shape[3]}: {rows.tolist()}")
+        table = torch.empty(len(rows), 8, dtype=torch.int64)
+        table[:, 0] = rows.to(torch.int64) * (kv.stride(3) * kv.element_size()) + kv.data_ptr()
+        table[:, 1:] = torch.tensor(layout, dtype=torch.int64)
+    table.cache = kv  # the cache lives as long as this table (`where(cache.clone())` passed on at once)
     return table
 
 
-def attend(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table: torch.Tensor,
-           layer: int, stores: int, scale: float, own: bool = False,
-           lead: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """One layer: rope q and k, store k and v of rows 0..stores-1, and return every row's attention (A, H * D).
+@dataclass(frozen=True)
+class Rows:
+    """A call's rows, checked once for every layer's call (`prepare`): their positions, caches (`where`'s table)
+    and lead caches, and what the checks found, for `run` to hold each layer's qkv to."""
+    pos: torch.Tensor  # (A,) int64, contiguous
+    table: torch.Tensor  # (A, 8) int64, contiguous
+    stores: int
+    own: bool
+    lead_table: torch.Tensor | None
+    lead_counts: torch.Tensor | None
+    layers: int  # the fewest layers of any row's cache
+    chunk: int  # elements of a chunk (H * CHUNK * D), the same in every cache
+    item: int  # bytes an element
+    top: int  # the highest position
 
-    qkv (A, 3, H, D) contiguous, float32 or bfloat16 as the cache; pos (A,) int64, each row's position, within
-    its cache; cos, sin (positions, D) float32, covering every position; table: `where`'s, a row per row of qkv.
-    `own`: no two rows share a cache (decode), so each row stores just before it reads, while the lines it
-    wrote are at hand; otherwise (one sequence's positions, `extend`) every row stores before any reads.
-    `lead`: (`where`'s table of another cache per row, counts (A,)): row r reads its first counts[r] positions
-    (at most its position, so never the one it stores) from that cache, which must hold the same keys and
-    values as its own there (decode: the prompt's cache, which the rows of a prompt share and the CPU keeps
-    at hand, where each row's own copy would be read from memory).
-    The keys live in this kernel's layout, position-major as the values (cpu_attention.c), not the torch
-    path's.
+
+def prepare(pos: torch.Tensor, table: torch.Tensor, stores: int, own: bool = False,
+            lead: tuple[torch.Tensor, torch.Tensor] | None = None) -> Rows:
+    """Check a call's rows against their caches, once for all the layers' calls (`run`).
+
+    pos (A,): each row's position, within its cache; table: `where`'s, a row per position. `stores`: rows
+    0..stores-1 store their keys and values (the rest only read). `own`: no two rows share a cache
+    (decode), so each row stores just before it reads, while the lines it wrote are at hand; otherwise (one
+    sequence's positions, `extend`) every row stores before any reads. `lead`: (`where`'s table of another
+    cache per row, counts (A,)): row r reads its first counts[r] positions (at most its position, so never
+    the one it stores) from that cache, which must hold the same keys and values as its own there (decode:
+    the prompt's cache, which the rows of a prompt share and the CPU keeps at hand, where each row's own
+    copy would be read from memory).
     """
-    A, _, H, D = qkv.shape
-    if qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous() or D % 2 or D > 128:
-        raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size of at most 128, got "
-                         f"{qkv.dtype}, shape {tuple(qkv.shape)}, strides {qkv.stride()}")
-    if len(pos) != A or len(table) != A or not 0 <= stores <= A:
-        raise ValueError(f"{A} rows of qkv, {len(pos)} positions, {len(table)} cache rows, {stores} to store")
-    for t in (cos, sin):
-        if t.dtype != torch.float32 or not t.is_contiguous() or t.dim() != 2 or t.shape[1] != D:
-            raise ValueError(f"cos and sin must be contiguous float32 (positions, {D}), got {t.dtype} "
-                             f"{tuple(t.shape)}")
-    _check_table(table, layer, H, D, qkv)
-    pos = pos.to(torch.int64).contiguous()
-    if A and (int(pos.min()) < 0 or bool((pos // CHUNK >= table[:, 4]).any()) or int(pos.max()) >= len(cos)):
-        raise ValueError(f"a position outside its cache or the rope tables: {pos.tolist()}")
-    if A and H * (int(pos.max()) // CHUNK + 1) * CHUNK > 1 << 16:  # the C side's scores live on its stack
-        raise ValueError(f"{H} heads x {int(pos.max()) + 1} positions: more than the kernel's bound (65,536 scores)")
+    A = len(pos)
+    if len(table) != A or not 0 <= stores <= A:
+        raise ValueError(f"{A} positions, {len(table)} cache rows, {stores} to store")
+    pos, table = pos.to(torch.int64).contiguous(), table.contiguous()
+    tables = [table]
     counts = lead_table = None
     if lead is not None:
         lead_table, counts = lead[0].contiguous(), lead[1].to(torch.int64).contiguous()
         if len(lead_table) != A or len(counts) != A:
             raise ValueError(f"{A} rows, {len(lead_table)} lead caches and {len(counts)} lead counts")
-        _check_table(lead_table, layer, H, D, qkv)
-        if A and (int(counts.min()) < 0 or bool((counts > pos).any())
-                  or bool((counts > lead_table[:, 4] * CHUNK).any())):
-            raise ValueError(f"lead counts must be within 0..each row's position and its lead cache, got "
-                             f"{counts.tolist()} for positions {pos.tolist()}")
-    table = table.contiguous()
+        tables.append(lead_table)
+    if not A:
+        return Rows(pos, table, stores, own, lead_table, counts, 0, 0, 0, -1)
+    both = torch.cat(tables)
+    chunk, item = int(both[0, 6]), int(both[0, 7])
+    if not (bool((both[:, 6] == chunk).all()) and bool((both[:, 7] == item).all())):
+        raise ValueError("the caches of one call must have chunks of one size and elements of one type")
+    if int(pos.min()) < 0 or bool((pos // CHUNK >= table[:, 4]).any()):
+        raise ValueError(f"a position outside its cache: {pos.tolist()}")
+    if counts is not None and (int(counts.min()) < 0 or bool((counts > pos).any())
+                               or bool((counts > lead_table[:, 4] * CHUNK).any())):
+        raise ValueError(f"lead counts must be within 0..each row's position and its lead cache, got "
+                         f"{counts.tolist()} for positions {pos.tolist()}")
+    return Rows(pos, table, stores, own, lead_table, counts, int(both[:, 5].min()), chunk, item, int(pos.max()))
+
+
+def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, layer: int, scale: float
+        ) -> torch.Tensor:
+    """One layer: rope q and k, store k and v of the rows that store, and return every row's attention
+    (A, H * D). qkv (A, 3, H, D) contiguous, float32 or bfloat16 as the caches; cos, sin (positions, D)
+    float32, covering every position; `rows`: `prepare`'s. The keys live in this kernel's layout,
+    position-major as the values (cpu_attention.c), not the torch path's."""
+    A, _, H, D = qkv.shape
+    if qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous() or D % 2 or D > 128:
+        raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size of at most 128, got "
+                         f"{qkv.dtype}, shape {tuple(qkv.shape)}, strides {qkv.stride()}")
+    if A != len(rows.pos):
+        raise ValueError(f"{A} rows of qkv, {len(rows.pos)} positions")
+    for t in (cos, sin):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.dim() != 2 or t.shape[1] != D:
+            raise ValueError(f"cos and sin must be contiguous float32 (positions, {D}), got {t.dtype} "
+                             f"{tuple(t.shape)}")
+    if A and not (rows.chunk == H * CHUNK * D and rows.item == qkv.element_size() and 0 <= layer < rows.layers):
+        raise ValueError(f"qkv ({H} heads of {D}, {qkv.dtype}) or layer {layer} does not fit the cache's table")
+    if rows.top >= len(cos):
+        raise ValueError(f"a position outside the rope tables: {rows.top}")
+    if H * (rows.top // CHUNK + 1) * CHUNK > 1 << 16:  # the C side's scores live on its stack
+        raise ValueError(f"{H} heads x {rows.top + 1} positions: more than the kernel's bound (65,536 scores)")
     out = torch.empty(A, H * D, dtype=qkv.dtype)
-    _library().ts_attend(qkv.data_ptr(), pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), table.data_ptr(),
-                         out.data_ptr(), layer, A, stores, H, D, scale, int(qkv.dtype == torch.bfloat16), int(own),
-                         None if counts is None else counts.data_ptr(),
-                         None if lead_table is None else lead_table.data_ptr())
+    _library().ts_attend(qkv.data_ptr(), rows.pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows.table.data_ptr(),
+                         out.data_ptr(), layer, A, rows.stores, H, D, scale, int(qkv.dtype == torch.bfloat16),
+                         int(rows.own), None if rows.lead_counts is None else rows.lead_counts.data_ptr(),
+                         None if rows.lead_table is None else rows.lead_table.data_ptr())
     return out
 
 
-def _check_table(table: torch.Tensor, layer: int, heads: int, dim: int, qkv: torch.Tensor) -> None:
-    """That every row of a `where` table fits `qkv` (its heads, head size and dtype) and has `layer`."""
-    if len(table) and not (bool((table[:, 6] == heads * CHUNK * dim).all())
-                           and bool((table[:, 7] == qkv.element_size()).all()) and 0 <= layer < int(table[:, 5].min())):
-        raise ValueError(f"qkv ({heads} heads of {dim}, {qkv.dtype}) or layer {layer} does not fit the cache's table")
+def attend(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table: torch.Tensor,
+           layer: int, stores: int, scale: float, own: bool = False,
+           lead: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """`run` of one layer on `prepare`'s rows: the two in one call (the engine prepares once a step)."""
+    if len(pos) != qkv.shape[0]:
+        raise ValueError(f"{qkv.shape[0]} rows of qkv, {len(pos)} positions")
+    return run(qkv, cos, sin, prepare(pos, table, stores, own, lead), layer, scale)

@@ -391,7 +391,9 @@ class Engine:
         c = self.config
         A, H, D = tokens.shape[0], c.num_attention_heads, c.head_dim
         fused = isinstance(attend, Fused)
-        if not fused:
+        if fused:  # checked once for the layers' calls
+            rows = cpu_kernel.prepare(pos, attend.table, attend.stores, attend.own, attend.lead)
+        else:
             cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
         scale = 1.0 / math.sqrt(D)
         x = self.embed[tokens]  # (A, h)
@@ -399,8 +401,7 @@ class Engine:
             qkv = self._rms(x, self.norm1[i]).to(self.dtype) @ self.w_qkv[i]  # (A, 3h)
             qkv = qkv.view(A, 3, H, D)
             if fused:
-                y = cpu_kernel.attend(qkv, pos, self.cos32, self.sin32, attend.table, i, attend.stores, scale,
-                                      attend.own, attend.lead)
+                y = cpu_kernel.run(qkv, self.cos32, self.sin32, rows, i, scale)
             else:
                 q, k = apply_rope(qkv[:, :2], cos[:, None], sin[:, None]).unbind(1)  # each (A, H, D); one pass
                 v = qkv[:, 2]
