@@ -130,7 +130,7 @@ class Fused:
     """`_rows`' attention by the CPU kernel: each row's cache (`cpu_kernel.where`'s table), and how many of
     the rows, from the first, store their keys and values (the rest only read: `extend`'s idle rows); `own`:
     each row has a cache of its own (decode), none shared with another row; `lead`: where each row's first
-    positions are read from instead (`cpu_kernel.attend`'s: decode reads its prompt's cache)."""
+    positions are read from instead (`cpu_kernel.prepare`'s: decode reads its prompt's cache)."""
     table: torch.Tensor
     stores: int
     own: bool = False
