@@ -168,6 +168,48 @@ def test_bad_inputs_are_refused():
         cpu_kernel.where(cache, torch.arange(1, 9))
     with pytest.raises(ValueError, match="last two dimensions"):
         cpu_kernel.where(cache[..., ::2], torch.arange(8))
+    with pytest.raises(ValueError, match="last two dimensions"):  # keys without values
+        cpu_kernel.where(cache[:, :1, :, 0].contiguous())
+    with pytest.raises(ValueError, match="on the CPU"):
+        cpu_kernel.attend(qkv.to("meta"), pos, cos, sin, table, 0, 8, 1.0)
+    with pytest.raises(ValueError, match="integers on the CPU"):
+        cpu_kernel.attend(qkv, pos.float(), cos, sin, table, 0, 8, 1.0)
+    with pytest.raises(ValueError, match="head size of at most 128"):
+        cpu_kernel.attend(torch.zeros(8, 3, 1, 256), pos, cos, sin, table, 0, 8, 1.0)
+
+
+def test_checked_rows_keep_what_was_checked_and_the_caches_they_read():
+    """`prepare`'s rows are copies (a caller's later change is not handed to C unchecked), and they keep the
+    caches their tables point into alive, an expanded view of a `where` table included (from review)."""
+    import gc
+    import weakref
+
+    cache, qkv, pos, cos, sin = _case(4, 32, rows=8, chunks=2)
+    expected = cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache.clone(), torch.arange(8)), 0, 8, 0.25,
+                                 own=True)
+    given = pos.clone()
+    rows = cpu_kernel.prepare(given, cpu_kernel.where(cache, torch.arange(8)), 8, own=True)
+    given += 1000  # past every cache: had it reached C, it would write outside the tensor
+    assert torch.equal(cpu_kernel.run(qkv, cos, sin, rows, 0, 0.25), expected)
+    one = torch.zeros(1, 2, 1, 4, CHUNK * 32)
+    alive = weakref.ref(one)
+    rows = cpu_kernel.prepare(torch.arange(4), cpu_kernel.where(one).expand(4, -1), 4)
+    del one
+    gc.collect()
+    assert alive() is not None  # kept by `rows`
+    assert torch.isfinite(cpu_kernel.run(torch.randn(4, 3, 4, 32), cos, sin, rows, 0, 0.25)).all()
+
+
+def test_a_model_outside_the_kernels_bounds_runs_the_torch_path_with_a_warning():
+    from thinkscale.tiny.model import TinyLlama
+
+    model = TinyLlama(TinyConfig(hidden_size=512, num_attention_heads=2, num_hidden_layers=1))  # heads of 256
+    engine = Engine(model, cpu_kernel=True)
+    reqs = [SampleRequest((1, 5, 6), n=2, params=SamplingParams(max_tokens=5, seed=1))]
+    with pytest.warns(RuntimeWarning, match="outside the CPU kernel's bounds"):
+        drawn = engine.generate(reqs)
+    assert not engine.cpu_kernel
+    assert drawn == Engine(model, cpu_kernel=False).generate(reqs)
 
 
 def test_the_engine_with_the_kernel_draws_the_torch_paths_samples_but_where_two_tokens_nearly_tied(

@@ -352,8 +352,7 @@ def test_extend_over_several_passes_never_reads_memory_nobody_wrote(arithmetic_c
     assert known
     for kv, _, _ in known:
         for layer in kv:  # in the layout of the engine's path (the CPU kernel keeps its keys as its values)
-            engine._zero_from(layer, 1, 40 % engine_module.CHUNK)
-            layer[:, 1][layer[:, 1] == 0] = float("nan")
+            engine._clear_from(layer, 1, 40 % engine_module.CHUNK, float("nan"))
     for (kv, logits), (kv_whole, logits_whole) in zip(engine.extend(known), [w for w, (_, _, t) in zip(whole, paths)
                                                                              if len(t) > 56]):
         assert torch.equal(logits, logits_whole[40:]) and torch.equal(kv, kv_whole)

@@ -152,8 +152,17 @@ static inline v16 load_bf16(const void *p) {  /* 16 bfloat16 as float32: each on
 /* The lane sums of 16 vectors, sums[i] = the sum of x[i]'s 16 lanes, by halving: lanes l and l + 8 added,
  * then l and l + 4, l and l + 2, l and l + 1, for every vector alike, so a sum does not depend on which of
  * the 16 places its vector took (or on what the other places held). */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define HAVE_SHUFFLEVECTOR 1
+#endif
+#endif
 static inline v16 lane_sums(const v16 x[16]) {
+#if defined(HAVE_SHUFFLEVECTOR) && !defined(TS_NO_SHUFFLEVECTOR)
 #define HALVES(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
+#else /* GCC before 12: its own builtin, the lanes given as a vector */
+#define HALVES(a, b, ...) (__builtin_shuffle(a, b, (u16x32){__VA_ARGS__}))
+#endif
     v16 t[8], u[4], w[2];
     for (int i = 0; i < 8; i++)
         t[i] = HALVES(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
@@ -261,16 +270,15 @@ static inline int64_t run_end(int64_t j, int64_t n, int64_t lead) {
     return stop;
 }
 
-/* Ask the CPU for the cache lines row r will read (its keys and values, each head, each position), so that
+/* Ask the CPU for the cache lines row r will read from its own cache (its keys and values past its lead, each
+ * head), so that
  * they arrive while the row before it computes: its positions lie in short runs in memory, too short for the
  * CPU's own prefetchers, which wait for a run before they fetch ahead. */
 static void prefetch_row(const Job *job, int64_t r) {
     const int64_t D = job->dim, item = job->bf16 ? 2 : 4, bytes = D * item, n = job->pos[r] + 1;
     const int64_t lead = job->lead ? job->lead[r] : 0, *w = job->where + WHERE * r;
-    const int64_t *lw = job->lead ? job->lead_where + WHERE * r : w;
-    (void)lw;
     for (int64_t h = 0; h < job->heads; h++)
-        for (int64_t j = lead, stop; j < n; j = stop) {  /* a prompt's cache: at hand, the rows of a prompt share it */
+        for (int64_t j = lead, stop; j < n; j = stop) {  /* not the lead: the rows of a prompt share it, at hand */
             stop = run_end(j, n, lead);
             const char *keys = at(w, job->layer, h, j, D, item), *values = keys + w[1] * item;
             for (int64_t b = 0; b < (stop - j) * bytes; b += 64) {

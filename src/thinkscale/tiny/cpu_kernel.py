@@ -34,6 +34,9 @@ from pathlib import Path
 import torch
 
 CHUNK = 32  # cache positions a chunk (the engine's; cpu_attention.c's)
+MAX_DIM = 128  # the largest head size (cpu_attention.c's MAX_DV: its accumulators hold 128 floats)
+MAX_HEADS = 128  # the most heads (their queries live on the C side's stack: 64 KB at most)
+MAX_SCORES = 1 << 16  # heads x positions a row's scores (on the C side's stack: 256 KB)
 SOURCE = Path(__file__).with_name("cpu_attention.c")
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared")
 _failure: list[str] = []
@@ -120,13 +123,14 @@ def why_unavailable() -> str:
 
 def where(kv: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """(len(rows), 8) int64: per row, the address of its layer-0 keys' chunk 0; the distances (elements) from
-    keys to values, chunk to chunk and layer to layer; and, for `attend` to check, its chunks, layers, elements
+    keys to values, chunk to chunk and layer to layer; and, for `prepare` to check, its chunks, layers, elements
     of a chunk (H * CHUNK * D) and bytes an element, in a cache (layers, 2, chunks, [rows,] H, CHUNK * D);
     without `rows` (one sequence's cache), one row. Addresses: `kv` must outlive every use of the table (the
     table keeps it alive, but not what is made from the table: a slice, a copy, a concatenation)."""
     if kv.device.type != "cpu" or kv.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"the CPU kernel reads float32 or bfloat16 caches on the CPU, got {kv.dtype} on {kv.device}")
-    if kv.dim() != (5 if rows is None else 6) or kv.stride(-1) != 1 or kv.stride(-2) != kv.shape[-1]:
+    if kv.dim() != (5 if rows is None else 6) or kv.shape[1] != 2 or kv.stride(-1) != 1 \
+            or kv.stride(-2) != kv.shape[-1]:
         raise ValueError(f"a cache (layers, 2, chunks, [rows,] H, CHUNK * D) with its last two dimensions "
                          f"contiguous, got shape {tuple(kv.shape)}, strides {kv.stride()}")
     layout = [kv.stride(1), kv.stride(2), kv.stride(0), kv.shape[2], kv.shape[0], kv.shape[-2] * kv.shape[-1],
@@ -157,6 +161,7 @@ class Rows:
     chunk: int  # elements of a chunk (H * CHUNK * D), the same in every cache
     item: int  # bytes an element
     top: int  # the highest position
+    keep: tuple = ()  # the tables given (a view keeps its base, and `where`'s table its cache): alive with these
 
 
 def prepare(pos: torch.Tensor, table: torch.Tensor, stores: int, own: bool = False,
@@ -173,18 +178,27 @@ def prepare(pos: torch.Tensor, table: torch.Tensor, stores: int, own: bool = Fal
     copy would be read from memory).
     """
     A = len(pos)
+    given = (table,) if lead is None else (table, *lead)
+    for t in (pos, *given):
+        if t.device.type != "cpu" or t.dtype.is_floating_point or t.is_complex():
+            raise ValueError(f"positions, tables and lead counts must be integers on the CPU, got {t.dtype} on "
+                             f"{t.device}")
     if len(table) != A or not 0 <= stores <= A:
         raise ValueError(f"{A} positions, {len(table)} cache rows, {stores} to store")
-    pos, table = pos.to(torch.int64).contiguous(), table.contiguous()
+    # copies: what is checked here is what `run` hands the C side, whatever the caller changes later
+    pos, table = pos.to(torch.int64, copy=True).contiguous(), table.to(torch.int64, copy=True).contiguous()
     tables = [table]
     counts = lead_table = None
     if lead is not None:
-        lead_table, counts = lead[0].contiguous(), lead[1].to(torch.int64).contiguous()
+        lead_table, counts = lead[0].to(torch.int64, copy=True).contiguous(), lead[1].to(
+            torch.int64, copy=True).contiguous()
         if len(lead_table) != A or len(counts) != A:
             raise ValueError(f"{A} rows, {len(lead_table)} lead caches and {len(counts)} lead counts")
         tables.append(lead_table)
+    if any(t.dim() != 2 or t.shape[1] != 8 for t in tables):
+        raise ValueError("tables must be `where`'s: (rows, 8)")
     if not A:
-        return Rows(pos, table, stores, own, lead_table, counts, 0, 0, 0, -1)
+        return Rows(pos, table, stores, own, lead_table, counts, 0, 0, 0, -1, given)
     both = torch.cat(tables)
     chunk, item = int(both[0, 6]), int(both[0, 7])
     if not (bool((both[:, 6] == chunk).all()) and bool((both[:, 7] == item).all())):
@@ -195,7 +209,8 @@ def prepare(pos: torch.Tensor, table: torch.Tensor, stores: int, own: bool = Fal
                                or bool((counts > lead_table[:, 4] * CHUNK).any())):
         raise ValueError(f"lead counts must be within 0..each row's position and its lead cache, got "
                          f"{counts.tolist()} for positions {pos.tolist()}")
-    return Rows(pos, table, stores, own, lead_table, counts, int(both[:, 5].min()), chunk, item, int(pos.max()))
+    return Rows(pos, table, stores, own, lead_table, counts, int(both[:, 5].min()), chunk, item, int(pos.max()),
+                given)
 
 
 def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, layer: int, scale: float
@@ -205,9 +220,12 @@ def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, lay
     float32, covering every position; `rows`: `prepare`'s. The keys live in this kernel's layout,
     position-major as the values (cpu_attention.c), not the torch path's."""
     A, _, H, D = qkv.shape
-    if qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous() or D % 2 or D > 128:
-        raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size of at most 128, got "
-                         f"{qkv.dtype}, shape {tuple(qkv.shape)}, strides {qkv.stride()}")
+    if not fits(H, D) or qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous():
+        raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size of at most {MAX_DIM} "
+                         f"and at most {MAX_HEADS} heads, got {qkv.dtype}, shape {tuple(qkv.shape)}, strides "
+                         f"{qkv.stride()}")
+    if any(t.device.type != "cpu" for t in (qkv, cos, sin)):
+        raise ValueError(f"qkv, cos and sin must be on the CPU, got {qkv.device}, {cos.device}, {sin.device}")
     if A != len(rows.pos):
         raise ValueError(f"{A} rows of qkv, {len(rows.pos)} positions")
     for t in (cos, sin):
@@ -218,14 +236,22 @@ def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, lay
         raise ValueError(f"qkv ({H} heads of {D}, {qkv.dtype}) or layer {layer} does not fit the cache's table")
     if rows.top >= len(cos):
         raise ValueError(f"a position outside the rope tables: {rows.top}")
-    if H * (rows.top // CHUNK + 1) * CHUNK > 1 << 16:  # the C side's scores live on its stack
-        raise ValueError(f"{H} heads x {rows.top + 1} positions: more than the kernel's bound (65,536 scores)")
+    if not fits(H, D, rows.top + 1):  # the C side's scores live on its stack
+        raise ValueError(f"{H} heads x {rows.top + 1} positions: more than the kernel's bound ({MAX_SCORES:,} "
+                         "scores)")
     out = torch.empty(A, H * D, dtype=qkv.dtype)
     _library().ts_attend(qkv.data_ptr(), rows.pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows.table.data_ptr(),
                          out.data_ptr(), layer, A, rows.stores, H, D, scale, int(qkv.dtype == torch.bfloat16),
                          int(rows.own), None if rows.lead_counts is None else rows.lead_counts.data_ptr(),
                          None if rows.lead_table is None else rows.lead_table.data_ptr())
     return out
+
+
+def fits(heads: int, dim: int, positions: int = 0) -> bool:
+    """Whether the kernel takes a model of `heads` heads of `dim` and `positions` positions (the bounds of its
+    buffers, which live on the C side's stack)."""
+    return (dim % 2 == 0 and 0 < dim <= MAX_DIM and 0 < heads <= MAX_HEADS
+            and heads * (-(-positions // CHUNK)) * CHUNK <= MAX_SCORES)
 
 
 def attend(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table: torch.Tensor,

@@ -92,8 +92,9 @@ where two tokens nearly tied. Off by default for that reason alone: the
 figures in the docs were measured with the torch path. Where it cannot be
 built (no C compiler), asking for it warns once and the torch path runs.
 With it, the cache keeps its keys position-major, as its values (`_keys`),
-and decode reads each row's prompt from the prompt's one cache, which the
-rows of a prompt share (`Fused.lead`), not from the row's own copy.
+and the exact loop's decode reads each row's prompt from the prompt's one
+cache, which the rows of a prompt share (`Fused.lead`), not from the row's
+own copy.
 """
 
 from __future__ import annotations
@@ -267,12 +268,13 @@ class Engine:
 
     @property
     def cpu_kernel(self) -> bool:
-        """On a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py)."""
+        """On a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py). The kernel
+        keeps its keys in a layout of its own (`_keys`), so setting it to another value empties the prefix
+        cache."""
         return self._cpu_kernel
 
     @cpu_kernel.setter
     def cpu_kernel(self, on: bool) -> None:
-        """The kernel keeps its keys in a layout of its own (`_keys`): a change empties the prefix cache."""
         if on != self._cpu_kernel and self.prefix_cache is not None:
             self.prefix_cache = PrefixCache(self.prefix_cache.max_bytes)
         self._cpu_kernel = on
@@ -331,7 +333,7 @@ class Engine:
     # With the CPU kernel the keys are position-major, (CHUNK, D) as the values:
     # a row then reads only the cache lines of its own positions, and decode
     # reads a prompt's positions from the prompt's one cache (`Fused.lead`).
-    # Only the kernel reads and writes keys then (`_zero_from` aside).
+    # Only the kernel reads and writes keys then (`_clear_from` aside).
     def _keys(self, kv: torch.Tensor) -> torch.Tensor:
         """The keys of one layer's (2, chunks, [rows,] H, CHUNK * D) cache as (chunks, [rows,] H, D, CHUNK) (the
         torch path's layout)."""
@@ -341,14 +343,14 @@ class Engine:
         """The values of such a cache as (chunks, [rows,] H, CHUNK, D)."""
         return kv[1].view(*kv.shape[1:-1], CHUNK, self.config.head_dim)
 
-    def _zero_from(self, kv: torch.Tensor, chunk: int, offset: int) -> None:
-        """Zero positions `offset`.. of chunk `chunk` of one layer's one-sequence cache (2, chunks, H, CHUNK * D),
-        in the layout of the path in use."""
+    def _clear_from(self, kv: torch.Tensor, chunk: int, offset: int, value: float = 0.0) -> None:
+        """Set positions `offset`.. of chunk `chunk` of one layer's one-sequence cache (2, chunks, H, CHUNK * D)
+        to `value` (keys and values), in the layout of the path in use."""
         if self._fused():
-            kv[:, chunk].view(2, kv.shape[2], CHUNK, self.config.head_dim)[:, :, offset:] = 0
+            kv[:, chunk].view(2, kv.shape[2], CHUNK, self.config.head_dim)[:, :, offset:] = value
         else:
-            self._keys(kv)[chunk, :, :, offset:] = 0
-            self._values(kv)[chunk, :, offset:] = 0
+            self._keys(kv)[chunk, :, :, offset:] = value
+            self._values(kv)[chunk, :, offset:] = value
 
     def _plan(self, pos: torch.Tensor) -> list[tuple[int, int, int, torch.Tensor]]:
         """Which rows read which chunk: (chunk, start, stop, additive mask of rows start..stop-1), chunk by chunk.
@@ -438,7 +440,13 @@ class Engine:
         where it cannot be built, it warns once and the torch path runs."""
         if not self.cpu_kernel or self.device.type != "cpu":
             return False
-        if not cpu_kernel.available():
+        c = self.config
+        if not cpu_kernel.fits(c.num_attention_heads, c.head_dim, c.max_position_embeddings):
+            warnings.warn(f"the model ({c.num_attention_heads} heads of {c.head_dim}, {c.max_position_embeddings} "
+                          "positions) is outside the CPU kernel's bounds (cpu_kernel.fits); attention runs in torch",
+                          RuntimeWarning, stacklevel=3)
+            self.cpu_kernel = False
+        elif not cpu_kernel.available():
             warnings.warn(f"the engine's CPU kernel is not available ({cpu_kernel.why_unavailable()}); "
                           "attention runs in torch", RuntimeWarning, stacklevel=3)
             self.cpu_kernel = False
@@ -483,7 +491,7 @@ class Engine:
                 if start % CHUNK and have == -(-start // CHUNK):  # past `start`, the last known chunk holds what
                     # another continuation left (a prefix cache's entry): zeros, as a sequence computed whole has
                     for layer in buf:
-                        self._zero_from(layer, have - 1, start % CHUNK)
+                        self._clear_from(layer, have - 1, start % CHUNK)
             own.append(buf)
         logits = [torch.empty(len(tokens), c.vocab_size, device=dev) for _, _, tokens in items]
         # Rows in order (item, position), cut into passes of at most EXTEND_ROWS: a pass sees the
@@ -498,7 +506,7 @@ class Engine:
             chunk, offset = divmod(position, CHUNK)
             if s == same and offset:
                 for layer in own[s]:  # the chunk's positions from `offset` on; the earlier ones are written
-                    self._zero_from(layer, chunk, offset)
+                    self._clear_from(layer, chunk, offset)
         for first in range(0, len(flat), EXTEND_ROWS):
             part = sorted(flat[first:first + EXTEND_ROWS], key=lambda r: (r[0], -r[1]))  # by item, longest first
             width = max(len(part), MIN_ROWS)  # rows past the real ones (position 0) are computed and ignored
@@ -621,7 +629,9 @@ class Engine:
         `_plan`'s chunks, which waits for the device to say which rows reach which. `lead`: with the CPU
         kernel, where each row's prompt is read from (`Fused.lead`)."""
         rows = torch.arange(tokens.shape[0], device=self.device)
-        if attention is None and self._fused():
+        if self._fused():  # the cache is in the kernel's layout: only the kernel reads it
+            if attention is not None:
+                raise ValueError("with the CPU kernel, decode's attention is the kernel's")
             return self._rows(tokens, pos, Fused(cpu_kernel.where(cache, rows), len(rows), own=True, lead=lead))
         chunk_of, offset = pos // CHUNK, pos % CHUNK
         if attention is None:
