@@ -144,6 +144,76 @@ def test_in_bfloat16_the_kernel_is_nearer_exact_attention_than_bfloat16_matmuls(
     assert error < 0.02 and error < (torch.stack(torch_bf16).double() - expected).abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_residual_step_and_norm_are_torchs_within_rounding(dtype):
+    """`add_rms`: x += delta in place (to the bit: one float32 addition), then the RMS norm of the engine's
+    torch path (`Engine._rms`) within float32 rounding, rounded once to out's dtype; without delta, the norm."""
+    g = torch.Generator().manual_seed(5)
+    x, weight = torch.randn(70, 128, generator=g) * 3, torch.rand(128, generator=g) + 0.5
+    delta = torch.randn(70, 128, generator=g).to(dtype)
+    expected_x = x + delta.float()
+    x64 = expected_x.double()
+    expected = weight.double() * (x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5))
+    out = torch.full((70, 128), float("nan"), dtype=dtype)
+    assert cpu_kernel.add_rms(x, delta, weight, 1e-5, out) is out
+    assert torch.equal(x, expected_x)
+    step = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -22  # a rounding's relative error, with room
+    assert ((out.double() - expected).abs() <= step * expected.abs() + 1e-6).all()
+    again = torch.empty(70, 128, dtype=dtype)
+    cpu_kernel.add_rms(x.clone(), None, weight, 1e-5, again)
+    assert torch.equal(again, out)  # nothing added: the same norm of the same x
+    with pytest.raises(ValueError, match="out must be"):
+        cpu_kernel.add_rms(x, delta, weight, 1e-5, torch.empty(70, 64, dtype=dtype))
+    with pytest.raises(ValueError, match="out must be"):
+        cpu_kernel.add_rms(x.bfloat16(), delta, weight, 1e-5, out)  # the residual stream is float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_mlp_activation_is_silu_gate_times_up_rounded_once(dtype):
+    g = torch.Generator().manual_seed(6)
+    gu = (torch.randn(40, 2 * 300, generator=g) * 4).to(dtype)  # an intermediate size past one block of 256
+    gu[0, :6] = torch.tensor([0.0, -0.0, 90.0, -90.0, 1e-30, -1e-30])  # zero, far on either side, tiny
+    out = cpu_kernel.silu_mul(gu, torch.empty(40, 300, dtype=dtype))
+    gate, up = gu.double()[:, :300], gu.double()[:, 300:]
+    expected = torch.nn.functional.silu(gate) * up
+    step = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -21  # one rounding (bfloat16), or a few ulps
+    assert ((out.double() - expected).abs() <= step * expected.abs() + 1e-30).all()
+    with pytest.raises(ValueError, match="out must be"):
+        cpu_kernel.silu_mul(gu, torch.empty(40, 300, dtype=torch.float64))
+
+
+def test_each_call_splits_its_rows_among_threads_and_every_row_is_the_same_whatever_the_split():
+    cache, qkv, pos, cos, sin = _case(4, 32, rows=200, chunks=3, dtype=torch.bfloat16, seed=7)
+    results = []
+    for threads in (1, 2, 3):
+        copy = cache.clone()
+        rows = cpu_kernel.prepare(pos, cpu_kernel.where(copy, torch.arange(200)), 200, own=True)
+        out = cpu_kernel.run(qkv, cos, sin, rows, 1, 0.17, threads=threads)
+        x = torch.randn(200, 128, generator=torch.Generator().manual_seed(8))
+        normed = cpu_kernel.add_rms(x, out, torch.ones(128), 1e-5, torch.empty(200, 128), threads=threads)
+        act = cpu_kernel.silu_mul(torch.cat([out, out], 1), torch.empty(200, 128, dtype=torch.bfloat16),
+                                  threads=threads)
+        results.append((out, copy, x, normed, act))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0][:1] + results[0][2:], other[:1] + other[2:]))
+        assert torch.allclose(results[0][1], other[1], rtol=0, atol=0, equal_nan=True)  # the same stores
+
+
+def test_the_engine_samples_the_same_on_one_thread_and_on_two(arithmetic_checkpoint, arithmetic):
+    prompts = [tuple(arithmetic_checkpoint.tokenizer.encode(e.problem.prompt)) for e in arithmetic.examples("test", 6)]
+    reqs = [SampleRequest(p, n=24, params=SamplingParams(max_tokens=60, seed=i)) for i, p in enumerate(prompts)]
+    engine = Engine(arithmetic_checkpoint.model, dtype=torch.bfloat16, cpu_kernel=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = engine.generate(reqs)
+        torch.set_num_threads(2)
+        two = engine.generate(reqs)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
+
+
 def test_bad_inputs_are_refused():
     cache, qkv, pos, cos, sin = _case(4, 32, rows=8, chunks=2)
     table = cpu_kernel.where(cache, torch.arange(8))

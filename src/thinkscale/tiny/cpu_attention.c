@@ -14,6 +14,8 @@
  * chunk to the next and from one layer to the next; and what cpu_kernel.py checks the call against (chunks,
  * layers, a chunk's size, an element's). Element type: float32, or bfloat16 (stored as uint16: loaded into
  * float32, results rounded to nearest even).
+ *
+ * Below ts_attend, the rest of a layer between its matmuls (ts_add_rms, ts_silu_mul), row by row alike.
  */
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -36,6 +38,7 @@ typedef struct {
     float scale;
     int bf16, own;  /* own: each row has a cache of its own, so it stores just before it attends */
     const int64_t *lead, *lead_where;  /* or NULL: each row's first positions, read from its prompt's cache */
+    int64_t first, last;  /* the rows this thread attends */
 } Job;
 
 static inline float from_bf16(uint16_t b) {
@@ -178,27 +181,31 @@ static inline v16 lane_sums(const v16 x[16]) {
 #undef HALVES
 }
 
-#define RUN_PRODUCTS(NAME, T, LOAD, DV)                                                                      \
+/* scores_NAME: out[j] = the score of position j < count, 16 positions at a time, each position's products in
+ * a vector (LANES_FN: the 16 lanes sum to its score), then the 16 vectors' lanes summed (lane_sums). */
+#define SCORES(NAME, LANES_FN, QV)                                                                            \
     static void scores_##NAME(const void *from, const float *q, int64_t count, int64_t dim, float *out) {  \
-        const T *keys = from;                                                                               \
-        v16 qv[DV];                                                                                         \
-        _Pragma("GCC unroll 4") for (int v = 0; v < (DV); v++) qv[v] = load_f32(q + 16 * v);                \
+        v16 qv[2 * MAX_DV];                                                                                 \
+        QV(qv, q);                                                                                          \
         for (int64_t j0 = 0; j0 < count; j0 += 16) {                                                        \
             const int64_t m = count - j0 < 16 ? count - j0 : 16;                                            \
             v16 x[16];                                                                                      \
-            for (int64_t i = 0; i < 16; i++) {                                                              \
-                if (i >= m) {                                                                               \
-                    x[i] = (v16){0};                                                                        \
-                    continue;                                                                               \
-                }                                                                                           \
-                const T *k = keys + (j0 + i) * dim;                                                         \
-                x[i] = qv[0] * LOAD(k);                                                                     \
-                _Pragma("GCC unroll 4") for (int v = 1; v < (DV); v++) x[i] += qv[v] * LOAD(k + 16 * v);    \
-            }                                                                                               \
+            for (int64_t i = 0; i < 16; i++) x[i] = i < m ? LANES_FN(from, (j0 + i) * dim, qv) : (v16){0};  \
             const v16 sums = lane_sums(x);                                                                  \
             memcpy(out + j0, &sums, sizeof(float) * m);                                                     \
         }                                                                                                   \
+    }
+#define RUN_PRODUCTS(NAME, T, LOAD, DV)                                                                      \
+    static inline void q_##NAME(v16 *qv, const float *q) {                                                  \
+        _Pragma("GCC unroll 4") for (int v = 0; v < (DV); v++) qv[v] = load_f32(q + 16 * v);                \
     }                                                                                                       \
+    static inline v16 lanes_##NAME(const void *from, int64_t at, const v16 *qv) {                           \
+        const T *k = (const T *)from + at;                                                                  \
+        v16 x = qv[0] * LOAD(k);                                                                            \
+        _Pragma("GCC unroll 4") for (int v = 1; v < (DV); v++) x += qv[v] * LOAD(k + 16 * v);               \
+        return x;                                                                                           \
+    }                                                                                                       \
+    SCORES(NAME, lanes_##NAME, q_##NAME)                                                                    \
     static void values_##NAME(const void *from, const float *p, int64_t first, int64_t count, int64_t dim, \
                               v16 acc[2][MAX_DV]) {                                                         \
         const T *values = from;                                                                             \
@@ -240,13 +247,73 @@ static inline v16 lane_sums(const v16 x[16]) {
         for (int64_t j = 0; j < count; j++)                                                                 \
             for (int64_t d = 0; d < dim; d++) into[d] += p[j] * LOAD(values[j * dim + d]);                  \
     }
+/* bfloat16 heads of 32 or 64 (SPLIT_PRODUCTS): a 64-byte line of 32 bfloat16 read as two float32 vectors with
+ * no widening shuffle, its even elements (each 32-bit word shifted up 16 bits) and its odd ones (each word's
+ * high half), so a line costs a load and two one-cycle operations. A query is split alike; a position's score
+ * sums, lane l, q[2l] k[2l] + q[2l+1] k[2l+1] over the head's lines, then the lanes as above. The value sums
+ * are kept split too, acc[parity][2v] the even dimensions of line v and acc[parity][2v + 1] the odd ones
+ * (`unsplit`): each dimension's sum is the same as RUN_PRODUCTS' to the bit, only in other lanes. */
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+static inline void split_bf16(const void *p, v16 *even, v16 *odd) {
+    u32x16 w;
+    memcpy(&w, p, sizeof w);
+    *even = (v16)(w << 16);
+    *odd = (v16)(w & 0xffff0000u);
+}
+#define SPLIT_ADD(into, j, LINES)                                                                                  \
+    do {                                                                                                     \
+        const v16 pj = (v16){0} + p[j];                                                                      \
+        _Pragma("GCC unroll 2") for (int v = 0; v < (LINES); v++) {                                          \
+            v16 ve, vo;                                                                                      \
+            split_bf16(values + (j) * dim + 32 * v, &ve, &vo);                                               \
+            into[2 * v] += pj * ve;                                                                          \
+            into[2 * v + 1] += pj * vo;                                                                      \
+        }                                                                                                    \
+    } while (0)
+#define SPLIT_PRODUCTS(NAME, LINES)                                                                          \
+    static inline void q_##NAME(v16 *qv, const float *q) { /* qv[2v]: line v's even elements, [2v+1] odd */ \
+        for (int v = 0; v < (LINES); v++)                                                                   \
+            for (int l = 0; l < 16; l++) qv[2 * v][l] = q[32 * v + 2 * l], qv[2 * v + 1][l] = q[32 * v + 2 * l + 1]; \
+    }                                                                                                       \
+    static inline v16 lanes_##NAME(const void *from, int64_t at, const v16 *qv) {                           \
+        const uint16_t *k = (const uint16_t *)from + at;                                                    \
+        v16 ke, ko;                                                                                         \
+        split_bf16(k, &ke, &ko);                                                                            \
+        v16 x = qv[0] * ke + qv[1] * ko;                                                                    \
+        _Pragma("GCC unroll 2") for (int v = 1; v < (LINES); v++) {                                         \
+            split_bf16(k + 32 * v, &ke, &ko);                                                               \
+            x += qv[2 * v] * ke;                                                                            \
+            x += qv[2 * v + 1] * ko;                                                                        \
+        }                                                                                                   \
+        return x;                                                                                           \
+    }                                                                                                       \
+    SCORES(NAME, lanes_##NAME, q_##NAME)                                                                    \
+    static void values_##NAME(const void *from, const float *p, int64_t first, int64_t count, int64_t dim, \
+                              v16 acc[2][MAX_DV]) {                                                         \
+        const uint16_t *values = from;                                                                      \
+        v16 even[2 * (LINES)], odd[2 * (LINES)]; /* by position parity; [2v] even dimensions, [2v+1] odd */ \
+        _Pragma("GCC unroll 4") for (int v = 0; v < 2 * (LINES); v++) even[v] = acc[0][v], odd[v] = acc[1][v]; \
+        int64_t j = 0;                                                                                      \
+        if ((first & 1) && count) {                                                                         \
+            SPLIT_ADD(odd, 0, LINES);                                                                              \
+            j = 1;                                                                                          \
+        }                                                                                                   \
+        for (; j + 1 < count; j += 2) {                                                                     \
+            SPLIT_ADD(even, j, LINES);                                                                             \
+            SPLIT_ADD(odd, j + 1, LINES);                                                                          \
+        }                                                                                                   \
+        if (j < count) SPLIT_ADD(even, j, LINES);                                                                  \
+        _Pragma("GCC unroll 4") for (int v = 0; v < 2 * (LINES); v++) acc[0][v] = even[v], acc[1][v] = odd[v]; \
+    }
 #define AS_FLOAT(x) (x)
 #define KINDS(NAME, T, LOAD)          \
     RUN_PRODUCTS(NAME##_16, T, LOAD, 1) \
     RUN_PRODUCTS(NAME##_32, T, LOAD, 2) \
     RUN_PRODUCTS(NAME##_64, T, LOAD, 4)
 KINDS(f32, float, load_f32)
-KINDS(bf16, uint16_t, load_bf16)
+RUN_PRODUCTS(bf16_16, uint16_t, load_bf16, 1)
+SPLIT_PRODUCTS(bf16_32, 1)
+SPLIT_PRODUCTS(bf16_64, 2)
 SCALAR_PRODUCTS(f32_any, float, AS_FLOAT)
 SCALAR_PRODUCTS(bf16_any, uint16_t, from_bf16)
 
@@ -294,12 +361,12 @@ static void attend_rows(const Job *job) {
     const Values values = PICK(values);
     const int64_t DV = D == 16 || D == 32 || D == 64 ? D / 16 : 0;  /* 0: SCALAR_PRODUCTS (head size <= 128) */
     float q[H * D];
-    for (int64_t r = 0; r < job->rows; r++) {
+    for (int64_t r = job->first; r < job->last; r++) {
         const int64_t p = job->pos[r], n = p + 1, *w = job->where + WHERE * r;
         const int64_t lead = job->lead ? job->lead[r] : 0, *lw = job->lead ? job->lead_where + WHERE * r : w;
         const int64_t span = (n + LANES - 1) / LANES * LANES;
         float s[H * span];
-        if (r + AHEAD < job->rows) prefetch_row(job, r + AHEAD);
+        if (r + AHEAD < job->last) prefetch_row(job, r + AHEAD);
         if (job->own && r < job->stores) store_rows(job, r, r + 1);  /* the lines it writes, it reads next */
         for (int64_t h = 0; h < H; h++) {
             float *qh = q + h * D, *sh = s + h * span;
@@ -331,7 +398,12 @@ static void attend_rows(const Job *job) {
                 const int64_t *src = j < lead ? lw : w;
                 values(at(src, job->layer, h, j, D, item) + src[1] * item, sh + j, j, stop - j, D, acc);
             }
-            if (DV) {
+            if (DV && job->bf16 && DV > 1) {  /* SPLIT_PRODUCTS': even and odd dimensions apart */
+                for (int64_t v = 0; v < DV / 2; v++) {
+                    const v16 e = acc[0][2 * v] + acc[1][2 * v], o = acc[0][2 * v + 1] + acc[1][2 * v + 1];
+                    for (int l = 0; l < 16; l++) head[32 * v + 2 * l] = e[l], head[32 * v + 2 * l + 1] = o[l];
+                }
+            } else if (DV) {
                 for (int64_t v = 0; v < DV; v++) {
                     const v16 sum = acc[0][v] + acc[1][v];
                     memcpy(head + 16 * v, &sum, sizeof sum);
@@ -357,14 +429,111 @@ static void attend_rows(const Job *job) {
  * positions), every row stores before any row reads; where each has its own (`own` 1: decode), a row stores
  * just before it reads. `lead` (or NULL): per row, how many of its first positions to read from the cache
  * `lead_where` describes (its prompt's, which many rows share, and which stays in the CPU's caches while they
- * read it) instead of its own copy: the same keys and values, so the same result. One thread: with torch on
- * two, a second thread here measured no faster (torch's OpenMP workers keep the other core busy between
- * their matmuls). */
-void ts_attend(const void *qkv, const int64_t *pos, const float *cos, const float *sin, const int64_t *where,
-               void *out, int64_t layer, int64_t rows, int64_t stores, int64_t heads, int64_t dim, float scale,
-               int bf16, int own, const int64_t *lead, const int64_t *lead_where) {
+ * read it) instead of its own copy: the same keys and values, so the same result. The rows that attend are
+ * split among `threads` threads by OpenMP (one, in a build without it), each a block of consecutive rows. Built
+ * with -fopenmp, this library takes the libgomp that torch has loaded, so the threads are torch's own pool,
+ * still spinning from its last matmul; threads of our own (pthreads, stop 37) fought those for the cores and
+ * measured no faster. Returns the threads used. */
+int ts_attend(const void *qkv, const int64_t *pos, const float *cos, const float *sin, const int64_t *where,
+              void *out, int64_t layer, int64_t rows, int64_t stores, int64_t heads, int64_t dim, float scale,
+              int bf16, int own, const int64_t *lead, const int64_t *lead_where, int threads) {
     const Job job = {qkv, pos, cos, sin, where, out, layer, rows, heads, dim, stores, scale, bf16, own, lead,
-                     lead_where};
+                     lead_where, 0, rows};
     if (!own) store_rows(&job, 0, stores);
+    if (threads > rows / 32) threads = (int)(rows / 32);
+    if (threads < 2) {
+        attend_rows(&job);
+        return 1;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) {
+        Job part = job;
+        part.first = rows * t / threads;
+        part.last = rows * (t + 1) / threads;
+        attend_rows(&part);
+    }
+    return threads;
+#else
     attend_rows(&job);
+    return 1;
+#endif
+}
+
+/* The rest of a layer's work besides its matmuls and attention, for the same engine rows, each row's
+ * arithmetic its own in a fixed order (so row-by-row exactness holds here too). */
+
+/* x (rows, h) float32, in place: x += delta (rows, h), float32 or bfloat16 (NULL: nothing added); then out (rows,
+ * h) = w * (x / sqrt(mean of x^2 + eps)), the torch path's RMS norm (`Engine._rms`), as float32 or rounded to
+ * bfloat16 for the next matmul. The squares are summed in 16 partial sums (lane l: the columns l mod 16), then
+ * those in a fixed order. */
+void ts_add_rms(float *x, const void *delta, int delta_bf16, const float *w, float eps, void *out, int out_bf16,
+                int64_t rows, int64_t h, int threads) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        float *xr = x + r * h;
+        if (delta) {
+            if (delta_bf16) {
+                const uint16_t *d = (const uint16_t *)delta + r * h;
+                for (int64_t j = 0; j < h; j++) xr[j] += from_bf16(d[j]);
+            } else {
+                const float *d = (const float *)delta + r * h;
+                for (int64_t j = 0; j < h; j++) xr[j] += d[j];
+            }
+        }
+        float part[LANES] = {0};
+        int64_t j = 0;
+        for (; j + LANES <= h; j += LANES)
+            for (int l = 0; l < LANES; l++) part[l] += xr[j + l] * xr[j + l];
+        for (int l = 0; j < h; j++, l++) part[l] += xr[j] * xr[j];
+        float sum = 0.0f;
+        for (int l = 0; l < LANES; l++) sum += part[l];
+        const float scale = 1.0f / sqrtf(sum / (float)h + eps);
+        if (out_bf16) {
+            uint16_t *o = (uint16_t *)out + r * h;
+            for (int64_t k = 0; k < h; k++) o[k] = to_bf16(w[k] * (xr[k] * scale));
+        } else {
+            float *o = (float *)out + r * h;
+            for (int64_t k = 0; k < h; k++) o[k] = w[k] * (xr[k] * scale);
+        }
+    }
+}
+
+/* The MLP's activation: gu (rows, 2 * inter), its gate then its up projection; out (rows, inter) = silu(gate) x
+ * up = gate x up / (1 + e^-gate), in float32, rounded once (to bfloat16 where `bf16`). e^-|gate| by
+ * exp_nonpositive, so e^-gate is that or its reciprocal. */
+#define SILU_BLOCK 256
+void ts_silu_mul(const void *gu, void *out, int bf16, int64_t rows, int64_t inter, int threads) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
+#endif
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j0 = 0; j0 < inter; j0 += SILU_BLOCK) {
+            float g[SILU_BLOCK], u[SILU_BLOCK], e[SILU_BLOCK];
+            const int64_t n = inter - j0 < SILU_BLOCK ? inter - j0 : SILU_BLOCK;
+            for (int64_t j = 0; j < n; j++) {
+                g[j] = load(gu, r * 2 * inter + j0 + j, bf16);
+                u[j] = load(gu, r * 2 * inter + inter + j0 + j, bf16);
+                e[j] = -fabsf(g[j]);
+            }
+            exp_nonpositive(e, n);
+            for (int64_t j = 0; j < n; j++) {  /* sigmoid(g): 1 / (1 + e^-g) for g >= 0, e^g / (1 + e^g) below */
+                const float s = (g[j] >= 0.0f ? 1.0f : e[j]) / (1.0f + e[j]);
+                e[j] = g[j] * s * u[j];
+            }
+            if (bf16)
+                for (int64_t j = 0; j < n; j++) ((uint16_t *)out)[r * inter + j0 + j] = to_bf16(e[j]);
+            else
+                memcpy((float *)out + r * inter + j0, e, sizeof(float) * n);
+        }
+}
+
+int ts_openmp(void) { /* whether this build splits rows among threads */
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }

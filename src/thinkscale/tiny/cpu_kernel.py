@@ -10,12 +10,22 @@ call, and the engine stays exact row by row (the same tests hold it); but it
 rounds otherwise than the torch path, so its samples are not the torch
 path's to the bit (where two tokens were nearly tied one may differ).
 
+Between the layers' matmuls, the rest of a layer runs here too (`add_rms`:
+the residual step and the next RMS norm; `silu_mul`: the MLP's activation),
+each into a buffer the engine keeps, so a step allocates nothing but its
+logits. With more than one torch thread, each call splits its rows among
+them by OpenMP, built against the OpenMP library torch has loaded (the
+GNU one, libgomp, in torch's CPU builds): the threads are torch's own, still
+spinning from its last matmul, where threads of another pool would fight
+them for the cores.
+
 The C source is compiled with the machine's C compiler (`$CC`, else `cc`)
 for this CPU (`-march=native`) into a cache folder (`$THINKSCALE_CACHE`,
 else `~/.cache/thinkscale`), named by a hash of the source, the flags, the
 compiler and the CPU, so a folder shared by other machines never hands one
-another's build. Where no compiler works, `available()` is False with the
-reason in `why_unavailable()`, and the engine uses the torch path.
+another's build, with OpenMP where the compiler has it (else on one
+thread). Where no compiler works, `available()` is False with the reason in
+`why_unavailable()`, and the engine uses the torch path.
 """
 
 from __future__ import annotations
@@ -77,7 +87,8 @@ def _library() -> ctypes.CDLL | None:
         _failure.append(f"{compiler}: {error}")
         return None
     errors = []
-    for flags in (FLAGS, tuple(f for f in FLAGS if f != "-mprefer-vector-width=512")):  # the second: not gcc
+    plain = tuple(f for f in FLAGS if f != "-mprefer-vector-width=512")  # not gcc
+    for flags in (FLAGS + ("-fopenmp",), FLAGS, plain + ("-fopenmp",), plain):
         digest = hashlib.sha256("\0".join([SOURCE.read_text(), *flags, version, _cpu_id()]).encode()).hexdigest()
         path = _cache_dir() / f"cpu_attention-{digest[:20]}.so"
         if not path.exists():
@@ -92,8 +103,16 @@ def _library() -> ctypes.CDLL | None:
         library = ctypes.CDLL(str(path))
         f = library.ts_attend
         f.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float] + [ctypes.c_int] * 2 + [
-            ctypes.c_void_p] * 2
-        f.restype = None
+            ctypes.c_void_p] * 2 + [ctypes.c_int]
+        f.restype = ctypes.c_int
+        library.ts_add_rms.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                       ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                       ctypes.c_int]
+        library.ts_add_rms.restype = None
+        library.ts_silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int]
+        library.ts_silu_mul.restype = None
+        library.ts_openmp.argtypes, library.ts_openmp.restype = [], ctypes.c_int
         return library
     _failure.append("; ".join(errors))
     return None
@@ -113,6 +132,11 @@ def available() -> bool:
     except (OSError, RuntimeError) as error:  # the cache folder (or no home folder), or loading the library
         _failure.append(str(error))
         return False
+
+
+def parallel() -> bool:
+    """Whether the kernel was built with OpenMP, so that its calls split their rows among torch's threads."""
+    return available() and bool(_library().ts_openmp())
 
 
 def why_unavailable() -> str:
@@ -213,12 +237,14 @@ def prepare(pos: torch.Tensor, table: torch.Tensor, stores: int, own: bool = Fal
                 given)
 
 
-def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, layer: int, scale: float
-        ) -> torch.Tensor:
+def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, layer: int, scale: float,
+        out: torch.Tensor | None = None, threads: int | None = None) -> torch.Tensor:
     """One layer: rope q and k, store k and v of the rows that store, and return every row's attention
-    (A, H * D). qkv (A, 3, H, D) contiguous, float32 or bfloat16 as the caches; cos, sin (positions, D)
-    float32, covering every position; `rows`: `prepare`'s. The keys live in this kernel's layout,
-    position-major as the values (cpu_attention.c), not the torch path's."""
+    (A, H * D), in `out` where given (contiguous, qkv's dtype). qkv (A, 3, H, D) contiguous, float32 or
+    bfloat16 as the caches; cos, sin (positions, D) float32, covering every position; `rows`: `prepare`'s.
+    The keys live in this kernel's layout, position-major as the values (cpu_attention.c), not the torch
+    path's. `threads` (default torch's): the rows are split among them where the build has OpenMP
+    (`parallel()`); each row's result is the same whatever the split."""
     A, _, H, D = qkv.shape
     if not fits(H, D) or qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous():
         raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size of at most {MAX_DIM} "
@@ -239,11 +265,54 @@ def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, lay
     if not fits(H, D, rows.top + 1):  # the C side's scores live on its stack
         raise ValueError(f"{H} heads x {rows.top + 1} positions: more than the kernel's bound ({MAX_SCORES:,} "
                          "scores)")
-    out = torch.empty(A, H * D, dtype=qkv.dtype)
+    if out is None:
+        out = torch.empty(A, H * D, dtype=qkv.dtype)
+    else:
+        _check_out(out, (A, H * D), qkv.dtype)
     _library().ts_attend(qkv.data_ptr(), rows.pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows.table.data_ptr(),
                          out.data_ptr(), layer, A, rows.stores, H, D, scale, int(qkv.dtype == torch.bfloat16),
                          int(rows.own), None if rows.lead_counts is None else rows.lead_counts.data_ptr(),
-                         None if rows.lead_table is None else rows.lead_table.data_ptr())
+                         None if rows.lead_table is None else rows.lead_table.data_ptr(),
+                         torch.get_num_threads() if threads is None else threads)
+    return out
+
+
+def _check_out(t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} {shape} on the CPU, got {t.dtype} {tuple(t.shape)} on "
+                         f"{t.device}, strides {t.stride()}")
+
+
+def add_rms(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, out: torch.Tensor,
+            threads: int | None = None) -> torch.Tensor:
+    """The residual step and the next RMS norm of the engine's rows, in one pass: x (A, h) float32 += delta
+    (A, h, float32 or bfloat16; None: nothing), in place; then out (A, h) = weight * (x / sqrt(mean(x^2) +
+    eps)), float32 or rounded to bfloat16 (out's dtype). Returns out. `threads`: as `run`'s."""
+    A, h = x.shape
+    _check_out(x, (A, h), torch.float32)
+    _check_out(weight, (h,), torch.float32)
+    if delta is not None:
+        _check_out(delta, (A, h), delta.dtype if delta.dtype in (torch.float32, torch.bfloat16) else torch.float32)
+    if out.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"out must be float32 or bfloat16, got {out.dtype}")
+    _check_out(out, (A, h), out.dtype)
+    _library().ts_add_rms(x.data_ptr(), None if delta is None else delta.data_ptr(),
+                          int(delta is not None and delta.dtype == torch.bfloat16), weight.data_ptr(), eps,
+                          out.data_ptr(), int(out.dtype == torch.bfloat16), A, h,
+                          torch.get_num_threads() if threads is None else threads)
+    return out
+
+
+def silu_mul(gu: torch.Tensor, out: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """The MLP's activation: gu (A, 2 * I), gate then up, float32 or bfloat16; out (A, I), gu's dtype, =
+    silu(gate) x up, rounded once. Returns out. `threads`: as `run`'s."""
+    A, two = gu.shape
+    if two % 2 or gu.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"gu must be float32 or bfloat16 (rows, 2 x I), got {gu.dtype} {tuple(gu.shape)}")
+    _check_out(gu, (A, two), gu.dtype)
+    _check_out(out, (A, two // 2), gu.dtype)
+    _library().ts_silu_mul(gu.data_ptr(), out.data_ptr(), int(gu.dtype == torch.bfloat16), A, two // 2,
+                           torch.get_num_threads() if threads is None else threads)
     return out
 
 

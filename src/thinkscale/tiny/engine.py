@@ -94,7 +94,12 @@ built (no C compiler), asking for it warns once and the torch path runs.
 With it, the cache keeps its keys position-major, as its values (`_keys`),
 and the exact loop's decode reads each row's prompt from the prompt's one
 cache, which the rows of a prompt share (`Fused.lead`), not from the row's
-own copy.
+own copy. The rest of a layer between its matmuls runs in C too (the
+residual steps with the RMS norms after them, the MLP's activation), into
+buffers kept between steps (`_rows_fused`), and each C call splits its rows
+among torch's threads. The norms and the activation round otherwise than
+torch's as well (the activation once, where torch rounds silu(gate) and the
+product each to bfloat16).
 """
 
 from __future__ import annotations
@@ -119,6 +124,10 @@ from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
 _M32 = 0xFFFFFFFF
 DTYPES = dict(zip(get_args(DtypeName), (torch.float32, torch.bfloat16), strict=True))  # by name: `dtype_named`
 MIN_ROWS = 16  # matmuls with fewer rows round differently on the CPU (below 8 rows here)
+# Rows a step's matmuls take, a multiple of this (the rows past the real ones computed and ignored): the CPU's
+# bfloat16 matmul (oneDNN) builds a new kernel for each new row count, about 0.5 ms each, and a sampling call
+# of 64 x 64 samples otherwise met several hundred row counts, each with four matmul shapes.
+ROW_STEP = 32
 CHUNK = cpu_kernel.CHUNK  # attention reduces over fixed chunks of cache positions (32; the C kernel's too)
 FLOOR_TOLERANCE = 1e-9  # a window this close to the confidence floor is not below it
 EXTEND_ROWS = 2048  # positions computed together by one pass of `extend` (bounds its memory)
@@ -264,6 +273,7 @@ class Engine:
         # rounding than the torch path's, so off by default; `_fused` says whether it is in use
         self._cpu_kernel = cpu_kernel_default() if cpu_kernel is None else cpu_kernel
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, attention) -> a step
+        self._buffers: dict[str, torch.Tensor] = {}  # the fused path's intermediates (`_buffer`)
         self.reload_weights()
 
     @property
@@ -390,28 +400,57 @@ class Engine:
         each row's cache is, and how many of the rows store; the kernel ropes,
         stores and attends in one call a layer.
         """
+        if isinstance(attend, Fused):
+            return self._rows_fused(tokens, pos, attend)
         c = self.config
         A, H, D = tokens.shape[0], c.num_attention_heads, c.head_dim
-        fused = isinstance(attend, Fused)
-        if fused:  # checked once for the layers' calls
-            rows = cpu_kernel.prepare(pos, attend.table, attend.stores, attend.own, attend.lead)
-        else:
-            cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]  # (A, 1, D)
         scale = 1.0 / math.sqrt(D)
         x = self.embed[tokens]  # (A, h)
         for i in range(c.num_hidden_layers):
             qkv = self._rms(x, self.norm1[i]).to(self.dtype) @ self.w_qkv[i]  # (A, 3h)
-            qkv = qkv.view(A, 3, H, D)
-            if fused:
-                y = cpu_kernel.run(qkv, self.cos32, self.sin32, rows, i, scale)
-            else:
-                q, k = apply_rope(qkv[:, :2], cos[:, None], sin[:, None]).unbind(1)  # each (A, H, D); one pass
-                v = qkv[:, 2]
-                y = attend(i, (q * scale)[:, :, None, :], k, v)  # (A, H, 1, D)
+            q, k = apply_rope(qkv.view(A, 3, H, D)[:, :2], cos[:, None], sin[:, None]).unbind(1)  # each (A, H, D)
+            v = qkv.view(A, 3, H, D)[:, 2]
+            y = attend(i, (q * scale)[:, :, None, :], k, v)  # (A, H, 1, D)
             x = x + y.reshape(A, -1) @ self.w_o[i]
             g, u = (self._rms(x, self.norm2[i]).to(self.dtype) @ self.w_gu[i]).chunk(2, dim=-1)
             x = x + (F.silu(g) * u) @ self.w_down[i]
         return self._rms(x, self.norm_f) @ self.w_head  # (A, vocab), float32 whatever the dtype
+
+    def _rows_fused(self, tokens: torch.Tensor, pos: torch.Tensor, attend: Fused) -> torch.Tensor:
+        """`_rows` with the CPU kernel: attention, and the norms with the residual steps before them and the
+        MLP's activation (`cpu_kernel.add_rms`, `silu_mul`), in C, between torch's matmuls, each writing into
+        buffers kept between calls (`_buffer`): on this path a step allocates only its logits. Allocating
+        the intermediates afresh cost more than computing them: tensors of over 128 KB come from the
+        system, page by page, a page fault each (about 200,000 a sampling call of 64 x 64 samples)."""
+        c = self.config
+        A, H, D, h = tokens.shape[0], c.num_attention_heads, c.head_dim, c.hidden_size
+        rows = cpu_kernel.prepare(pos, attend.table, attend.stores, attend.own, attend.lead)  # once, every layer
+        scale, eps, last = 1.0 / math.sqrt(D), c.rms_norm_eps, c.num_hidden_layers - 1
+        x = torch.index_select(self.embed.float(), 0, tokens, out=self._buffer("x", A, h, torch.float32))
+        normed = cpu_kernel.add_rms(x, None, self.norm1[0].float(), eps, self._buffer("normed", A, h))
+        for i in range(c.num_hidden_layers):
+            qkv = torch.mm(normed, self.w_qkv[i], out=self._buffer("qkv", A, 3 * h))
+            y = cpu_kernel.run(qkv.view(A, 3, H, D), self.cos32, self.sin32, rows, i, scale,
+                               out=self._buffer("y", A, h))
+            o = torch.mm(y, self.w_o[i], out=self._buffer("o", A, h))
+            normed = cpu_kernel.add_rms(x, o, self.norm2[i].float(), eps, normed)
+            gu = torch.mm(normed, self.w_gu[i], out=self._buffer("gu", A, 2 * c.intermediate_size))
+            act = cpu_kernel.silu_mul(gu, self._buffer("act", A, c.intermediate_size))
+            down = torch.mm(act, self.w_down[i], out=o)
+            if i < last:
+                normed = cpu_kernel.add_rms(x, down, self.norm1[i + 1].float(), eps, normed)
+        final = cpu_kernel.add_rms(x, down, self.norm_f.float(), eps, self._buffer("final", A, h, torch.float32))
+        return final @ self.w_head  # (A, vocab), float32, a tensor of its own
+
+    def _buffer(self, name: str, rows: int, cols: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows 0..rows-1 of the (at least rows, cols) buffer `name`, kept between calls (`_rows_fused`), in
+        the engine's dtype unless told."""
+        dtype = dtype or self.dtype
+        have = self._buffers.get(name)
+        if have is None or len(have) < rows or have.shape[1] != cols or have.dtype != dtype:
+            have = self._buffers[name] = torch.empty(max(rows, self.max_rows), cols, dtype=dtype)
+        return have[:rows]
 
     def _store(self, kv: torch.Tensor, chunk_of: torch.Tensor, rows: torch.Tensor | None, offset: torch.Tensor,
                k: torch.Tensor, v: torch.Tensor) -> None:
@@ -509,7 +548,7 @@ class Engine:
                     self._clear_from(layer, chunk, offset)
         for first in range(0, len(flat), EXTEND_ROWS):
             part = sorted(flat[first:first + EXTEND_ROWS], key=lambda r: (r[0], -r[1]))  # by item, longest first
-            width = max(len(part), MIN_ROWS)  # rows past the real ones (position 0) are computed and ignored
+            width = _width(len(part))  # rows past the real ones (position 0) are computed and ignored
             pos = torch.tensor([p for _, p, _ in part] + [0] * (width - len(part)), device=dev)
             tokens = torch.tensor([t for _, _, t in part] + [c.pad_token_id] * (width - len(part)), device=dev)
             bounds = [r for r in range(len(part) + 1) if r in (0, len(part)) or part[r][0] != part[r - 1][0]]
@@ -1090,7 +1129,7 @@ class Engine:
                     finish_rows(torch.tensor(done))
                 continue
             active = torch.arange(A, device=dev)
-            width = max(A, MIN_ROWS)  # rows past A are idle slots, computed and ignored
+            width = _width(A, len(row_pos))  # rows past A are idle slots, computed and ignored
             pos = row_pos[:width].clone()
             pos[A:] = 0  # an idle slot writes at its own position 0, rewritten on admission
             lead = None
@@ -1103,6 +1142,13 @@ class Engine:
             row_pos[:A] += 1
             take_token(active, logits)
         return results  # type: ignore[return-value]
+
+
+def _width(rows: int, most: int | None = None) -> int:
+    """The rows a step computes for `rows` real ones: at least MIN_ROWS, a multiple of ROW_STEP, at most `most`
+    (where there are no more rows to compute)."""
+    width = max(MIN_ROWS, -(-rows // ROW_STEP) * ROW_STEP)
+    return width if most is None else max(rows, min(width, most))
 
 
 def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
