@@ -189,6 +189,8 @@ def test_each_call_splits_its_rows_among_threads_and_every_row_is_the_same_whate
         copy = cache.clone()
         rows = cpu_kernel.prepare(pos, cpu_kernel.where(copy, torch.arange(200)), 200, own=True)
         out = cpu_kernel.run(qkv, cos, sin, rows, 1, 0.17, threads=threads)
+        if cpu_kernel._library().ts_openmp():  # built with OpenMP: the rows were split (at least 32 a thread)
+            assert cpu_kernel.last_threads == threads
         x = torch.randn(200, 128, generator=torch.Generator().manual_seed(8))
         normed = cpu_kernel.add_rms(x, out, torch.ones(128), 1e-5, torch.empty(200, 128), threads=threads)
         act = cpu_kernel.silu_mul(torch.cat([out, out], 1), torch.empty(200, 128, dtype=torch.bfloat16),
@@ -244,6 +246,9 @@ def test_bad_inputs_are_refused():
         cpu_kernel.attend(qkv.to("meta"), pos, cos, sin, table, 0, 8, 1.0)
     with pytest.raises(ValueError, match="integers on the CPU"):
         cpu_kernel.attend(qkv, pos.float(), cos, sin, table, 0, 8, 1.0)
+    with pytest.raises(ValueError, match="cache of their own"):  # `own` rows split among threads would race
+        cpu_kernel.attend(qkv, pos, cos, sin, cpu_kernel.where(cache, torch.tensor([0, 1, 2, 3, 4, 5, 6, 6])), 0, 8,
+                          1.0, own=True)
     with pytest.raises(ValueError, match="head size of at most 128"):
         cpu_kernel.attend(torch.zeros(8, 3, 1, 256), pos, cos, sin, table, 0, 8, 1.0)
 

@@ -430,8 +430,9 @@ static void attend_rows(const Job *job) {
  * just before it reads. `lead` (or NULL): per row, how many of its first positions to read from the cache
  * `lead_where` describes (its prompt's, which many rows share, and which stays in the CPU's caches while they
  * read it) instead of its own copy: the same keys and values, so the same result. The rows that attend are
- * split among `threads` threads by OpenMP (one, in a build without it), each a block of consecutive rows. Built
- * with -fopenmp, this library takes the libgomp that torch has loaded, so the threads are torch's own pool,
+ * split among `threads` threads by OpenMP (one, in a build without it), each a block of at least 32 consecutive
+ * rows. Built by GCC with -fopenmp, this library takes the libgomp that torch has loaded, so the threads are
+ * torch's own pool (cpu_kernel.parallel() checks that the process has one OpenMP runtime),
  * still spinning from its last matmul; threads of our own (pthreads, stop 37) fought those for the cores and
  * measured no faster. Returns the threads used. */
 int ts_attend(const void *qkv, const int64_t *pos, const float *cos, const float *sin, const int64_t *where,

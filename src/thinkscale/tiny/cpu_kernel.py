@@ -13,11 +13,13 @@ path's to the bit (where two tokens were nearly tied one may differ).
 Between the layers' matmuls, the rest of a layer runs here too (`add_rms`:
 the residual step and the next RMS norm; `silu_mul`: the MLP's activation),
 each into a buffer the engine keeps, so a step allocates nothing but its
-logits. With more than one torch thread, each call splits its rows among
-them by OpenMP, built against the OpenMP library torch has loaded (the
-GNU one, libgomp, in torch's CPU builds): the threads are torch's own, still
-spinning from its last matmul, where threads of another pool would fight
-them for the cores.
+logits. With more than one torch thread, each call of 64 rows or more
+splits its rows among them by OpenMP. Built by GCC with -fopenmp, the library
+binds to the libgomp torch's CPU builds have already loaded: the threads are
+torch's own, still spinning from its last matmul, where threads of another
+pool would fight them for the cores. Where the process ends up with two
+OpenMP runtimes (another compiler's, or a torch on another runtime), calls
+run on one thread unless told otherwise (`parallel()`).
 
 The C source is compiled with the machine's C compiler (`$CC`, else `cc`)
 for this CPU (`-march=native`) into a cache folder (`$THINKSCALE_CACHE`,
@@ -50,6 +52,7 @@ MAX_SCORES = 1 << 16  # heads x positions a row's scores (on the C side's stack:
 SOURCE = Path(__file__).with_name("cpu_attention.c")
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared")
 _failure: list[str] = []
+last_threads = 0  # the threads the last `run` used (its rows split among them)
 
 
 def _cpu_id() -> str:
@@ -100,7 +103,11 @@ def _library() -> ctypes.CDLL | None:
                     errors.append(error)
                     continue
                 os.replace(built, path)
-        library = ctypes.CDLL(str(path))
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError as error:  # built, but its OpenMP runtime does not load (say, clang's libomp): the next
+            errors.append(f"{path.name} ({' '.join(flags)}): {error}")
+            continue
         f = library.ts_attend
         f.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float] + [ctypes.c_int] * 2 + [
             ctypes.c_void_p] * 2 + [ctypes.c_int]
@@ -135,8 +142,30 @@ def available() -> bool:
 
 
 def parallel() -> bool:
-    """Whether the kernel was built with OpenMP, so that its calls split their rows among torch's threads."""
-    return available() and bool(_library().ts_openmp())
+    """Whether the kernel's calls split their rows among torch's threads by default: built with OpenMP, and
+    one OpenMP runtime in the process (torch's, which the build bound to). Where the build brought a runtime
+    of its own, its threads would fight torch's spinning ones for the cores, so calls run on one thread
+    unless told otherwise (`threads`)."""
+    return available() and bool(_library().ts_openmp()) and _one_openmp_runtime()
+
+
+@functools.cache
+def _one_openmp_runtime() -> bool:
+    """Whether the process has mapped exactly one OpenMP runtime (Linux: /proc/self/maps; elsewhere, unknown:
+    False)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    names = ("libgomp", "libiomp", "libomp")
+    return len({ln.split()[-1] for ln in maps.splitlines() if any(n in ln.rsplit("/", 1)[-1] for n in names)}) == 1
+
+
+def _threads(threads: int | None) -> int:
+    """A call's threads: as told, else torch's where `parallel()`, else one."""
+    if threads is not None:
+        return threads
+    return torch.get_num_threads() if parallel() else 1
 
 
 def why_unavailable() -> str:
@@ -227,6 +256,8 @@ def prepare(pos: torch.Tensor, table: torch.Tensor, stores: int, own: bool = Fal
     chunk, item = int(both[0, 6]), int(both[0, 7])
     if not (bool((both[:, 6] == chunk).all()) and bool((both[:, 7] == item).all())):
         raise ValueError("the caches of one call must have chunks of one size and elements of one type")
+    if own and len(torch.unique(table[:, 0])) != A:  # rows of one cache, split among threads, would race
+        raise ValueError("`own` rows must each have a cache of their own; some share one")
     if int(pos.min()) < 0 or bool((pos // CHUNK >= table[:, 4]).any()):
         raise ValueError(f"a position outside its cache: {pos.tolist()}")
     if counts is not None and (int(counts.min()) < 0 or bool((counts > pos).any())
@@ -243,8 +274,9 @@ def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, lay
     (A, H * D), in `out` where given (contiguous, qkv's dtype). qkv (A, 3, H, D) contiguous, float32 or
     bfloat16 as the caches; cos, sin (positions, D) float32, covering every position; `rows`: `prepare`'s.
     The keys live in this kernel's layout, position-major as the values (cpu_attention.c), not the torch
-    path's. `threads` (default torch's): the rows are split among them where the build has OpenMP
-    (`parallel()`); each row's result is the same whatever the split."""
+    path's. `threads` (default: torch's where `parallel()`, else one): the rows are split among them,
+    at least 32 rows a thread, where the build has OpenMP; each row's result is the same whatever the
+    split."""
     A, _, H, D = qkv.shape
     if not fits(H, D) or qkv.dtype not in (torch.float32, torch.bfloat16) or not qkv.is_contiguous():
         raise ValueError(f"qkv must be contiguous float32 or bfloat16 with an even head size of at most {MAX_DIM} "
@@ -269,11 +301,12 @@ def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, lay
         out = torch.empty(A, H * D, dtype=qkv.dtype)
     else:
         _check_out(out, (A, H * D), qkv.dtype)
-    _library().ts_attend(qkv.data_ptr(), rows.pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows.table.data_ptr(),
-                         out.data_ptr(), layer, A, rows.stores, H, D, scale, int(qkv.dtype == torch.bfloat16),
-                         int(rows.own), None if rows.lead_counts is None else rows.lead_counts.data_ptr(),
-                         None if rows.lead_table is None else rows.lead_table.data_ptr(),
-                         torch.get_num_threads() if threads is None else threads)
+    global last_threads
+    last_threads = _library().ts_attend(
+        qkv.data_ptr(), rows.pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows.table.data_ptr(), out.data_ptr(),
+        layer, A, rows.stores, H, D, scale, int(qkv.dtype == torch.bfloat16), int(rows.own),
+        None if rows.lead_counts is None else rows.lead_counts.data_ptr(),
+        None if rows.lead_table is None else rows.lead_table.data_ptr(), _threads(threads))
     return out
 
 
@@ -298,8 +331,7 @@ def add_rms(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, e
     _check_out(out, (A, h), out.dtype)
     _library().ts_add_rms(x.data_ptr(), None if delta is None else delta.data_ptr(),
                           int(delta is not None and delta.dtype == torch.bfloat16), weight.data_ptr(), eps,
-                          out.data_ptr(), int(out.dtype == torch.bfloat16), A, h,
-                          torch.get_num_threads() if threads is None else threads)
+                          out.data_ptr(), int(out.dtype == torch.bfloat16), A, h, _threads(threads))
     return out
 
 
@@ -312,7 +344,7 @@ def silu_mul(gu: torch.Tensor, out: torch.Tensor, threads: int | None = None) ->
     _check_out(gu, (A, two), gu.dtype)
     _check_out(out, (A, two // 2), gu.dtype)
     _library().ts_silu_mul(gu.data_ptr(), out.data_ptr(), int(gu.dtype == torch.bfloat16), A, two // 2,
-                           torch.get_num_threads() if threads is None else threads)
+                           _threads(threads))
     return out
 
 

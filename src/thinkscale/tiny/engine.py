@@ -97,7 +97,7 @@ cache, which the rows of a prompt share (`Fused.lead`), not from the row's
 own copy. The rest of a layer between its matmuls runs in C too (the
 residual steps with the RMS norms after them, the MLP's activation), into
 buffers kept between steps (`_rows_fused`), and each C call splits its rows
-among torch's threads. The norms and the activation round otherwise than
+among torch's threads (where `cpu_kernel.parallel()`). The norms and the activation round otherwise than
 torch's as well (the activation once, where torch rounds silu(gate) and the
 product each to bfloat16).
 """
