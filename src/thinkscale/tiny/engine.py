@@ -420,9 +420,9 @@ class Engine:
     def _rows_fused(self, tokens: torch.Tensor, pos: torch.Tensor, attend: Fused) -> torch.Tensor:
         """`_rows` with the CPU kernel: attention, and the norms with the residual steps before them and the
         MLP's activation (`cpu_kernel.add_rms`, `silu_mul`), in C, between torch's matmuls, each writing into
-        buffers kept between calls (`_buffer`): on this path a step allocates only its logits. Allocating
-        the intermediates afresh cost more than computing them: tensors of over 128 KB come from the
-        system, page by page, a page fault each (about 200,000 a sampling call of 64 x 64 samples)."""
+        buffers kept between calls (`_buffer`): on this path a step allocates only its logits. Allocated
+        afresh, intermediates of over 128 KB come from the system, page by page, a page fault each (about
+        200,000 a sampling call of 64 x 64 samples)."""
         c = self.config
         A, H, D, h = tokens.shape[0], c.num_attention_heads, c.head_dim, c.hidden_size
         rows = cpu_kernel.prepare(pos, attend.table, attend.stores, attend.own, attend.lead)  # once, every layer
