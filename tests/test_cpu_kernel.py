@@ -164,7 +164,7 @@ def test_the_residual_step_and_norm_are_torchs_within_rounding(dtype):
     assert torch.equal(again, out)  # nothing added: the same norm of the same x
     with pytest.raises(ValueError, match="out must be"):
         cpu_kernel.add_rms(x, delta, weight, 1e-5, torch.empty(70, 64, dtype=dtype))
-    with pytest.raises(ValueError, match="out must be"):
+    with pytest.raises(ValueError, match="x must be a contiguous torch.float32"):
         cpu_kernel.add_rms(x.bfloat16(), delta, weight, 1e-5, out)  # the residual stream is float32
 
 
@@ -180,6 +180,8 @@ def test_the_mlp_activation_is_silu_gate_times_up_rounded_once(dtype):
     assert ((out.double() - expected).abs() <= step * expected.abs() + 1e-30).all()
     with pytest.raises(ValueError, match="out must be"):
         cpu_kernel.silu_mul(gu, torch.empty(40, 300, dtype=torch.float64))
+    with pytest.raises(ValueError, match="gu must be"):  # gate and up, of as many columns
+        cpu_kernel.silu_mul(gu[:, :599].contiguous(), torch.empty(40, 299, dtype=dtype))
 
 
 def test_each_call_splits_its_rows_among_threads_and_every_row_is_the_same_whatever_the_split():

@@ -300,7 +300,7 @@ def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, lay
     if out is None:
         out = torch.empty(A, H * D, dtype=qkv.dtype)
     else:
-        _check_out(out, (A, H * D), qkv.dtype)
+        _check("out", out, (A, H * D), qkv.dtype)
     global last_threads
     last_threads = _library().ts_attend(
         qkv.data_ptr(), rows.pos.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows.table.data_ptr(), out.data_ptr(),
@@ -310,10 +310,11 @@ def run(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows, lay
     return out
 
 
-def _check_out(t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
-        raise ValueError(f"out must be a contiguous {dtype} {shape} on the CPU, got {t.dtype} {tuple(t.shape)} on "
-                         f"{t.device}, strides {t.stride()}")
+def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], *dtypes: torch.dtype) -> None:
+    """`t`, called `name` in the error, must be a contiguous CPU tensor of `shape` and one of `dtypes`."""
+    if t.device.type != "cpu" or t.dtype not in dtypes or tuple(t.shape) != shape or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous {' or '.join(map(str, dtypes))} {shape} on the CPU, got "
+                         f"{t.dtype} {tuple(t.shape)} on {t.device}, strides {t.stride()}")
 
 
 def add_rms(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, out: torch.Tensor,
@@ -321,14 +322,12 @@ def add_rms(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, e
     """The residual step and the next RMS norm of the engine's rows, in one pass: x (A, h) float32 += delta
     (A, h, float32 or bfloat16; None: nothing), in place; then out (A, h) = weight * (x / sqrt(mean(x^2) +
     eps)), float32 or rounded to bfloat16 (out's dtype). Returns out. `threads`: as `run`'s."""
-    A, h = x.shape
-    _check_out(x, (A, h), torch.float32)
-    _check_out(weight, (h,), torch.float32)
+    A, h = x.shape if x.dim() == 2 else (0, 0)
+    _check("x", x, (A, h), torch.float32)
+    _check("weight", weight, (h,), torch.float32)
     if delta is not None:
-        _check_out(delta, (A, h), delta.dtype if delta.dtype in (torch.float32, torch.bfloat16) else torch.float32)
-    if out.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"out must be float32 or bfloat16, got {out.dtype}")
-    _check_out(out, (A, h), out.dtype)
+        _check("delta", delta, (A, h), torch.float32, torch.bfloat16)
+    _check("out", out, (A, h), torch.float32, torch.bfloat16)
     _library().ts_add_rms(x.data_ptr(), None if delta is None else delta.data_ptr(),
                           int(delta is not None and delta.dtype == torch.bfloat16), weight.data_ptr(), eps,
                           out.data_ptr(), int(out.dtype == torch.bfloat16), A, h, _threads(threads))
@@ -338,12 +337,10 @@ def add_rms(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, e
 def silu_mul(gu: torch.Tensor, out: torch.Tensor, threads: int | None = None) -> torch.Tensor:
     """The MLP's activation: gu (A, 2 * I), gate then up, float32 or bfloat16; out (A, I), gu's dtype, =
     silu(gate) x up, rounded once. Returns out. `threads`: as `run`'s."""
-    A, two = gu.shape
-    if two % 2 or gu.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"gu must be float32 or bfloat16 (rows, 2 x I), got {gu.dtype} {tuple(gu.shape)}")
-    _check_out(gu, (A, two), gu.dtype)
-    _check_out(out, (A, two // 2), gu.dtype)
-    _library().ts_silu_mul(gu.data_ptr(), out.data_ptr(), int(gu.dtype == torch.bfloat16), A, two // 2,
+    A, inter = (gu.shape[0], gu.shape[1] // 2) if gu.dim() == 2 else (0, 0)
+    _check("gu", gu, (A, 2 * inter), torch.float32, torch.bfloat16)  # gate and up, of as many columns
+    _check("out", out, (A, inter), gu.dtype)
+    _library().ts_silu_mul(gu.data_ptr(), out.data_ptr(), int(gu.dtype == torch.bfloat16), A, inter,
                            _threads(threads))
     return out
 
