@@ -188,16 +188,20 @@ def test_a_position_is_computed_the_same_however_the_sequence_is_split(arithmeti
     # with other sequences in the same call
     together = engine.extend([(None, 0, seq[:5]), (None, 0, seq), (None, 0, seq[3:40])])
     assert torch.equal(together[1][1], logits)
-    # a decode step computes what extend computes: the keys and values a sampled step left in the cache
-    newline = tok.ids["\n"]
-    prompt = tuple(tok.encode(examples[0].problem.prompt))
-    (sample,) = engine.generate([SampleRequest(prompt, params=SamplingParams(max_tokens=30, stop_ids=(newline,)),
-                                               cache_scope="decode")])[0]
-    path = prompt + sample.token_ids[:-1]
-    length, entry = engine.prefix_cache.longest(path, "decode")
-    assert length == len(path) and len(sample.token_ids) > 1
-    fresh_kv, _ = engine.extend([(None, 0, path)])[0]
-    assert _same_positions(entry.kv, fresh_kv, length)
+    # a decode step computes what extend computes: the keys and values a sampled step left in the cache, its
+    # prompt's too (with the kernel a row's cache holds only its own positions: the prompt's are put back),
+    # for prompts ending inside a first, second and third chunk
+    newline, equals = tok.ids["\n"], tok.ids["="]
+    prompts = [seq[:cut + 1] for cut, t in enumerate(seq) if t == equals]
+    assert {len(p) // CHUNK for p in prompts} >= {0, 1, 2}
+    for prompt in prompts:
+        (sample,) = engine.generate([SampleRequest(prompt, params=SamplingParams(max_tokens=30, stop_ids=(newline,)),
+                                                   cache_scope="decode")])[0]
+        path = prompt + sample.token_ids[:-1]
+        length, entry = engine.prefix_cache.longest(path, "decode")
+        assert length == len(path) and len(sample.token_ids) > 1
+        fresh_kv, _ = engine.extend([(None, 0, path)])[0]
+        assert _same_positions(entry.kv, fresh_kv, length)
 
 
 def test_prefix_cache_bounds_its_memory_and_keeps_scopes_apart():

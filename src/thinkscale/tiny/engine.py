@@ -661,17 +661,22 @@ class Engine:
     # -- one decode step over the active rows ---------------------------------
     def _decode(self, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
                 attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                lead: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                lead: tuple[torch.Tensor, torch.Tensor] | None = None, slots: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Feed `tokens` (A,) at positions `pos` (A,) for rows 0..A-1; returns logits (A, vocab).
 
         `attention(q, keys, values)` over one layer's whole cache (`_keys`, `_values`); default `_attend` by
         `_plan`'s chunks, which waits for the device to say which rows reach which. `lead`: with the CPU
-        kernel, where each row's prompt is read from (`Fused.lead`)."""
+        kernel, where each row's prompt is read from (`Fused.lead`); `slots` (A,), with the kernel too: row
+        r's keys and values are the cache's row slots[r] (distinct), not row r."""
         rows = torch.arange(tokens.shape[0], device=self.device)
         if self._fused():  # the cache is in the kernel's layout: only the kernel reads it
             if attention is not None:
                 raise ValueError("with the CPU kernel, decode's attention is the kernel's")
-            return self._rows(tokens, pos, Fused(cpu_kernel.where(cache, rows), len(rows), own=True, lead=lead))
+            return self._rows(tokens, pos, Fused(cpu_kernel.where(cache, rows if slots is None else slots), len(rows),
+                                                 own=True, lead=lead))
+        if slots is not None:
+            raise ValueError("decode's rows live in slots of their own only with the CPU kernel")
         chunk_of, offset = pos // CHUNK, pos % CHUNK
         if attention is None:
             plan = self._plan(pos)
@@ -974,6 +979,10 @@ class Engine:
         out_conf = torch.zeros(R_alloc if confident else 1, int(req_max.max()), dtype=torch.float64, device=dev)
         row_wsum = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
         row_cut = torch.zeros(R_alloc, dtype=torch.bool, device=dev)
+        # With the CPU kernel the exact loop reads each row's prompt from the prompt's one cache (`lead`), so no
+        # prompt is copied into a row's cache, and active row r keeps its keys and values in the cache's row
+        # slot[r]: a row that moves into a finished row's place takes its slot number, not a copy of its cache.
+        slot = torch.arange(R_alloc, device=dev) if prompt_where is not None and not static else None
         A = 0
 
         def free(rows: list[int]) -> None:
@@ -988,7 +997,9 @@ class Engine:
             if holes:
                 dst, src = torch.tensor(holes, device=dev), torch.tensor(movers, device=dev)
                 lengths = row_pos[src].tolist()
-                if static:  # one gather: a copy per row costs more than the copy itself on a GPU
+                if slot is not None:  # the finished rows' slots go past the active rows, free for the next
+                    slot[dst], slot[src] = slot[src], slot[dst]
+                elif static:  # one gather: a copy per row costs more than the copy itself on a GPU
                     used = (max(lengths) - 1) // CHUNK + 1
                     cache[:, :, :used, dst] = cache[:, :, :used, src]
                 else:
@@ -1028,6 +1039,20 @@ class Engine:
                 for ri, tokens in spent.items():
                     on_dropped(ri, tokens)
 
+        def row_cache(row: int, length: int, p: int) -> torch.Tensor:
+            """A copy of active row `row`'s keys and values at positions 0..length-1 (whole chunks), prompt p's
+            first: in a slot (`slot`), the row's cache holds only its own positions."""
+            if slot is None:
+                return cache[:, :, :-(-length // CHUNK), row].clone()
+            kv = cache[:, :, :-(-length // CHUNK), int(slot[row])].clone()
+            n = len(prompts[p])
+            whole, part = divmod(n, CHUNK)
+            kv[:, :, :whole] = kvs[p][:, :, :whole]
+            if part:  # positions 0..part-1 of the chunk the prompt ends in (keys and values position-major)
+                kv[:, :, whole].unflatten(-1, (CHUNK, -1))[..., :part, :] = (
+                    kvs[p][:, :, whole].unflatten(-1, (CHUNK, -1))[..., :part, :])
+            return kv
+
         def finish_rows(done: torch.Tensor) -> None:
             """Record finished rows, then forget them (`free`)."""
             rows = sorted(done.tolist(), reverse=True)
@@ -1044,8 +1069,7 @@ class Engine:
                 if self.prefix_cache is not None and reason == FINISH_STOP and last != self.eos_id and n > 1:
                     # a step, to be continued: its keys and values (all but the stop token, not fed yet)
                     self.prefix_cache.put(tuple(requests[ri].prompt_ids) + tokens[:-1],
-                                          Entry(cache[:, :, :-(-length // CHUNK), row].clone(), None),
-                                          requests[ri].cache_scope)
+                                          Entry(row_cache(row, length, prompt_of[ri]), None), requests[ri].cache_scope)
                 window = windows[ri]
                 results[ri][j] = Completion(tokens, reason, logprob, prompt_cached[prompt_of[ri]],
                                             _lowest_group(out_conf[row, :n], window) if window else None)
@@ -1095,7 +1119,7 @@ class Engine:
                 drop_cancelled()
                 if not (pending or A):
                     break
-            # Admit waiting samples into free rows: copy their prompt's KV, draw their first token.
+            # Admit waiting samples into free rows: copy their prompt's KV (not with `slot`), draw their first token.
             if pending and A < R:
                 m = min(R - A, len(pending))
                 admitted = [pending.pop() for _ in range(m)]
@@ -1110,7 +1134,7 @@ class Engine:
                     key[rows] = sample_key(req_seed[req], row_sample[rows])
                     most[rows], stops[rows] = req_max[req], stop_table[req]
                 first = A  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
-                for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]):
+                for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]) if slot is None else ():
                     stop = first + len(list(run))
                     cache[:, :, :prompt_chunks[p], first:stop] = kvs[p][:, :, :prompt_chunks[p], None]
                     first = stop
@@ -1138,7 +1162,8 @@ class Engine:
                 counts = prompt_len[prompt]
                 counts[A:] = 0  # an idle slot reads its own position 0
                 lead = (prompt_where[prompt], counts)
-            logits = self._decode(cache, row_tok[:width], pos, lead=lead)[:A]
+            slots = None if slot is None else slot[:width]
+            logits = self._decode(cache, row_tok[:width], pos, lead=lead, slots=slots)[:A]
             row_pos[:A] += 1
             take_token(active, logits)
         return results  # type: ignore[return-value]
