@@ -2,11 +2,14 @@
 
     python benchmarks/profile_engine.py [--device cuda] [--dtype bfloat16] [--prompts 64] [--samples 64]
         [--max-new-tokens 160] [--sync-every N] [--one-pass-attention auto|on|off] [--eager] [--top 15]
-        [--problem-seed 0]
+        [--problem-seed 0] [--cpu-kernel] [--static-decode auto|on|off] [--max-rows N] [--split test|train]
 
-The work is benchmarks/sampling.py's (the same test problems, one row per
-sample, as there on a GPU). One call warms up (on a GPU it captures the graphs), then
-one call runs under torch.profiler. Prints the call's wall time; the static
+The work is benchmarks/sampling.py's (the same problems and engine settings:
+on a GPU one row per sample, on a CPU 1,024 rows and the exact loop unless
+told). One call warms up (on a GPU it captures the graphs), then one call
+runs under torch.profiler. With `--cpu-kernel` the kernel's C calls
+(`cpu_kernel.run`, `add_rms`, `silu_mul`, `prepare`) are listed as host ops
+under their own names, each wrapped in a profiler range. Prints the call's wall time; the static
 steps it ran, by rows and chunks read; the kernels the device ran, their
 count and summed time and that sum's share of the wall time (low: the device
 waited for the host); the kernels that took the most device time; and the
@@ -43,6 +46,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="static decode's attention in one softmax (default auto: the engine's, on a GPU)")
     parser.add_argument("--eager", action="store_true", help="static steps kernel by kernel, no CUDA graphs")
     parser.add_argument("--top", type=int, default=15, help="kernels (ops on a CPU) listed (default 15)")
+    parser.add_argument("--cpu-kernel", action="store_true",
+                        help="the engine's C kernel (CPU only; tiny/cpu_kernel.py)")
+    parser.add_argument("--static-decode", choices=("auto", "on", "off"), default="auto",
+                        help="static decode (default auto: the engine's, on a GPU)")
+    parser.add_argument("--max-rows", type=int, default=None,
+                        help="the engine's rows (default: prompts x samples on a GPU, 1024 on a CPU, as "
+                             "benchmarks/sampling.py)")
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="the problems' split (default test)")
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
@@ -60,19 +71,29 @@ def main(argv: list[str] | None = None) -> None:
     ck = checkpoint.load(args.checkpoint)
     task = get_task(ck.summary.get("task", args.checkpoint))
     prompts = [tuple(ck.tokenizer.encode(e.problem.prompt))
-               for e in task.examples("test", args.prompts, seed=args.problem_seed)]
+               for e in task.examples(args.split, args.prompts, seed=args.problem_seed)]
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
-    engine = Engine(ck.model.to(device), max_rows=args.prompts * args.samples, device=device,
-                    dtype=DTYPES[args.dtype], static_decode=True,
-                    **({"sync_every": args.sync_every} if args.sync_every else {}))
+    if args.cpu_kernel:
+        from thinkscale.tiny import cpu_kernel
+
+        if gpu:
+            parser.error("--cpu-kernel runs on a CPU (--device cpu)")
+        if not cpu_kernel.available():
+            parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
+        for name in ("run", "add_rms", "silu_mul", "prepare"):  # each C call a named range in the profile
+            setattr(cpu_kernel, name, _ranged(f"cpu_kernel.{name}", getattr(cpu_kernel, name)))
+    max_rows = args.max_rows or (args.prompts * args.samples if gpu else 1024)
+    engine = Engine(ck.model.to(device), max_rows=max_rows, device=device, dtype=DTYPES[args.dtype],
+                    static_decode={"auto": None, "on": True, "off": False}[args.static_decode],
+                    cpu_kernel=args.cpu_kernel, **({"sync_every": args.sync_every} if args.sync_every else {}))
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.cuda_graphs = not args.eager
     steps: collections.Counter = collections.Counter()
     stepped = engine._static_step
 
-    def counted(width: int, chunks: int, nucleus: bool) -> None:
+    def counted(width: int, chunks: int, nucleus: bool) -> None:  # static decode's steps (none in the exact loop)
         steps[width, chunks] += 1
         stepped(width, chunks, nucleus)
 
@@ -91,19 +112,22 @@ def main(argv: list[str] | None = None) -> None:
         synced()
         wall = time.perf_counter() - started
     tokens = sum(len(c.token_ids) for r in results for c in r)
-    print(f"{ck.path.name}, {args.prompts} prompts x {args.samples} samples, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if gpu else "")
-          + f", {args.dtype}, sync every {engine.sync_every}, one-pass attention "
-          + ("on, " if engine.one_pass_attention else "off, ")
-          + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel"))
+    print(f"{ck.path.name}, {args.prompts} prompts x {args.samples} samples, {args.threads} thread(s), device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if gpu else "") + f", {args.dtype}, max_rows {max_rows}, "
+          + ("C kernel, " if args.cpu_kernel else "")
+          + (f"static decode, sync every {engine.sync_every}, one-pass attention "
+             + ("on, " if engine.one_pass_attention else "off, ")
+             + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel")
+             if engine.static_decode else "exact loop"))
     print(f"one call, profiled: {tokens} tokens in {wall:.3f} s ({tokens / wall:,.0f} tokens/s under the profiler)")
     widths: collections.Counter = collections.Counter()
     for (width, _), n in steps.items():
         widths[width] += n
-    print(f"static steps: {sum(steps.values())}; by rows: "
-          + ", ".join(f"{w} x {n}" for w, n in sorted(widths.items(), reverse=True))
-          + f"; row-steps {sum(w * n for (w, _), n in steps.items()):,}, row-chunk-steps "
-          + f"{sum(w * c * n for (w, c), n in steps.items()):,} (tokens drawn: {tokens:,})")
+    if steps:
+        print(f"static steps: {sum(steps.values())}; by rows: "
+              + ", ".join(f"{w} x {n}" for w, n in sorted(widths.items(), reverse=True))
+              + f"; row-steps {sum(w * n for (w, _), n in steps.items()):,}, row-chunk-steps "
+              + f"{sum(w * c * n for (w, c), n in steps.items()):,} (tokens drawn: {tokens:,})")
     if gpu:
         kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
         busy = sum(e.device_time for e in kernels) / 1e6  # microseconds
@@ -121,6 +145,19 @@ def main(argv: list[str] | None = None) -> None:
     for op in ops:
         print(f"  {op.self_cpu_time_total / 1e3:8.2f} ms {op.self_cpu_time_total / 1e4 / wall:5.1f}%  "
               f"{op.count:7,} x  {op.key}")
+
+
+def _ranged(name: str, call):
+    """`call` inside a profiler range named `name`, so a C call (invisible to torch's profiler) gets its own row."""
+    import functools
+
+    from torch.profiler import record_function
+
+    @functools.wraps(call)
+    def ranged(*args, **kwargs):
+        with record_function(name):
+            return call(*args, **kwargs)
+    return ranged
 
 
 if __name__ == "__main__":

@@ -129,9 +129,13 @@ static void store_rows(const Job *job, int64_t first, int64_t last) {
 typedef float v16 __attribute__((vector_size(64)));
 typedef uint32_t u16x32 __attribute__((vector_size(64)));
 typedef uint16_t h16 __attribute__((vector_size(32)));
-/* Prefetching (prefetch_row): the next row's lines, into L2. Measured on a Zen 4 (1,024 rows, bfloat16, a
- * layer's call): 1.8 ms, against 3.0 ms without, 3.0 ms into L1 (it thrashes) and 1.9-2.0 ms two or three
- * rows ahead. */
+/* Prefetching (prefetch_head): the next row's lines, into L2, a head's keys as the row before starts that
+ * head's scores and its values as that one starts the head's value sums. Measured on a Zen 4 (1,024 rows,
+ * bfloat16, a layer's call): 1.8 ms, against 3.0 ms without, 3.0 ms into L1 (it thrashes) and 1.9-2.0 ms two
+ * or three rows ahead, all the next row's lines asked for at once (stop 38). Asked for at once, they
+ * overflowed the core's queue of misses, and the core waited on the prefetches themselves; spread over the
+ * heads (stop 40), a row whose cache is in memory took 1.36-1.43 us against 1.86-1.98 us
+ * (benchmarks/profile_kernel.py). */
 #define AHEAD 1
 #define PREFETCH_LOCALITY 2
 #define MAX_DV 4 /* vectors of 16 a head (head size 64) */
@@ -181,6 +185,16 @@ static inline v16 lane_sums(const v16 x[16]) {
 #undef HALVES
 }
 
+/* out[0..m-1] = the first m of v's lanes (m <= 16): one masked store where the CPU has AVX-512 (memcpy of a
+ * size known only at run time is a `rep movs`, slow to start) */
+static inline void store_lanes(float *out, v16 v, int64_t m) {
+#ifdef __AVX512F__
+    _mm512_mask_storeu_ps(out, (__mmask16)((1u << m) - 1u), (__m512)v);
+#else
+    memcpy(out, &v, sizeof(float) * m);
+#endif
+}
+
 /* scores_NAME: out[j] = the score of position j < count, 16 positions at a time, each position's products in
  * a vector (LANES_FN: the 16 lanes sum to its score), then the 16 vectors' lanes summed (lane_sums). */
 #define SCORES(NAME, LANES_FN, QV)                                                                            \
@@ -192,7 +206,7 @@ static inline v16 lane_sums(const v16 x[16]) {
             v16 x[16];                                                                                      \
             for (int64_t i = 0; i < 16; i++) x[i] = i < m ? LANES_FN(from, (j0 + i) * dim, qv) : (v16){0};  \
             const v16 sums = lane_sums(x);                                                                  \
-            memcpy(out + j0, &sums, sizeof(float) * m);                                                     \
+            store_lanes(out + j0, sums, m);                                                                 \
         }                                                                                                   \
     }
 #define RUN_PRODUCTS(NAME, T, LOAD, DV)                                                                      \
@@ -337,22 +351,17 @@ static inline int64_t run_end(int64_t j, int64_t n, int64_t lead) {
     return stop;
 }
 
-/* Ask the CPU for the cache lines row r will read from its own cache (its keys and values past its lead, each
- * head), so that
- * they arrive while the row before it computes: its positions lie in short runs in memory, too short for the
- * CPU's own prefetchers, which wait for a run before they fetch ahead. */
-static void prefetch_row(const Job *job, int64_t r) {
+/* Ask the CPU for the cache lines row r will read from its own cache for head h (its keys, or its values, past
+ * its lead), so that they arrive while the row before it computes: its positions lie in short runs in memory,
+ * too short for the CPU's own prefetchers, which wait for a run before they fetch ahead. */
+static void prefetch_head(const Job *job, int64_t r, int64_t h, int values) {
     const int64_t D = job->dim, item = job->bf16 ? 2 : 4, bytes = D * item, n = job->pos[r] + 1;
     const int64_t lead = job->lead ? job->lead[r] : 0, *w = job->where + WHERE * r;
-    for (int64_t h = 0; h < job->heads; h++)
-        for (int64_t j = lead, stop; j < n; j = stop) {  /* not the lead: the rows of a prompt share it, at hand */
-            stop = run_end(j, n, lead);
-            const char *keys = at(w, job->layer, h, j, D, item), *values = keys + w[1] * item;
-            for (int64_t b = 0; b < (stop - j) * bytes; b += 64) {
-                __builtin_prefetch(keys + b, 0, PREFETCH_LOCALITY);
-                __builtin_prefetch(values + b, 0, PREFETCH_LOCALITY);
-            }
-        }
+    for (int64_t j = lead, stop; j < n; j = stop) {  /* not the lead: the rows of a prompt share it, at hand */
+        stop = run_end(j, n, lead);
+        const char *lines = at(w, job->layer, h, j, D, item) + (values ? w[1] * item : 0);
+        for (int64_t b = 0; b < (stop - j) * bytes; b += 64) __builtin_prefetch(lines + b, 0, PREFETCH_LOCALITY);
+    }
 }
 
 static void attend_rows(const Job *job) {
@@ -366,10 +375,10 @@ static void attend_rows(const Job *job) {
         const int64_t lead = job->lead ? job->lead[r] : 0, *lw = job->lead ? job->lead_where + WHERE * r : w;
         const int64_t span = (n + LANES - 1) / LANES * LANES;
         float s[H * span];
-        if (r + AHEAD < job->last) prefetch_row(job, r + AHEAD);
         if (job->own && r < job->stores) store_rows(job, r, r + 1);  /* the lines it writes, it reads next */
         for (int64_t h = 0; h < H; h++) {
             float *qh = q + h * D, *sh = s + h * span;
+            if (r + AHEAD < job->last) prefetch_head(job, r + AHEAD, h, 0);
             for (int64_t d = 0; d < D; d++) qh[d] = load(job->qkv, (r * 3 * H + h) * D + d, job->bf16);
             rope(qh, job->cos, job->sin, p, D);
             for (int64_t d = 0; d < D; d++) qh[d] *= job->scale;
@@ -390,6 +399,7 @@ static void attend_rows(const Job *job) {
         }
         for (int64_t h = 0; h < H; h++) {
             const float *sh = s + h * span;
+            if (r + AHEAD < job->last) prefetch_head(job, r + AHEAD, h, 1);
             v16 acc[2][MAX_DV];
             memset(acc, 0, sizeof acc);
             float head[D];
