@@ -93,8 +93,10 @@ figures in the docs were measured with the torch path. Where it cannot be
 built (no C compiler), asking for it warns once and the torch path runs.
 With it, the cache keeps its keys position-major, as its values (`_keys`),
 and the exact loop's decode reads each row's prompt from the prompt's one
-cache, which the rows of a prompt share (`Fused.lead`), not from the row's
-own copy. The rest of a layer between its matmuls runs in C too (the
+cache, which the rows of a prompt share (`Fused.lead`): no row gets a copy,
+and each active row keeps its keys and values in a slot of the cache of its
+own (`slots`), so a row that takes a finished row's place takes its slot
+number, not a copy of its cache. The rest of a layer between its matmuls runs in C too (the
 residual steps with the RMS norms after them, the MLP's activation), into
 buffers kept between steps (`_rows_fused`), and each C call splits its rows
 among torch's threads (where `cpu_kernel.parallel()`). The norms and the activation round otherwise than
