@@ -112,9 +112,10 @@ def test_step_kernels_counts_what_a_static_step_launches():
 
 def test_profile_engine_places_a_calls_time():
     lines = bench("profile_engine.py", "--prompts", "2", "--samples", "8", "--max-new-tokens", "20", "--top", "4",
-                  "--sync-every", "4", "--one-pass-attention", "on", "--dtype", "float32")
+                  "--sync-every", "4", "--one-pass-attention", "on", "--dtype", "float32", "--static-decode", "on",
+                  "--max-rows", "16")
     lines = [line for line in lines if not line.startswith("USDT")]  # the profiler's own chatter on some builds
-    assert "float32, sync every 4, one-pass attention on, kernel by kernel" in lines[0]
+    assert "float32, max_rows 16, static decode, sync every 4, one-pass attention on, kernel by kernel" in lines[0]
     steps = re.search(r"static steps: (\d+); by rows: 16 x (\d+); row-steps ([\d,]+), .*\(tokens drawn: ([\d,]+)\)",
                       lines[2])
     assert steps and steps[1] == steps[2] and int(steps[1]) % 4 == 0  # every 4 steps a look: rows stay at 16
@@ -122,6 +123,38 @@ def test_profile_engine_places_a_calls_time():
     table = lines[lines.index("host ops by their own CPU time (on a GPU, waits for it show as synchronisations and "
                               "copies):") + 1:]
     assert len(table) == 4 and all(re.match(rf"\s+{NUMBER} ms\s+{NUMBER}%\s+[\d,]+ x  aten::", t) for t in table)
+
+
+def test_profile_engine_lists_the_cpu_kernels_calls_by_name():
+    from thinkscale.tiny import cpu_kernel
+
+    if not cpu_kernel.available():
+        pytest.skip(f"no CPU kernel: {cpu_kernel.why_unavailable()}")
+    lines = bench("profile_engine.py", "--prompts", "2", "--samples", "8", "--max-new-tokens", "20", "--top", "40",
+                  "--dtype", "bfloat16", "--cpu-kernel", "--split", "train")
+    lines = [line for line in lines if not line.startswith("USDT")]
+    assert lines[0].endswith("bfloat16, max_rows 1024, C kernel, exact loop")  # as benchmarks/sampling.py on a CPU
+    assert not any(line.startswith("static steps") for line in lines)
+    calls = {m[2]: int(m[1].replace(",", "")) for line in lines
+             if (m := re.fullmatch(rf"\s+{NUMBER} ms\s+{NUMBER}%\s+([\d,]+) x  (cpu_kernel\.\w+)", line))}
+    layers = 4  # the arithmetic checkpoint's: a call of each layer a step; add_rms once more a layer, and at the end
+    assert set(calls) == {"cpu_kernel.run", "cpu_kernel.add_rms", "cpu_kernel.silu_mul", "cpu_kernel.prepare"}
+    steps = calls["cpu_kernel.prepare"]
+    assert steps > 0 and calls["cpu_kernel.run"] == calls["cpu_kernel.silu_mul"] == layers * steps
+    assert calls["cpu_kernel.add_rms"] == (2 * layers + 1) * steps
+
+
+def test_profile_kernel_times_a_row_from_each_level():
+    from thinkscale.tiny import cpu_kernel
+
+    if not cpu_kernel.available():
+        pytest.skip(f"no CPU kernel: {cpu_kernel.why_unavailable()}")
+    lines = bench("profile_kernel.py", "--rows", "128", "--layers", "2", "--seconds", "0.2", "--own", "10")
+    assert lines[0].startswith("cpu_kernel.run, bfloat16, 4 heads of 32, 1 thread(s); each row reads 16 prompt")
+    rows = [re.fullmatch(rf"\s+(L2|L3|memory)\s+(\d+) rows: ({NUMBER}) us a row", line) for line in lines[1:4]]
+    assert [(m[1], m[2]) for m in rows] == [("L2", "64"), ("L3", "128"), ("memory", "128")]
+    assert all(float(m[3]) > 0 for m in rows)
+    assert re.fullmatch(rf"from memory, a row takes {NUMBER}x what it takes in L2", lines[-1])
 
 
 def test_attention_products_time_both_ways_and_agree():
