@@ -119,17 +119,21 @@ def test_prompt_too_long_is_refused(arithmetic_checkpoint):
         engine.generate([SampleRequest(tuple([1] * 300))])
 
 
-def _positions(kv, length, head_dim=32):
-    """(layers, 2, chunks, H, CHUNK * D) keys (transposed in each chunk) and values -> each (layers, H, length, D)."""
+def _positions(kv, length, transposed, head_dim=32):
+    """(layers, 2, chunks, H, CHUNK * D) keys and values -> each (layers, H, length, D); the keys transposed in
+    each chunk (the torch path's layout) or position-major as the values (the CPU kernel's)."""
     layers, _, chunks, heads, flat = kv.shape
     chunk = flat // head_dim
-    keys = kv[:, 0].view(layers, chunks, heads, head_dim, chunk).permute(0, 2, 1, 4, 3)
+    keys = (kv[:, 0].view(layers, chunks, heads, head_dim, chunk).permute(0, 2, 1, 4, 3) if transposed
+            else kv[:, 0].view(layers, chunks, heads, chunk, head_dim).permute(0, 2, 1, 3, 4))
     values = kv[:, 1].view(layers, chunks, heads, chunk, head_dim).permute(0, 2, 1, 3, 4)
     return [t.reshape(layers, heads, chunks * chunk, head_dim)[:, :, :length] for t in (keys, values)]
 
 
-def _same_positions(a, b, length):
-    return all(torch.equal(x, y) for x, y in zip(_positions(a, length), _positions(b, length)))
+def _same_positions(engine, a, b, length):
+    """Whether caches a and b of `engine` (in its path's layout) hold the same keys and values at 0..length-1."""
+    transposed = not engine._fused()
+    return all(torch.equal(x, y) for x, y in zip(_positions(a, length, transposed), _positions(b, length, transposed)))
 
 
 def test_reloaded_weights_sample_as_a_new_engine_over_them(arithmetic_checkpoint, arithmetic):
@@ -183,7 +187,7 @@ def test_a_position_is_computed_the_same_however_the_sequence_is_split(arithmeti
     for cut in (1, 7, 31, 32, 33, 64, 99):
         head_kv, head_logits = engine.extend([(None, 0, seq[:cut])])[0]
         tail_kv, tail_logits = engine.extend([(head_kv, cut, seq[cut:])])[0]
-        assert _same_positions(tail_kv, kv, len(seq))
+        assert _same_positions(engine, tail_kv, kv, len(seq))
         assert torch.equal(torch.cat([head_logits, tail_logits]), logits)
     # with other sequences in the same call
     together = engine.extend([(None, 0, seq[:5]), (None, 0, seq), (None, 0, seq[3:40])])
@@ -201,7 +205,7 @@ def test_a_position_is_computed_the_same_however_the_sequence_is_split(arithmeti
         length, entry = engine.prefix_cache.longest(path, "decode")
         assert length == len(path) and len(sample.token_ids) > 1
         fresh_kv, _ = engine.extend([(None, 0, path)])[0]
-        assert _same_positions(entry.kv, fresh_kv, length)
+        assert _same_positions(engine, entry.kv, fresh_kv, length)
 
 
 def test_prefix_cache_bounds_its_memory_and_keeps_scopes_apart():

@@ -226,9 +226,9 @@ def prepare(pos: torch.Tensor, table: torch.Tensor, stores: int, own: bool = Fal
     (decode), so each row stores just before it reads, while the lines it wrote are at hand; otherwise (one
     sequence's positions, `extend`) every row stores before any reads. `lead`: (`where`'s table of another
     cache per row, counts (A,)): row r reads its first counts[r] positions (at most its position, so never
-    the one it stores) from that cache, which must hold the same keys and values as its own there (decode:
-    the prompt's cache, which the rows of a prompt share and the CPU keeps at hand, where each row's own
-    copy would be read from memory).
+    the one it stores) from that cache, and never reads its own cache there (decode: the prompt's cache,
+    which the rows of a prompt share and the CPU keeps at hand; the exact loop's rows hold no copy of their
+    prompt, static decode's do).
     """
     A = len(pos)
     given = (table,) if lead is None else (table, *lead)
