@@ -58,7 +58,7 @@ def _exact(cache, qkv, pos, cos, sin, layer):
     return out.reshape(A, H * D), cache
 
 
-@pytest.mark.parametrize("heads, dim", [(4, 32), (2, 64), (3, 16)])  # the shipped head size, another, any
+@pytest.mark.parametrize("heads, dim", [(4, 32), (2, 64), (3, 16), (2, 48), (1, 128)])  # shipped, others, any
 def test_the_kernel_ropes_stores_and_attends_as_exact_attention(heads, dim):
     cache, qkv, pos, cos, sin = _case(heads, dim, rows=40, chunks=4)
     expected, expected_cache = _exact(cache, qkv, pos, cos, sin, layer=1)
