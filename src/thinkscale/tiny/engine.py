@@ -998,14 +998,13 @@ class Engine:
             movers = sorted((r for r in range(A, A + len(gone)) if r not in gone), reverse=True)
             if holes:
                 dst, src = torch.tensor(holes, device=dev), torch.tensor(movers, device=dev)
-                lengths = row_pos[src].tolist()
                 if slot is not None:  # the finished rows' slots go past the active rows, free for the next
                     slot[dst], slot[src] = slot[src], slot[dst]
                 elif static:  # one gather: a copy per row costs more than the copy itself on a GPU
-                    used = (max(lengths) - 1) // CHUNK + 1
+                    used = (int(row_pos[src].max()) - 1) // CHUNK + 1
                     cache[:, :, :used, dst] = cache[:, :, :used, src]
                 else:
-                    for hole, mover, length in zip(holes, movers, lengths):
+                    for hole, mover, length in zip(holes, movers, row_pos[src].tolist()):
                         used = (length - 1) // CHUNK + 1  # the chunks the mover has written (the rest: stale, finite)
                         cache[:, :, :used, hole] = cache[:, :, :used, mover]  # a strided copy: faster than a gather
                 for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut,
@@ -1135,11 +1134,12 @@ class Engine:
                     live[rows], temp[rows], top_p[rows] = True, req_temp[req], req_top_p[req]
                     key[rows] = sample_key(req_seed[req], row_sample[rows])
                     most[rows], stops[rows] = req_max[req], stop_table[req]
-                first = A  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
-                for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]) if slot is None else ():
-                    stop = first + len(list(run))
-                    cache[:, :, :prompt_chunks[p], first:stop] = kvs[p][:, :, :prompt_chunks[p], None]
-                    first = stop
+                if slot is None:  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
+                    first = A
+                    for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]):
+                        stop = first + len(list(run))
+                        cache[:, :, :prompt_chunks[p], first:stop] = kvs[p][:, :, :prompt_chunks[p], None]
+                        first = stop
                 live_rows.update((A + k, ri) for k, (ri, j) in enumerate(admitted) if j == 0 and ri in streamed)
                 A += m
                 take_token(rows, prompt_logits[req_prompt[req]])
