@@ -2,12 +2,14 @@
 
     python benchmarks/profile_engine.py [--device cuda] [--dtype bfloat16] [--prompts 64] [--samples 64]
         [--max-new-tokens 160] [--sync-every N] [--one-pass-attention auto|on|off] [--eager] [--top 15]
-        [--problem-seed 0] [--cpu-kernel] [--static-decode auto|on|off] [--max-rows N] [--split test|train]
+        [--problem-seed 0] [--cpu-kernel | --no-cpu-kernel] [--static-decode auto|on|off] [--max-rows N]
+        [--split test|train]
 
 The work is benchmarks/sampling.py's (the same problems and engine settings:
 on a GPU one row per sample, on a CPU 1,024 rows and the exact loop unless
-told). One call warms up (on a GPU it captures the graphs), then one call
-runs under torch.profiler. With `--cpu-kernel` the kernel's C calls
+told; on a CPU the C kernel where it builds, as the engine's default,
+`--no-cpu-kernel` the torch path). One call warms up (on a GPU it captures
+the graphs), then one call runs under torch.profiler. With the kernel its C calls
 (`cpu_kernel.run`, `add_rms`, `silu_mul`, `prepare`) are listed as host ops
 under their own names, each wrapped in a profiler range. Prints the call's wall time; the static
 steps it ran, by rows and chunks read; the kernels the device ran, their
@@ -46,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="static decode's attention in one softmax (default auto: the engine's, on a GPU)")
     parser.add_argument("--eager", action="store_true", help="static steps kernel by kernel, no CUDA graphs")
     parser.add_argument("--top", type=int, default=15, help="kernels (ops on a CPU) listed (default 15)")
-    parser.add_argument("--cpu-kernel", action="store_true",
-                        help="the engine's C kernel (CPU only; tiny/cpu_kernel.py)")
+    parser.add_argument("--cpu-kernel", action=argparse.BooleanOptionalAction, default=None,
+                        help="the engine's C kernel (CPU only; tiny/cpu_kernel.py; the engine's default where it "
+                             "builds); --no-cpu-kernel: the torch path")
     parser.add_argument("--static-decode", choices=("auto", "on", "off"), default="auto",
                         help="static decode (default auto: the engine's, on a GPU)")
     parser.add_argument("--max-rows", type=int, default=None,
@@ -74,19 +77,22 @@ def main(argv: list[str] | None = None) -> None:
                for e in task.examples(args.split, args.prompts, seed=args.problem_seed)]
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
-    if args.cpu_kernel:
+    kernel = False  # whether the engine's attention runs in the C kernel: asked for, or its default where it builds
+    if args.cpu_kernel and gpu:
+        parser.error("--cpu-kernel runs on a CPU (--device cpu)")
+    if args.cpu_kernel is not False and not gpu:
         from thinkscale.tiny import cpu_kernel
 
-        if gpu:
-            parser.error("--cpu-kernel runs on a CPU (--device cpu)")
-        if not cpu_kernel.available():
+        kernel = cpu_kernel.available()
+        if args.cpu_kernel and not kernel:
             parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
+    if kernel:
         for name in ("run", "add_rms", "silu_mul", "prepare"):  # each C call a named range in the profile
             setattr(cpu_kernel, name, _ranged(f"cpu_kernel.{name}", getattr(cpu_kernel, name)))
     max_rows = args.max_rows or (args.prompts * args.samples if gpu else 1024)
     engine = Engine(ck.model.to(device), max_rows=max_rows, device=device, dtype=DTYPES[args.dtype],
                     static_decode={"auto": None, "on": True, "off": False}[args.static_decode],
-                    cpu_kernel=args.cpu_kernel, **({"sync_every": args.sync_every} if args.sync_every else {}))
+                    cpu_kernel=kernel, **({"sync_every": args.sync_every} if args.sync_every else {}))
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.cuda_graphs = not args.eager
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = sum(len(c.token_ids) for r in results for c in r)
     print(f"{ck.path.name}, {args.prompts} prompts x {args.samples} samples, {args.threads} thread(s), device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else "") + f", {args.dtype}, max_rows {max_rows}, "
-          + ("C kernel, " if args.cpu_kernel else "")
+          + ("C kernel, " if kernel else "")
           + (f"static decode, sync every {engine.sync_every}, one-pass attention "
              + ("on, " if engine.one_pass_attention else "off, ")
              + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel")

@@ -3,7 +3,7 @@
     python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
         [--dtype float32|bfloat16] [--device cpu|cuda] [--static-decode auto|on|off] [--repeats N]
         [--sync-every N] [--one-pass-attention auto|on|off] [--triton-attention] [--split test|train]
-        [--engine-only] [--compare-exact] [--cpu-kernel]
+        [--engine-only] [--compare-exact] [--cpu-kernel | --no-cpu-kernel]
 
 Both sample the same prompts from the same shipped checkpoint with the same
 thread count, in the same run. Throughput counts generated tokens up to and
@@ -18,10 +18,11 @@ fastest transformers).
 costs), prints how far its next-token distributions are from float32's on
 each prompt and its first sample, and gives transformers both dtypes, float32
 and bfloat16, each with every batching: the baseline is the fastest of all.
-`--cpu-kernel` runs the engine's attention in its C kernel on a CPU
-(tiny/cpu_kernel.py, built on first use: the build is timed apart, not in
-the engine's time if it was already built) and prints how many samples it
-draws the same as the torch path, which it is timed against too.
+On a CPU the engine runs its attention in its C kernel where it builds (its
+default: tiny/cpu_kernel.py, built on first use; the build is timed apart,
+not in the engine's time). `--cpu-kernel` asks for it (an error where it
+does not build) and also times the torch path, printing how many samples the
+two draw the same; `--no-cpu-kernel` runs the torch path.
 
 On a GPU the engine runs static decode (tiny/engine.py: fixed-shape steps
 captured in CUDA graphs) with a row for every sample, and its first call,
@@ -133,9 +134,10 @@ def main(argv: list[str] | None = None) -> None:
                              "generate may compile the model for it), the time of a first call apart")
     parser.add_argument("--compare-exact", action="store_true",
                         help="also draw the samples with the exact loop and count how many are the same")
-    parser.add_argument("--cpu-kernel", action="store_true",
-                        help="the engine's attention in its C kernel (CPU only; tiny/cpu_kernel.py), also timed "
-                             "against the torch path")
+    parser.add_argument("--cpu-kernel", action=argparse.BooleanOptionalAction, default=None,
+                        help="the engine's attention in its C kernel (CPU only; tiny/cpu_kernel.py; the engine's "
+                             "default where it builds): given, also timed against the torch path; --no-cpu-kernel: "
+                             "the torch path")
     parser.add_argument("--dtype", choices=get_args(DtypeName), default="float32",
                         help="the engine's dtype (default float32); with bfloat16, transformers tries both")
     args = parser.parse_args(argv)
@@ -164,25 +166,28 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else ""))
 
-    if args.cpu_kernel:
+    kernel = False  # whether the engine's attention runs in the C kernel: asked for, or its default where it builds
+    if args.cpu_kernel and gpu:
+        parser.error("--cpu-kernel runs on a CPU (--device cpu)")
+    if args.cpu_kernel is not False and not gpu:
         from thinkscale.tiny import cpu_kernel
 
-        if gpu:
-            parser.error("--cpu-kernel runs on a CPU (--device cpu)")
         started = time.perf_counter()
-        if not cpu_kernel.available():
+        kernel = cpu_kernel.available()
+        if args.cpu_kernel and not kernel:
             parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
-        print(f"the CPU kernel built or loaded in {time.perf_counter() - started:.2f} s (once per machine and "
-              "version; not in the engine's time)")
+        if kernel:
+            print(f"the CPU kernel built or loaded in {time.perf_counter() - started:.2f} s (once per machine and "
+                  "version; not in the engine's time)")
     engine = Engine(ck.model.to(device), max_rows=max_rows, device=device, dtype=DTYPES[args.dtype],
-                    static_decode=static, cpu_kernel=args.cpu_kernel,
+                    static_decode=static, cpu_kernel=kernel,
                     **({"sync_every": args.sync_every} if args.sync_every else {}))
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.triton_attention = args.triton_attention
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
-    name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, " + ("C kernel, " if args.cpu_kernel else "")
+    name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, " + ("C kernel, " if kernel else "")
             + (f"static decode, sync every {engine.sync_every}, "
                + ("Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked")
                + " attention)" if engine.static_decode else "exact loop)"))
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
               f"tokens/s; the C kernel {engine_rate / (tokens / seconds):.2f}x; {sum(same)} of {len(same)} samples "
               "the same tokens")
     if args.compare_exact:
-        exact = Engine(ck.model, max_rows=max_rows, device=device, dtype=DTYPES[args.dtype], static_decode=False)
+        exact = Engine(ck.model, max_rows=max_rows, device=device, dtype=DTYPES[args.dtype], static_decode=False,
+                       cpu_kernel=kernel)
         same = [a == b for x, y in zip(results, exact.generate(requests)) for a, b in zip(x, y)]
         print(f"exact loop on {device}: {sum(same)} of {len(same)} samples the same as static decode's")
 
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.dtype != "float32":  # what the dtype costs: how far each next-token distribution moves
         paths = [(None, 0, p + results[i][0].token_ids) for i, p in enumerate(prompts)]
-        reference = Engine(ck.model, max_rows=max_rows, device=device)
+        reference = Engine(ck.model, max_rows=max_rows, device=device, cpu_kernel=False)  # float32, the torch path
         distance = torch.cat([(a.softmax(-1) - b.softmax(-1)).abs().sum(-1) / 2
                               for (_, a), (_, b) in zip(reference.extend(paths), engine.extend(paths))])
         print(f"{args.dtype} against float32: total variation distance of the next-token distribution at "

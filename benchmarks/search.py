@@ -474,11 +474,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="what the policies and the reward models compute in (default float32; bfloat16 is "
                              "faster where the CPU has bfloat16 units, and its samples and scores differ a little: "
                              "'Wall time' below)")
-    parser.add_argument("--cpu-kernel", action="store_true",
+    parser.add_argument("--cpu-kernel", action=argparse.BooleanOptionalAction, default=None,
                         help="the policies' and the reward models' attention in the engine's C kernel "
-                             "(tiny/cpu_kernel.py): faster on a CPU, rounded otherwise, so compare each row with "
-                             "the torch path's interval, not its digits (sets THINKSCALE_CPU_KERNEL=1 for every "
-                             "process)")
+                             "(tiny/cpu_kernel.py; the engines' default where it builds): faster on a CPU, rounded "
+                             "otherwise, so compare each row with the torch path's interval, not its digits; "
+                             "given, an error where it does not build; --no-cpu-kernel: the torch path (sets "
+                             "THINKSCALE_CPU_KERNEL to 1 or 0 for every process)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every strategy")
     parser.add_argument("--only", help="run only the strategies whose label matches this regular expression")
     parser.add_argument("--mcts-exploration", type=float, default=MCTS["exploration"],
@@ -498,12 +499,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.base_pool is not None and args.base_pool < max(args.budgets):
         parser.error(f"--base-pool {args.base_pool} is smaller than the largest budget {max(args.budgets)}")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    if args.cpu_kernel:
+    if args.cpu_kernel is False:
+        os.environ["THINKSCALE_CPU_KERNEL"] = "0"  # every engine of this process and of its workers
+    else:
         from thinkscale.tiny import cpu_kernel
 
-        if not cpu_kernel.available():  # built here once, before the workers load it
+        available = cpu_kernel.available()  # built here once, before the workers load it
+        if args.cpu_kernel and not available:
             parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
-        os.environ["THINKSCALE_CPU_KERNEL"] = "1"  # every engine of this process and of its workers
+        args.cpu_kernel = available
+        if available:
+            os.environ["THINKSCALE_CPU_KERNEL"] = "1"
     tasks = args.tasks.split(",")
     results = {name: bench_task(name, args) for name in tasks}
 

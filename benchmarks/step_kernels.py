@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             return func(*args, **(kwargs or {}))
 
     ck = checkpoint.load(args.checkpoint)
-    engine = Engine(ck.model, max_rows=args.rows, static_decode=True)
+    engine = Engine(ck.model, max_rows=args.rows, static_decode=True, cpu_kernel=False)  # the torch path: a GPU's
     most = ck.model.config.max_position_embeddings // CHUNK
     engine._cache_for(most, args.rows)
     engine._state_for(args.rows)

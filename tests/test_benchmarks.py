@@ -72,7 +72,8 @@ def test_sampling_benchmark_in_bfloat16_says_how_far_it_is_from_float32():
 def test_sampling_benchmark_with_static_decode_draws_the_exact_loops_samples():
     lines = bench("sampling.py", "--prompts", "3", "--samples", "4", "--max-new-tokens", "30", "--max-rows", "8",
                   "--threads", "1", "--device", "cpu", "--static-decode", "on", "--sync-every", "3",
-                  "--compare-exact", "--transformers-static-cache", "--repeats", "2", "--problem-seed", "3")
+                  "--compare-exact", "--transformers-static-cache", "--repeats", "2", "--problem-seed", "3",
+                  "--no-cpu-kernel")  # the torch path's static steps, as a GPU runs them
     name = "thinkscale engine (max_rows 8, float32, static decode, sync every 3, chunked attention): "
     assert any(line.startswith(name)
                and "(median of 2: " in line for line in lines)
@@ -81,8 +82,11 @@ def test_sampling_benchmark_with_static_decode_draws_the_exact_loops_samples():
                for line in lines)
     assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]
     engine = bench("sampling.py", "--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--split", "train",
-                   "--engine-only", "--device", "cpu")
-    assert engine[-1].startswith("thinkscale engine (max_rows 1024, float32, exact loop): ")
+                   "--engine-only", "--device", "cpu")  # the engine's defaults: on a CPU the C kernel, where it builds
+    from thinkscale.tiny import cpu_kernel
+
+    kernel = "C kernel, " if cpu_kernel.available() else ""
+    assert engine[-1].startswith(f"thinkscale engine (max_rows 1024, float32, {kernel}exact loop): ")
 
 
 def test_sampling_benchmark_with_the_cpu_kernel_times_it_against_the_torch_path():
@@ -113,7 +117,7 @@ def test_step_kernels_counts_what_a_static_step_launches():
 def test_profile_engine_places_a_calls_time():
     lines = bench("profile_engine.py", "--prompts", "2", "--samples", "8", "--max-new-tokens", "20", "--top", "4",
                   "--sync-every", "4", "--one-pass-attention", "on", "--dtype", "float32", "--static-decode", "on",
-                  "--max-rows", "16")
+                  "--max-rows", "16", "--no-cpu-kernel")  # the torch path's static steps, as a GPU runs them
     lines = [line for line in lines if not line.startswith("USDT")]  # the profiler's own chatter on some builds
     assert "float32, max_rows 16, static decode, sync every 4, one-pass attention on, kernel by kernel" in lines[0]
     steps = re.search(r"static steps: (\d+); by rows: 16 x (\d+); row-steps ([\d,]+), .*\(tokens drawn: ([\d,]+)\)",
@@ -200,11 +204,18 @@ def test_search_benchmark_on_dev_problems_with_the_base_policy():
         lines[-1]
 
 
+def kernel_default() -> str:
+    """What search.py's summary line says of the C kernel when not told: its engines' default, where it builds."""
+    from thinkscale.tiny import cpu_kernel
+
+    return ", C kernel" if cpu_kernel.available() else ""
+
+
 def test_search_benchmark_in_bfloat16_loads_every_model_in_it():
     lines = bench("search.py", "--tasks", "arithmetic", "--problems", "2", "--budgets", "4", "--threads", "1",
                   "--only", "prm-best_of_n", "--base-policy", "none", "--dtype", "bfloat16")
     assert re.match(r"arithmetic: \d+ s in all, 1 worker of 1 torch thread \(rows run in 0 other processes\), "
-                    r"bfloat16; ", lines[-1]), lines[-1]
+                    rf"bfloat16{kernel_default()}; ", lines[-1]), lines[-1]
     search = load("search.py")  # what a worker loads: every policy and reward model in bfloat16
     search.load_models("arithmetic", [], {"policy": "arithmetic"}, {"prm": "arithmetic-prm", "orm": "arithmetic-orm"},
                        1, 64, 0, "bfloat16")
@@ -233,7 +244,8 @@ def test_search_benchmark_rows_in_worker_processes_print_what_one_process_prints
             "--only", "prm-(beam|mcts|best_of_n)")
     one, two = bench("search.py", *args), bench("search.py", *args, "--workers", "2")
     assert re.fullmatch(rf"arithmetic: \d+ s in all, 2 workers of 1 torch thread \(rows run in [12] other "
-                        rf"process(es)?\), float32; peak memory so far {NUMBER} MB here, {NUMBER} MB the largest "
+                        rf"process(es)?\), float32{kernel_default()}; peak memory so far {NUMBER} MB here, {NUMBER} MB "
+                        rf"the largest "
                         rf"worker",
                         two[-1]), two[-1]
     assert "(rows run in 0 other processes)" in one[-1]

@@ -8,6 +8,7 @@ of its tests with the torch path and with the kernel.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -303,8 +304,19 @@ def test_the_engine_with_the_kernel_draws_the_torch_paths_samples_but_where_two_
     assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in same)
 
 
+def test_an_engine_not_told_runs_the_kernel_on_a_cpu_unless_turned_off(arithmetic_checkpoint, monkeypatch):
+    monkeypatch.delenv("THINKSCALE_CPU_KERNEL", raising=False)
+    engine = Engine(arithmetic_checkpoint.model)
+    assert engine.cpu_kernel and engine._fused() == cpu_kernel.available()
+    assert not Engine(arithmetic_checkpoint.model, cpu_kernel=False)._fused()
+    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "0")
+    assert not Engine(arithmetic_checkpoint.model).cpu_kernel
+
+
 def test_without_a_compiler_or_when_turned_off_the_engine_warns_and_runs_the_torch_path(
         arithmetic_checkpoint, arithmetic, monkeypatch, tmp_path):
+    """Where the kernel cannot run, the torch path does: with a warning where the kernel was asked for, without
+    one where it was only the engine's default."""
     prompt = tuple(arithmetic_checkpoint.tokenizer.encode(arithmetic.examples("test", 1)[0].problem.prompt))
     reqs = [SampleRequest(prompt, n=4, params=SamplingParams(max_tokens=40))]
     expected = Engine(arithmetic_checkpoint.model, cpu_kernel=False).generate(reqs)
@@ -323,6 +335,11 @@ def test_without_a_compiler_or_when_turned_off_the_engine_warns_and_runs_the_tor
         engine = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
         with pytest.warns(RuntimeWarning, match="not available"):
             assert engine.generate(reqs) == expected
+        quiet = Engine(arithmetic_checkpoint.model)  # not told: the default, so no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert quiet.generate(reqs) == expected
+        assert not quiet.cpu_kernel
     finally:
         monkeypatch.undo()
         cpu_kernel._library.cache_clear()

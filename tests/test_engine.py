@@ -15,11 +15,15 @@ from thinkscale.tiny.engine import CHUNK, Engine, SampleRequest, SamplingParams,
 @pytest.fixture(autouse=True, params=["torch", "kernel"])
 def attention(request, monkeypatch):
     """Every test here runs twice on a CPU: attention by the torch path, and by the C kernel (cpu_kernel.py),
-    which every engine then uses unless told otherwise; each path must hold every property by itself."""
+    each the default of every engine not told otherwise; each path must hold every property by itself."""
+    from thinkscale.tiny import engine as engine_module
+
     if request.param == "kernel":
         if not cpu_kernel.available():
             pytest.skip(f"the CPU kernel is not available: {cpu_kernel.why_unavailable()}")
         monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "1")
+    else:
+        monkeypatch.setattr(engine_module, "cpu_kernel_default", lambda: False)
     return request.param
 
 

@@ -36,8 +36,9 @@ class TinyPolicy(Policy):
         may change with what shares their batch: tiny/engine.py). `device`: "cpu", or "cuda" ("cuda:N") for
         a GPU, where the engine decodes in steps captured in CUDA graphs (tiny/engine.py, "Static decode").
         `cpu_kernel`: on a CPU, attention in the engine's C kernel, built on first use (tiny/cpu_kernel.py):
-        faster, and rounded otherwise than torch, so samples differ where two tokens nearly tied; default:
-        whether $THINKSCALE_CPU_KERNEL is 1."""
+        faster, and rounded otherwise than torch, so samples differ where two tokens nearly tied; default: on
+        where it builds (no C compiler: the torch path), unless $THINKSCALE_CPU_KERNEL is 0; False: the torch
+        path."""
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb}")
         torch_dtype = dtype_named(dtype)

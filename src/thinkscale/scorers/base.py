@@ -120,7 +120,8 @@ class TinyFamilyScorer(Scorer):
                  cpu_kernel: bool | None = None) -> None:
         """`dtype`: "float32", or "bfloat16" (faster where the CPU has bfloat16 units; scores then move a
         little from float32's: tiny/engine.py). `cpu_kernel`: attention in the engine's C kernel on a CPU
-        (tiny/cpu_kernel.py; faster, rounded otherwise; default: whether $THINKSCALE_CPU_KERNEL is 1)."""
+        (tiny/cpu_kernel.py; faster, rounded otherwise; default: on where it builds, unless
+        $THINKSCALE_CPU_KERNEL is 0; False: the torch path)."""
         from thinkscale import torch_thread
         from thinkscale.tiny import checkpoint
         from thinkscale.tiny.engine import Engine, dtype_named

@@ -126,8 +126,10 @@ def _library() -> ctypes.CDLL | None:
 
 
 def default() -> bool:
-    """Whether an engine uses the kernel when not told: $THINKSCALE_CPU_KERNEL is 1 (0: never, even when told)."""
-    return os.environ.get("THINKSCALE_CPU_KERNEL") == "1"
+    """Whether an engine uses the kernel when not told: yes, unless $THINKSCALE_CPU_KERNEL is 0 (never, even when
+    told). Where it cannot run (no C compiler, a model outside `fits`), an engine that was not told runs the torch
+    path without a word; one that was told warns (`Engine._fused`)."""
+    return os.environ.get("THINKSCALE_CPU_KERNEL", "1") != "0"
 
 
 def available() -> bool:

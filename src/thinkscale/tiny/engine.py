@@ -79,8 +79,9 @@ but the gathered copies cost a CPU more than the kernels save. And
 `triton_attention` (off everywhere until a GPU has measured it): static
 decode's attention as one Triton kernel a layer (attention_kernel.py).
 
-The CPU kernel (`cpu_kernel`; off by default, on with the constructor's
-argument or $THINKSCALE_CPU_KERNEL=1). On a CPU, each layer's rotary
+The CPU kernel (`cpu_kernel`; on by default on a CPU where it builds,
+since stop 41; `cpu_kernel=False` or $THINKSCALE_CPU_KERNEL=0 for the torch
+path). On a CPU, each layer's rotary
 embedding, cache write and attention run as one call into C
 (cpu_kernel.py, cpu_attention.c, built for this CPU on first use), in
 float32 whatever the dtype: about 14 torch operations a chunk become one
@@ -88,9 +89,10 @@ pass that reads each key and value once, as far as its row reaches. Every
 row's arithmetic is its own, in a fixed order, so the row-by-row exactness
 above holds with it (tests/test_engine.py runs every test both ways), but it
 rounds otherwise than torch, so a sample can differ from the torch path's
-where two tokens nearly tied. Off by default for that reason alone: the
-figures in the docs were measured with the torch path. Where it cannot be
-built (no C compiler), asking for it warns once and the torch path runs.
+where two tokens nearly tied (in float32, none of the sampling benchmark's
+4,096 samples and none of the demo's 12,800 did). Where it cannot be built
+(no C compiler), the torch path runs: quietly by default, with a warning
+where the kernel was asked for.
 With it, the cache keeps its keys position-major, as its values (`_keys`),
 and the exact loop's decode reads each row's prompt from the prompt's one
 cache, which the rows of a prompt share (`Fused.lead`): no row gets a copy,
@@ -109,6 +111,7 @@ from __future__ import annotations
 import itertools
 import math
 import mmap
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, get_args
@@ -247,7 +250,7 @@ class Engine:
         what the layers compute in and keep their keys and values in (default the model's; bfloat16: the
         module's docstring, which says what stays float32). `static_decode` (default: on a CUDA device only)
         and `sync_every`: the module's docstring, "Static decode". `cpu_kernel`: on a CPU, attention in C (the
-        module's docstring, "The CPU kernel"; default: whether $THINKSCALE_CPU_KERNEL is 1)."""
+        module's docstring, "The CPU kernel"; default: on, unless $THINKSCALE_CPU_KERNEL is 0)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if sync_every < 1:
@@ -271,9 +274,11 @@ class Engine:
         self.batched_extend = self.device.type == "cuda"  # `extend`: all items at once (same bits, more memory)
         # static decode's attention as one Triton kernel a layer (attention_kernel.py): off until a GPU measures it
         self.triton_attention = False
-        # on a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py): another
-        # rounding than the torch path's, so off by default; `_fused` says whether it is in use
+        # on a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py), by default
+        # where it builds; `_fused` says whether it is in use, and warns only where it was asked for
         self._cpu_kernel = cpu_kernel_default() if cpu_kernel is None else cpu_kernel
+        self._cpu_kernel_asked = bool(cpu_kernel) if cpu_kernel is not None else os.environ.get(
+            "THINKSCALE_CPU_KERNEL") == "1"
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, attention) -> a step
         self._buffers: dict[str, torch.Tensor] = {}  # the fused path's intermediates (`_buffer`)
         self.reload_weights()
@@ -290,6 +295,7 @@ class Engine:
         if on != self._cpu_kernel and self.prefix_cache is not None:
             self.prefix_cache = PrefixCache(self.prefix_cache.max_bytes)
         self._cpu_kernel = on
+        self._cpu_kernel_asked = on
 
     def reload_weights(self) -> None:
         """Read the model's weights again, after training changed them in place.
@@ -477,19 +483,20 @@ class Engine:
         return kv
 
     def _fused(self) -> bool:
-        """Whether attention runs in the CPU kernel: asked for (`cpu_kernel`), on a CPU, and built; asked for
-        where it cannot be built, it warns once and the torch path runs."""
+        """Whether attention runs in the CPU kernel: `cpu_kernel` (by default on), on a CPU, and built. Where it
+        cannot run, the torch path runs from then on: with a warning where the kernel was asked for (the
+        constructor's `cpu_kernel=True`, or set so), quietly where it was only the default."""
         if not self.cpu_kernel or self.device.type != "cpu":
             return False
-        c = self.config
+        c, why = self.config, None
         if not cpu_kernel.fits(c.num_attention_heads, c.head_dim, c.max_position_embeddings):
-            warnings.warn(f"the model ({c.num_attention_heads} heads of {c.head_dim}, {c.max_position_embeddings} "
-                          "positions) is outside the CPU kernel's bounds (cpu_kernel.fits); attention runs in torch",
-                          RuntimeWarning, stacklevel=3)
-            self.cpu_kernel = False
+            why = (f"the model ({c.num_attention_heads} heads of {c.head_dim}, {c.max_position_embeddings} positions) "
+                   "is outside the CPU kernel's bounds (cpu_kernel.fits)")
         elif not cpu_kernel.available():
-            warnings.warn(f"the engine's CPU kernel is not available ({cpu_kernel.why_unavailable()}); "
-                          "attention runs in torch", RuntimeWarning, stacklevel=3)
+            why = f"the engine's CPU kernel is not available ({cpu_kernel.why_unavailable()})"
+        if why is not None:
+            if self._cpu_kernel_asked:
+                warnings.warn(f"{why}; attention runs in torch", RuntimeWarning, stacklevel=3)
             self.cpu_kernel = False
         return self.cpu_kernel
 
