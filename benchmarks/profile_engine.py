@@ -77,22 +77,20 @@ def main(argv: list[str] | None = None) -> None:
                for e in task.examples(args.split, args.prompts, seed=args.problem_seed)]
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
-    kernel = False  # whether the engine's attention runs in the C kernel: asked for, or its default where it builds
     if args.cpu_kernel and gpu:
         parser.error("--cpu-kernel runs on a CPU (--device cpu)")
     if args.cpu_kernel is not False and not gpu:
         from thinkscale.tiny import cpu_kernel
 
-        kernel = cpu_kernel.available()
-        if args.cpu_kernel and not kernel:
+        if args.cpu_kernel and not cpu_kernel.available():
             parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
-    if kernel:
         for name in ("run", "add_rms", "silu_mul", "prepare"):  # each C call a named range in the profile
             setattr(cpu_kernel, name, _ranged(f"cpu_kernel.{name}", getattr(cpu_kernel, name)))
     max_rows = args.max_rows or (args.prompts * args.samples if gpu else 1024)
     engine = Engine(ck.model.to(device), max_rows=max_rows, device=device, dtype=DTYPES[args.dtype],
                     static_decode={"auto": None, "on": True, "off": False}[args.static_decode],
-                    cpu_kernel=kernel, **({"sync_every": args.sync_every} if args.sync_every else {}))
+                    cpu_kernel=args.cpu_kernel, **({"sync_every": args.sync_every} if args.sync_every else {}))
+    kernel = engine._fused()  # asked for, or the engine's default on a CPU where it builds and the model fits
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.cuda_graphs = not args.eager
@@ -121,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{ck.path.name}, {args.prompts} prompts x {args.samples} samples, {args.threads} thread(s), device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else "") + f", {args.dtype}, max_rows {max_rows}, "
           + ("C kernel, " if kernel else "")
-          + (f"static decode, sync every {engine.sync_every}, one-pass attention "
-             + ("on, " if engine.one_pass_attention else "off, ")
+          + (f"static decode, sync every {engine.sync_every}, "
+             + ("" if kernel else "one-pass attention " + ("on, " if engine.one_pass_attention else "off, "))
              + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel")
              if engine.static_decode else "exact loop"))
     print(f"one call, profiled: {tokens} tokens in {wall:.3f} s ({tokens / wall:,.0f} tokens/s under the profiler)")

@@ -166,31 +166,30 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.samples} samples, up to {args.max_new_tokens} new tokens; {args.threads} thread(s); device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else ""))
 
-    kernel = False  # whether the engine's attention runs in the C kernel: asked for, or its default where it builds
     if args.cpu_kernel and gpu:
         parser.error("--cpu-kernel runs on a CPU (--device cpu)")
     if args.cpu_kernel is not False and not gpu:
         from thinkscale.tiny import cpu_kernel
 
         started = time.perf_counter()
-        kernel = cpu_kernel.available()
-        if args.cpu_kernel and not kernel:
-            parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
-        if kernel:
+        if cpu_kernel.available():
             print(f"the CPU kernel built or loaded in {time.perf_counter() - started:.2f} s (once per machine and "
                   "version; not in the engine's time)")
+        elif args.cpu_kernel:
+            parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
     engine = Engine(ck.model.to(device), max_rows=max_rows, device=device, dtype=DTYPES[args.dtype],
-                    static_decode=static, cpu_kernel=kernel,
+                    static_decode=static, cpu_kernel=args.cpu_kernel,
                     **({"sync_every": args.sync_every} if args.sync_every else {}))
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.triton_attention = args.triton_attention
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
+    kernel = engine._fused()  # asked for, or the engine's default on a CPU where it builds and the model fits
+    attention = "" if kernel else ", " + (
+        "Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked") + " attention"
     name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, " + ("C kernel, " if kernel else "")
-            + (f"static decode, sync every {engine.sync_every}, "
-               + ("Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked")
-               + " attention)" if engine.static_decode else "exact loop)"))
+            + (f"static decode, sync every {engine.sync_every}{attention})" if engine.static_decode else "exact loop)"))
     started = time.perf_counter()
     results = engine.generate(requests if gpu else requests[:2])  # warm up; on a GPU, the graphs' capture
     if gpu:
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
               "the same tokens")
     if args.compare_exact:
         exact = Engine(ck.model, max_rows=max_rows, device=device, dtype=DTYPES[args.dtype], static_decode=False,
-                       cpu_kernel=kernel)
+                       cpu_kernel=kernel)  # the same attention
         same = [a == b for x, y in zip(results, exact.generate(requests)) for a, b in zip(x, y)]
         print(f"exact loop on {device}: {sum(same)} of {len(same)} samples the same as static decode's")
 
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.dtype != "float32":  # what the dtype costs: how far each next-token distribution moves
         paths = [(None, 0, p + results[i][0].token_ids) for i, p in enumerate(prompts)]
-        reference = Engine(ck.model, max_rows=max_rows, device=device, cpu_kernel=False)  # float32, the torch path
+        reference = Engine(ck.model, max_rows=max_rows, device=device, cpu_kernel=kernel)  # float32, same attention
         distance = torch.cat([(a.softmax(-1) - b.softmax(-1)).abs().sum(-1) / 2
                               for (_, a), (_, b) in zip(reference.extend(paths), engine.extend(paths))])
         print(f"{args.dtype} against float32: total variation distance of the next-token distribution at "

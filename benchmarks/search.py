@@ -507,9 +507,9 @@ def main(argv: list[str] | None = None) -> None:
         available = cpu_kernel.available()  # built here once, before the workers load it
         if args.cpu_kernel and not available:
             parser.error(f"--cpu-kernel: the kernel is not available here ({cpu_kernel.why_unavailable()})")
+        if args.cpu_kernel or not available:  # asked for (each engine then warns where it cannot run), or not here:
+            os.environ["THINKSCALE_CPU_KERNEL"] = "1" if available else "0"  # the workers need not try to build it
         args.cpu_kernel = available
-        if available:
-            os.environ["THINKSCALE_CPU_KERNEL"] = "1"
     tasks = args.tasks.split(",")
     results = {name: bench_task(name, args) for name in tasks}
 

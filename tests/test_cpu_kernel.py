@@ -7,6 +7,7 @@ of its tests with the torch path and with the kernel.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -282,12 +283,20 @@ def test_a_model_outside_the_kernels_bounds_runs_the_torch_path_with_a_warning()
     from thinkscale.tiny.model import TinyLlama
 
     model = TinyLlama(TinyConfig(hidden_size=512, num_attention_heads=2, num_hidden_layers=1))  # heads of 256
-    engine = Engine(model, cpu_kernel=True)
     reqs = [SampleRequest((1, 5, 6), n=2, params=SamplingParams(max_tokens=5, seed=1))]
-    with pytest.warns(RuntimeWarning, match="outside the CPU kernel's bounds"):
-        drawn = engine.generate(reqs)
+    with pytest.warns(RuntimeWarning, match="outside the CPU kernel's bounds"):  # told: said when built
+        engine = Engine(model, cpu_kernel=True)
     assert not engine.cpu_kernel
+    drawn = engine.generate(reqs)
     assert drawn == Engine(model, cpu_kernel=False).generate(reqs)
+    with warnings.catch_warnings():  # not told, it was only the default: no word
+        warnings.simplefilter("error")
+        quiet = Engine(model)
+        assert quiet.generate(reqs) == drawn
+    assert not quiet.cpu_kernel
+    quiet.cpu_kernel = True  # told now: said at the next call
+    with pytest.warns(RuntimeWarning, match="outside the CPU kernel's bounds"):
+        assert quiet.generate(reqs) == drawn
 
 
 def test_the_engine_with_the_kernel_draws_the_torch_paths_samples_but_where_two_tokens_nearly_tied(
@@ -305,12 +314,17 @@ def test_the_engine_with_the_kernel_draws_the_torch_paths_samples_but_where_two_
 
 
 def test_an_engine_not_told_runs_the_kernel_on_a_cpu_unless_turned_off(arithmetic_checkpoint, monkeypatch):
+    if not cpu_kernel.available():
+        pytest.skip(f"no CPU kernel: {cpu_kernel.why_unavailable()}")
     monkeypatch.delenv("THINKSCALE_CPU_KERNEL", raising=False)
-    engine = Engine(arithmetic_checkpoint.model)
-    assert engine.cpu_kernel and engine._fused() == cpu_kernel.available()
+    assert Engine(arithmetic_checkpoint.model)._fused()
     assert not Engine(arithmetic_checkpoint.model, cpu_kernel=False)._fused()
-    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "0")
+    assert not Engine(copy.deepcopy(arithmetic_checkpoint.model), device="meta").cpu_kernel  # a CPU's default only
+    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "no")
     assert not Engine(arithmetic_checkpoint.model).cpu_kernel
+    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "maybe")
+    with pytest.warns(RuntimeWarning, match="taken as unset"):
+        assert cpu_kernel.default() and cpu_kernel.setting() is None
 
 
 def test_without_a_compiler_or_when_turned_off_the_engine_warns_and_runs_the_torch_path(
@@ -320,11 +334,13 @@ def test_without_a_compiler_or_when_turned_off_the_engine_warns_and_runs_the_tor
     prompt = tuple(arithmetic_checkpoint.tokenizer.encode(arithmetic.examples("test", 1)[0].problem.prompt))
     reqs = [SampleRequest(prompt, n=4, params=SamplingParams(max_tokens=40))]
     expected = Engine(arithmetic_checkpoint.model, cpu_kernel=False).generate(reqs)
-    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "0")
-    engine = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
-    with pytest.warns(RuntimeWarning, match="THINKSCALE_CPU_KERNEL=0"):
+    for off in ("0", "off", "false"):
+        monkeypatch.setenv("THINKSCALE_CPU_KERNEL", off)
+        assert not cpu_kernel.default() and not cpu_kernel.available()
+        with pytest.warns(RuntimeWarning, match=f"THINKSCALE_CPU_KERNEL={off}"):
+            engine = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
         assert engine.generate(reqs) == expected
-    assert not engine.cpu_kernel
+        assert not engine.cpu_kernel
     monkeypatch.delenv("THINKSCALE_CPU_KERNEL")
     monkeypatch.setenv("THINKSCALE_CACHE", str(tmp_path))  # nothing built there yet
     monkeypatch.setenv("CC", "/bin/false")
@@ -332,14 +348,17 @@ def test_without_a_compiler_or_when_turned_off_the_engine_warns_and_runs_the_tor
     try:
         assert not cpu_kernel.available()
         assert "/bin/false" in cpu_kernel.why_unavailable()
-        engine = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
         with pytest.warns(RuntimeWarning, match="not available"):
-            assert engine.generate(reqs) == expected
-        quiet = Engine(arithmetic_checkpoint.model)  # not told: the default, so no warning
-        with warnings.catch_warnings():
+            engine = Engine(arithmetic_checkpoint.model, cpu_kernel=True)
+        assert engine.generate(reqs) == expected
+        with warnings.catch_warnings():  # not told: the default, so no warning
             warnings.simplefilter("error")
+            quiet = Engine(arithmetic_checkpoint.model)
             assert quiet.generate(reqs) == expected
         assert not quiet.cpu_kernel
+        monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "1")  # the process asks for it: each engine says so
+        with pytest.warns(RuntimeWarning, match="not available"):
+            assert not Engine(arithmetic_checkpoint.model).cpu_kernel
     finally:
         monkeypatch.undo()
         cpu_kernel._library.cache_clear()

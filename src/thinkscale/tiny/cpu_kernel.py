@@ -40,6 +40,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,16 +126,31 @@ def _library() -> ctypes.CDLL | None:
     return None
 
 
+def setting() -> bool | None:
+    """$THINKSCALE_CPU_KERNEL: False where it is 0, false, off or no (the kernel never runs, even where asked for);
+    True where it is 1, true, on or yes (every engine asks for it); None where unset or empty (the default)."""
+    value = os.environ.get("THINKSCALE_CPU_KERNEL", "").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value:
+        warnings.warn(f"THINKSCALE_CPU_KERNEL={value!r} is neither 0 nor 1 (nor off/on, false/true, no/yes): taken "
+                      "as unset", RuntimeWarning, stacklevel=3)
+    return None
+
+
 def default() -> bool:
-    """Whether an engine uses the kernel when not told: yes, unless $THINKSCALE_CPU_KERNEL is 0 (never, even when
-    told). Where it cannot run (no C compiler, a model outside `fits`), an engine that was not told runs the torch
-    path without a word; one that was told warns (`Engine._fused`)."""
-    return os.environ.get("THINKSCALE_CPU_KERNEL", "1") != "0"
+    """Whether an engine uses the kernel when not told: yes, unless $THINKSCALE_CPU_KERNEL is off (`setting`).
+    Where it cannot run (no C compiler, a model outside `fits`), an engine that was not told runs the torch path
+    without a word; one that was told, or whose process was ($THINKSCALE_CPU_KERNEL=1), warns
+    (`Engine._fused`)."""
+    return setting() is not False
 
 
 def available() -> bool:
     """Whether the kernel is built (or can be) and loads; builds it on the first call."""
-    if os.environ.get("THINKSCALE_CPU_KERNEL", "1") == "0":
+    if setting() is False:
         return False
     try:
         return _library() is not None
@@ -171,8 +187,8 @@ def _threads(threads: int | None) -> int:
 
 
 def why_unavailable() -> str:
-    if os.environ.get("THINKSCALE_CPU_KERNEL", "1") == "0":
-        return "THINKSCALE_CPU_KERNEL=0"
+    if setting() is False:
+        return f"THINKSCALE_CPU_KERNEL={os.environ['THINKSCALE_CPU_KERNEL']}"
     return "; ".join(_failure) or "available"
 
 

@@ -111,7 +111,6 @@ from __future__ import annotations
 import itertools
 import math
 import mmap
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, get_args
@@ -122,6 +121,7 @@ import torch.nn.functional as F
 from thinkscale.budget import forward_flops_per_token
 from thinkscale.tiny import DtypeName, cpu_kernel
 from thinkscale.tiny.cpu_kernel import default as cpu_kernel_default
+from thinkscale.tiny.cpu_kernel import setting as cpu_kernel_setting
 from thinkscale.tiny.model import TinyLlama, apply_rope, rope_tables
 from thinkscale.tiny.prefix_cache import Entry, PrefixCache
 from thinkscale.trace import FINISH_CUT, FINISH_LENGTH, FINISH_STOP
@@ -276,12 +276,14 @@ class Engine:
         self.triton_attention = False
         # on a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py), by default
         # where it builds; `_fused` says whether it is in use, and warns only where it was asked for
-        self._cpu_kernel = cpu_kernel_default() if cpu_kernel is None else cpu_kernel
-        self._cpu_kernel_asked = bool(cpu_kernel) if cpu_kernel is not None else os.environ.get(
-            "THINKSCALE_CPU_KERNEL") == "1"
+        asked = cpu_kernel_setting() is True if cpu_kernel is None else bool(cpu_kernel)
+        self._cpu_kernel = (cpu_kernel_default() and self.device.type == "cpu") if cpu_kernel is None else cpu_kernel
+        self._cpu_kernel_asked = asked
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, chunks, nucleus, attention) -> a step
         self._buffers: dict[str, torch.Tensor] = {}  # the fused path's intermediates (`_buffer`)
         self.reload_weights()
+        if self.device.type == "cpu":
+            self._fused()  # the kernel built (once per machine, about 3 s) now, not in a first call's time
 
     @property
     def cpu_kernel(self) -> bool:
