@@ -223,20 +223,23 @@ def test_search_benchmark_in_bfloat16_loads_every_model_in_it():
         == {"torch.bfloat16"}
 
 
-def test_search_benchmark_with_the_cpu_kernel_runs_every_model_with_it(monkeypatch):
+@pytest.mark.parametrize("flag", ["--cpu-kernel", "--no-cpu-kernel"])
+def test_search_benchmarks_kernel_flag_sets_every_models_attention(monkeypatch, flag):
     from thinkscale.tiny import cpu_kernel
 
-    if not cpu_kernel.available():
+    kernel = flag == "--cpu-kernel"
+    if kernel and not cpu_kernel.available():
         pytest.skip(f"no CPU kernel: {cpu_kernel.why_unavailable()}")
     lines = bench("search.py", "--tasks", "arithmetic", "--problems", "2", "--budgets", "4", "--threads", "1",
-                  "--only", "prm-best_of_n", "--base-policy", "none", "--cpu-kernel", "--workers", "2")
+                  "--only", "prm-best_of_n", "--base-policy", "none", flag, "--workers", "2")
     assert re.match(r"arithmetic: \d+ s in all, 2 workers of 1 torch thread \(rows run in [12] other process(es)?\), "
-                    r"float32, C kernel; ", lines[-1]), lines[-1]
-    search = load("search.py")  # what a worker loads, where the flag has set the variable: every model with it
-    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", "1")
+                    rf"float32{', C kernel' if kernel else ''}; ", lines[-1]), lines[-1]
+    search = load("search.py")  # what a worker loads, where the flag has set the variable (1 or 0)
+    monkeypatch.setenv("THINKSCALE_CPU_KERNEL", str(int(kernel)))
     search.load_models("arithmetic", [], {"policy": "arithmetic"}, {"prm": "arithmetic-prm", "orm": "arithmetic-orm"},
                        1, 64, 0)
-    assert all(m.engine._fused() for m in (*search.LOADED["policies"].values(), *search.LOADED["scorers"].values()))
+    assert {m.engine._fused() for m in (*search.LOADED["policies"].values(), *search.LOADED["scorers"].values())} \
+        == {kernel}
 
 
 def test_search_benchmark_rows_in_worker_processes_print_what_one_process_prints():
