@@ -327,6 +327,26 @@ def test_an_engine_not_told_runs_the_kernel_on_a_cpu_unless_turned_off(arithmeti
         assert cpu_kernel.default() and cpu_kernel.setting() is None
 
 
+def test_a_cache_folder_that_cannot_be_made_leaves_the_torch_path_found_out_once(arithmetic_checkpoint, monkeypatch,
+                                                                                  tmp_path):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("THINKSCALE_CACHE", str(tmp_path / "a-file" / "cache"))  # under a file: no folder there
+    cpu_kernel._library.cache_clear()
+    try:
+        assert not cpu_kernel.available()
+        assert "cache folder" in cpu_kernel.why_unavailable()
+        failures = list(cpu_kernel._failure)
+        with warnings.catch_warnings():  # not told: quietly the torch path
+            warnings.simplefilter("error")
+            assert not Engine(arithmetic_checkpoint.model)._fused()
+        assert cpu_kernel._failure == failures  # found out once, not again for each engine
+    finally:
+        monkeypatch.undo()
+        cpu_kernel._library.cache_clear()
+        cpu_kernel._failure.clear()
+    assert cpu_kernel.available()
+
+
 def test_without_a_compiler_or_when_turned_off_the_engine_warns_and_runs_the_torch_path(
         arithmetic_checkpoint, arithmetic, monkeypatch, tmp_path):
     """Where the kernel cannot run, the torch path does: with a warning where the kernel was asked for, without

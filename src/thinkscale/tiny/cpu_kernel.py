@@ -81,6 +81,22 @@ def _compile(compiler: str, out: Path, flags: tuple[str, ...]) -> str | None:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
+    """The built library, or None (why: `_failure`), found out once per process: every engine on a CPU asks."""
+    try:
+        return _build_and_load()
+    except (OSError, RuntimeError) as error:  # the cache folder (read-only, or no home folder), or loading it
+        _failure.append(f"the kernel's cache folder {_cache_dir_or_none()}: {error}")
+        return None
+
+
+def _cache_dir_or_none() -> Path | None:
+    try:
+        return _cache_dir()
+    except RuntimeError:  # no home folder
+        return None
+
+
+def _build_and_load() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         _failure.append("no C compiler found (set CC)")
@@ -152,11 +168,7 @@ def available() -> bool:
     """Whether the kernel is built (or can be) and loads; builds it on the first call."""
     if setting() is False:
         return False
-    try:
-        return _library() is not None
-    except (OSError, RuntimeError) as error:  # the cache folder (or no home folder), or loading the library
-        _failure.append(str(error))
-        return False
+    return _library() is not None
 
 
 def parallel() -> bool:
