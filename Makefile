@@ -36,8 +36,9 @@ test-trl: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[trl]'
 	$(VENV)/bin/pytest -m trl
 
-# static decode's Triton attention kernel, run by Triton's interpreter on the CPU (about a minute). Triton goes
-# into a folder of its own, on the path for these tests alone: the CPU build of torch never sees it otherwise.
+# static decode's Triton kernels (its attention, its whole step), run by Triton's interpreter on the CPU (about 3
+# minutes). Triton goes into a folder of its own, on the path for these tests alone: the CPU build of torch never sees
+# it otherwise.
 TRITON_SITE ?= .triton-site
 TRITON_VERSION := 3.6.0
 test-triton: $(VENV)/.installed $(TRITON_SITE)/.installed-$(TRITON_VERSION)

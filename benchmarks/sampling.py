@@ -2,7 +2,8 @@
 
     python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
         [--dtype float32|bfloat16] [--device cpu|cuda] [--static-decode auto|on|off] [--repeats N]
-        [--sync-every N] [--one-pass-attention auto|on|off] [--triton-attention] [--split test|train]
+        [--sync-every N] [--one-pass-attention auto|on|off] [--triton-attention]
+        [--triton-step [--triton-block N] [--triton-warps N]] [--split test|train]
         [--engine-only] [--compare-exact] [--cpu-kernel | --no-cpu-kernel]
 
 Both sample the same prompts from the same shipped checkpoint with the same
@@ -34,7 +35,11 @@ engine's exact loop (static decode off) on the same device and prints how many
 samples it draws the same. `--one-pass-attention on|off` sets static
 decode's attention (one softmax over all chunks, a GPU's default, or chunk by
 chunk; tiny/engine.py); `--triton-attention` runs it as one Triton kernel a
-layer instead (tiny/attention_kernel.py). `--transformers-static-cache` also gives
+layer instead (tiny/attention_kernel.py), and `--triton-step` the whole step as Triton
+kernels, two a layer, sampling in the last (tiny/step_kernel.py), each program of those between
+the attention kernels taking `--triton-block` rows with `--triton-warps` warps (defaults
+`step_kernel.BLOCK` and `NUM_WARPS`).
+`--transformers-static-cache` also gives
 transformers its static KV cache with all prompts per call (on a GPU its
 generate may compile the model for it; its first call is timed apart). On
 this CPU it was no faster than the dynamic cache (7.6-7.8k against 7.9-9.2k
@@ -122,6 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--triton-attention", action="store_true",
                         help="static decode's attention as one Triton kernel a layer (tiny/attention_kernel.py; "
                              "needs Triton, so a GPU)")
+    parser.add_argument("--triton-step", action="store_true",
+                        help="static decode's whole step as Triton kernels, two a layer (tiny/step_kernel.py; needs "
+                             "Triton, so a GPU)")
+    parser.add_argument("--triton-block", type=int, default=None,
+                        help="with --triton-step: rows a program (a power of two, at least 16; default step_kernel's)")
+    parser.add_argument("--triton-warps", type=int, default=None,
+                        help="with --triton-step: warps a program (1, 2, 4, 8 or 16; default step_kernel's)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed engine calls, the median reported (default 1 on a CPU, 3 on a GPU)")
     parser.add_argument("--sync-every", type=int, default=None,
@@ -183,11 +195,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.triton_attention = args.triton_attention
+    engine.triton_step = args.triton_step
+    if args.triton_block is not None and (not args.triton_step or args.triton_block < 16
+                                          or args.triton_block & (args.triton_block - 1)):
+        parser.error("--triton-block: a power of two of at least 16, with --triton-step")
+    if args.triton_warps is not None and (not args.triton_step or args.triton_warps not in (1, 2, 4, 8, 16)):
+        parser.error("--triton-warps: 1, 2, 4, 8 or 16, with --triton-step")
+    if args.triton_step:
+        from thinkscale.tiny import step_kernel  # needs Triton
+
+        step_kernel.BLOCK = args.triton_block or step_kernel.BLOCK
+        step_kernel.NUM_WARPS = args.triton_warps or step_kernel.NUM_WARPS
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
     kernel = engine._fused()  # asked for, or the engine's default on a CPU where it builds and the model fits
     attention = "" if kernel else ", " + (
-        "Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked") + " attention"
+        f"Triton step ({step_kernel.BLOCK} rows, {step_kernel.NUM_WARPS} warps a program) and" if engine.triton_step
+        else "Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked"
+    ) + " attention"
     name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, " + ("C kernel, " if kernel else "")
             + (f"static decode, sync every {engine.sync_every}{attention})" if engine.static_decode else "exact loop)"))
     started = time.perf_counter()
@@ -218,8 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.compare_exact:
         exact = Engine(ck.model, max_rows=max_rows, device=device, dtype=DTYPES[args.dtype], static_decode=False,
                        cpu_kernel=kernel)  # the same attention
-        same = [a == b for x, y in zip(results, exact.generate(requests)) for a, b in zip(x, y)]
-        print(f"exact loop on {device}: {sum(same)} of {len(same)} samples the same as static decode's")
+        # the tokens: a log-probability summed by other kernels differs in its last bits (before stop 42 the whole
+        # completion was compared, so such a sample counted as different)
+        same = [a.token_ids == b.token_ids for x, y in zip(results, exact.generate(requests)) for a, b in zip(x, y)]
+        print(f"exact loop on {device}: {sum(same)} of {len(same)} samples the same tokens as static decode's")
 
     if args.engine_only:
         return

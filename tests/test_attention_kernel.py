@@ -3,25 +3,19 @@ Triton's interpreter (`make test-triton` installs Triton and sets TRITON_INTERPR
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import replace
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.triton
-pytest.importorskip("triton", reason="needs Triton: run `make test-triton`")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU: Triton runs here only in its interpreter (TRITON_INTERPRET=1, set by make test-triton)",
-                allow_module_level=True)
+# skips the module where Triton cannot run
+from triton_device import DEVICE, assert_static_decode_draws_the_exact_loops_samples  # noqa: E402
 
 from thinkscale.tiny import attention_kernel  # noqa: E402
 from thinkscale.tiny.engine import CHUNK, Engine  # noqa: E402
 
 from test_engine import _mixed_requests  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _cache(chunks, rows, heads, size, dtype, seed=0):
@@ -68,15 +62,6 @@ def test_the_kernel_is_the_engines_attention(dtype, size):
 def test_static_decode_with_the_kernel_draws_the_exact_loops_samples(arithmetic_checkpoint, arithmetic):
     """End to end, static decode with the kernel (float32) draws the exact loop's samples but where two tokens
     were nearly tied."""
-    model = copy.deepcopy(arithmetic_checkpoint.model)  # an engine moves its model to its device
     reqs = [replace(r, params=replace(r.params, max_tokens=24))
             for r in _mixed_requests(arithmetic_checkpoint, arithmetic, n=2)[:4]]
-    # the torch path's attention on a CPU too: there the C kernel, every engine's default, would stand in for Triton
-    exact = Engine(model, max_rows=8, device=DEVICE, static_decode=False, cpu_kernel=False).generate(reqs)
-    engine = Engine(model, max_rows=8, device=DEVICE, static_decode=True, cpu_kernel=False)
-    engine.triton_attention = True
-    pairs = [(a, b) for x, y in zip(exact, engine.generate(reqs)) for a, b in zip(x, y)]
-    if DEVICE == "cuda":  # its steps were captured in CUDA graphs, not run kernel by kernel after a failed capture
-        assert engine.cuda_graphs and engine._graphs
-    same = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]
-    assert len(same) >= 0.75 * len(pairs) and all(abs(a.logprob - b.logprob) < 1e-3 for a, b in same)
+    assert_static_decode_draws_the_exact_loops_samples(arithmetic_checkpoint.model, reqs, "triton_attention")

@@ -77,7 +77,7 @@ def test_sampling_benchmark_with_static_decode_draws_the_exact_loops_samples():
     name = "thinkscale engine (max_rows 8, float32, static decode, sync every 3, chunked attention): "
     assert any(line.startswith(name)
                and "(median of 2: " in line for line in lines)
-    assert "exact loop on cpu: 12 of 12 samples the same as static decode's" in lines
+    assert "exact loop on cpu: 12 of 12 samples the same tokens as static decode's" in lines
     assert any(line.startswith("transformers generate, float32, static cache, 3 prompt(s) x 4 per call: ")
                for line in lines)
     assert re.fullmatch(rf"ratio: {NUMBER}", lines[-1]), lines[-1]

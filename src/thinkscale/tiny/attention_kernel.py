@@ -19,14 +19,33 @@ test-triton`). Not yet measured on a GPU: `benchmarks/gpu_check.sh` times it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 
+def interpreted() -> bool:
+    """Whether Triton runs in its interpreter (on a CPU, in the tests), not compiled for a GPU."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def narrow(x, dtype: tl.constexpr, ROUND: tl.constexpr):
+    """x (float32) in `dtype`, rounded to nearest even. Triton 3.6's interpreter truncates float32 to bfloat16
+    (whatever `fp_downcast_rounding` says), so there (ROUND) the rounding is done on the bits first; a GPU's
+    conversion rounds to nearest even itself."""
+    if ROUND and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
 @triton.jit
 def _attend_rows(q, keys, values, pos, out, chunk_stride, row_stride,
-                 CHUNKS: tl.constexpr, H: tl.constexpr, D: tl.constexpr, K: tl.constexpr):
+                 CHUNKS: tl.constexpr, H: tl.constexpr, D: tl.constexpr, K: tl.constexpr, ROUND: tl.constexpr):
     program = tl.program_id(0)  # row * H + head
     row, head = program // H, program % H
     d, k = tl.arange(0, D), tl.arange(0, K)
@@ -48,7 +67,7 @@ def _attend_rows(q, keys, values, pos, out, chunk_stride, row_stride,
         total = total * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * value, axis=0)
         m = m_new
-    tl.store(out + program * D + d, (acc / total).to(out.dtype.element_ty))
+    tl.store(out + program * D + d, narrow(acc / total, out.dtype.element_ty, ROUND))
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor, chunks: int
@@ -76,5 +95,5 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: torch
         raise ValueError("a layer's cache of 2**31 elements or more is past this kernel's 32-bit offsets")
     out = torch.empty_like(q)
     _attend_rows[(rows * heads,)](q, keys, values, pos.contiguous(), out, keys.stride(0), keys.stride(1),
-                                  CHUNKS=chunks, H=heads, D=size, K=chunk)
+                                  CHUNKS=chunks, H=heads, D=size, K=chunk, ROUND=interpreted())
     return out

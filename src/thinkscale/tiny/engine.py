@@ -77,7 +77,10 @@ one set of kernels and one wait for the device per pass instead of one per
 sequence (at most `EXTEND_BYTES` of cache at once); the same bits (a test),
 but the gathered copies cost a CPU more than the kernels save. And
 `triton_attention` (off everywhere until a GPU has measured it): static
-decode's attention as one Triton kernel a layer (attention_kernel.py).
+decode's attention as one Triton kernel a layer (attention_kernel.py);
+`triton_step` (off too): static decode's whole step as Triton kernels, that
+attention and one kernel between each two layers, sampling in the last
+where no row uses top-p (step_kernel.py).
 
 The CPU kernel (`cpu_kernel`; on by default on a CPU where it builds,
 since stop 41; `cpu_kernel=False` or $THINKSCALE_CPU_KERNEL=0 for the torch
@@ -274,6 +277,9 @@ class Engine:
         self.batched_extend = self.device.type == "cuda"  # `extend`: all items at once (same bits, more memory)
         # static decode's attention as one Triton kernel a layer (attention_kernel.py): off until a GPU measures it
         self.triton_attention = False
+        # static decode's whole step as Triton kernels, two a layer (step_kernel.py, its attention the one above):
+        # off until a GPU measures it; a CPU kernel in use (`_fused`) comes first
+        self.triton_step = False
         # on a CPU, attention (with rope and the cache write) as one C call a layer (cpu_kernel.py), by default
         # where it builds; `_fused` says whether it is in use, and warns only where it was asked for
         asked = cpu_kernel_setting() is True if cpu_kernel is None else bool(cpu_kernel)
@@ -776,7 +782,7 @@ class Engine:
         """
         if self.device.type != "cuda" or not self.cuda_graphs:
             return self._static_body(width, chunks, nucleus)
-        key = (width, chunks, nucleus, self.one_pass_attention, self.triton_attention)
+        key = (width, chunks, nucleus, self.one_pass_attention, self.triton_attention, self.triton_step)
         with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
             graph = self._graphs.get(key)
             if graph is not None:
@@ -810,24 +816,21 @@ class Engine:
         past its own (`_state_for`, `generate`)."""
         s, cache = self._state, self._cache
         pos = s["pos"][:width].clamp(max=chunks * CHUNK - 1)  # an idle row's stale position stays in range
-        if self._fused():  # the CPU kernel reads each row as far as its position: the exact loop's attention
-            attention = None
-        elif self.triton_attention:
-            from thinkscale.tiny import attention_kernel  # Triton: imported only where asked for
+        if self.triton_step and not self._fused():
+            from thinkscale.tiny import step_kernel  # Triton: imported only where asked for
 
-            def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-                return attention_kernel.attend(q, keys, values, pos, chunks)
+            if not nucleus:  # the last kernel draws the tokens and updates the state too
+                step_kernel.decode(self, cache, s["tok"][:width], pos, chunks, state=s)
+                return
+            logits = step_kernel.decode(self, cache, s["tok"][:width], pos, chunks)
         else:
-            hidden = torch.arange(chunks * CHUNK, device=self.device).view(chunks, 1, CHUNK) > pos[None, :, None]
-            bias = torch.zeros(chunks, width, 1, 1, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(
-                hidden[:, :, None, None, :], float("-inf"))
-            plan = [(chunk, 0, width, bias[chunk]) for chunk in range(chunks)]  # every row, every chunk
+            logits = self._decode(cache, s["tok"][:width], pos, self._static_attention(width, chunks, pos))
+        self._static_take(width, logits, nucleus)
 
-            def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-                if self.one_pass_attention:
-                    return self._attend_all(q, keys[:chunks, :width], values[:chunks, :width], bias)
-                return self._attend(q, keys, values, plan)
-        logits = self._decode(cache, s["tok"][:width], pos, attention)
+    def _static_take(self, width: int, logits: torch.Tensor, nucleus: bool) -> None:
+        """Static decode's rows 0..width-1 draw their next tokens from `logits` (width, vocab), and their state
+        moves on: position, tokens, log-probability, count, and whether they are still live."""
+        s = self._state
         live, ngen = s["live"][:width], s["ngen"][:width]
         s["pos"][:width] += live
         tok, lp = choose_tokens(logits, s["temp"][:width], s["top_p"][:width], s["key"][:width], ngen, nucleus)
@@ -836,6 +839,29 @@ class Engine:
         s["lp"][:width] += torch.where(live, lp.double(), 0.0)
         ngen += live
         live &= ~(s["stop"][:width].gather(1, tok[:, None])[:, 0] | (ngen >= s["max"][:width]))
+
+    def _static_attention(self, width: int, chunks: int, pos: torch.Tensor
+                          ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """A static step's attention over chunks 0..chunks-1 for rows 0..width-1 at positions `pos`: None where
+        the CPU kernel reads each row as far as its position (the exact loop's attention), else Triton's, one
+        softmax over all chunks, or chunk by chunk (the attributes `triton_attention`, `one_pass_attention`)."""
+        if self._fused():
+            return None
+        if self.triton_attention:
+            from thinkscale.tiny import attention_kernel  # Triton: imported only where asked for
+
+            return lambda q, keys, values: attention_kernel.attend(q, keys, values, pos, chunks)
+        hidden = torch.arange(chunks * CHUNK, device=self.device).view(chunks, 1, CHUNK) > pos[None, :, None]
+        bias = torch.zeros(chunks, width, 1, 1, CHUNK, device=self.device, dtype=self.dtype).masked_fill_(
+            hidden[:, :, None, None, :], float("-inf"))
+        plan = [(chunk, 0, width, bias[chunk]) for chunk in range(chunks)]  # every row, every chunk
+
+        def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+            if self.one_pass_attention:
+                return self._attend_all(q, keys[:chunks, :width], values[:chunks, :width], bias)
+            return self._attend(q, keys, values, plan)
+
+        return attention
 
     def _cache_for(self, chunks: int, rows: int) -> torch.Tensor:
         """A KV cache of at least this size, kept between calls.
