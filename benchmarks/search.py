@@ -189,6 +189,21 @@ def dev_examples(task, n: int, problem_seed: int, exclude: set[str]):
     return out
 
 
+def kernel_note(names) -> str:
+    """", C kernel" where the CPU kernel runs: an engine runs it only for a model within its bounds
+    (`cpu_kernel.fits`), so a checkpoint outside them (a custom --prm or --orm) is named as on the torch path."""
+    from thinkscale.tiny import cpu_kernel
+    from thinkscale.tiny.checkpoint import resolve
+    from thinkscale.tiny.model import TinyConfig
+
+    outside = []
+    for name in dict.fromkeys(names):
+        c = TinyConfig.from_hf(json.loads((resolve(name) / "config.json").read_text()))
+        if not cpu_kernel.fits(c.num_attention_heads, c.head_dim, c.max_position_embeddings):
+            outside.append(name)
+    return ", C kernel" + (f" ({', '.join(outside)} on the torch path: outside its bounds)" if outside else "")
+
+
 def base_policy_name(pattern: str | None, task_name: str, explicit: bool) -> str | None:
     """The base checkpoint for `task_name`, or None (with a note) when the default names none that exists."""
     from thinkscale.tiny.checkpoint import resolve
@@ -313,7 +328,7 @@ def bench_task(name: str, args) -> dict:
     print(f"{name}: {time.perf_counter() - started:.0f} s in all, {args.workers} worker"
           f"{'s' if args.workers > 1 else ''} of {args.threads} torch thread{'s' if args.threads > 1 else ''} "
           f"(rows run in {elsewhere} other process{'es' if elsewhere != 1 else ''}), {args.dtype}"
-          + (", C kernel" if args.cpu_kernel else "") + "; peak memory so far "
+          + (kernel_note({**policies, **reward_models}.values()) if args.cpu_kernel else "") + "; peak memory so far "
           f"{here:.0f} MB" + (f" here, {worker:.0f} MB the largest worker" if args.workers > 1 else ""), flush=True)
     return out
 

@@ -242,6 +242,23 @@ def test_search_benchmarks_kernel_flag_sets_every_models_attention(monkeypatch, 
         == {kernel}
 
 
+def test_search_benchmarks_summary_names_a_model_the_kernel_cannot_take(tmp_path):
+    """A reward model outside the C kernel's bounds runs the torch path, and the summary line says so."""
+    import json
+
+    from thinkscale.tiny.cpu_kernel import MAX_DIM
+    from thinkscale.tiny.model import TinyConfig
+
+    search = load("search.py")
+    assert search.kernel_note(["arithmetic", "arithmetic-prm", "arithmetic"]) == ", C kernel"
+    wide = tmp_path / "wide-prm"
+    wide.mkdir()
+    heads = 2
+    config = TinyConfig(hidden_size=heads * 2 * MAX_DIM, num_attention_heads=heads)  # heads of 2 x MAX_DIM
+    (wide / "config.json").write_text(json.dumps(config.to_hf()))
+    assert search.kernel_note(["arithmetic", str(wide)]) == f", C kernel ({wide} on the torch path: outside its bounds)"
+
+
 def test_search_benchmark_rows_in_worker_processes_print_what_one_process_prints():
     args = ("--tasks", "arithmetic", "--problems", "3", "--budgets", "4,16", "--threads", "1", "--base-policy", "none",
             "--only", "prm-(beam|mcts|best_of_n)")

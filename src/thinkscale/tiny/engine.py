@@ -782,7 +782,12 @@ class Engine:
         """
         if self.device.type != "cuda" or not self.cuda_graphs:
             return self._static_body(width, chunks, nucleus)
-        key = (width, chunks, nucleus, self.one_pass_attention, self.triton_attention, self.triton_step)
+        step = None
+        if self.triton_step:  # its programs' rows and warps: module settings a benchmark may change between calls
+            from thinkscale.tiny import step_kernel
+
+            step = (step_kernel.BLOCK, step_kernel.NUM_WARPS)
+        key = (width, chunks, nucleus, self.one_pass_attention, self.triton_attention, step)
         with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
             graph = self._graphs.get(key)
             if graph is not None:
@@ -816,16 +821,34 @@ class Engine:
         past its own (`_state_for`, `generate`)."""
         s, cache = self._state, self._cache
         pos = s["pos"][:width].clamp(max=chunks * CHUNK - 1)  # an idle row's stale position stays in range
-        if self.triton_step and not self._fused():
-            from thinkscale.tiny import step_kernel  # Triton: imported only where asked for
-
-            if not nucleus:  # the last kernel draws the tokens and updates the state too
-                step_kernel.decode(self, cache, s["tok"][:width], pos, chunks, state=s)
-                return
-            logits = step_kernel.decode(self, cache, s["tok"][:width], pos, chunks)
-        else:
+        ran, logits = (self._triton_step(width, chunks, pos, nucleus) if self.triton_step and not self._fused()
+                       else (False, None))
+        if not ran:
             logits = self._decode(cache, s["tok"][:width], pos, self._static_attention(width, chunks, pos))
-        self._static_take(width, logits, nucleus)
+        if logits is not None:  # (None: the Triton step's last kernel drew the tokens and moved the state on)
+            self._static_take(width, logits, nucleus)
+
+    def _triton_step(self, width: int, chunks: int, pos: torch.Tensor, nucleus: bool
+                     ) -> tuple[bool, torch.Tensor | None]:
+        """The step on `step_kernel`'s kernels: (True, None) where they also drew the tokens (no row with top-p),
+        else (True, the logits). (False, None) where they cannot run (a model they cannot hold; Triton failing to
+        compile or to launch them on this device): then, with one warning, `triton_step` is off and the torch
+        path runs. A shape's first step runs before its capture in a CUDA graph, so a failure is met there, and a
+        kernel that failed stored nothing that the torch path's run of the same step does not write again (the
+        state moves only in the last kernel)."""
+        from thinkscale.tiny import step_kernel  # Triton: imported only where asked for
+
+        s = self._state
+        try:
+            if not nucleus:
+                step_kernel.decode(self, self._cache, s["tok"][:width], pos, chunks, state=s)
+                return True, None
+            return True, step_kernel.decode(self, self._cache, s["tok"][:width], pos, chunks)
+        except step_kernel.FAILURES as error:
+            warnings.warn(f"static decode's Triton step cannot run here ({type(error).__name__}: {error}); the torch "
+                          "path runs from now on (triton_step = False)", RuntimeWarning, stacklevel=2)
+            self.triton_step = False
+            return False, None
 
     def _static_take(self, width: int, logits: torch.Tensor, nucleus: bool) -> None:
         """Static decode's rows 0..width-1 draw their next tokens from `logits` (width, vocab), and their state

@@ -42,10 +42,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.errors import TritonError
 
 from thinkscale.tiny import attention_kernel
 from thinkscale.tiny.attention_kernel import narrow
 
+MAX_VOCAB = 256  # the last kernel keeps the whole head and each row's noise over the vocabulary in registers
 BLOCK = 16  # rows a program: tl.dot's smallest (gpu_check.sh chooses 16 to 64, and the warps, on training problems)
 NUM_WARPS = 4
 
@@ -91,7 +93,7 @@ def _sample(logits, r, v, mine, tok, s_pos, s_live, s_ngen, s_max, s_temp, s_key
     logprobs = logits - top[:, None] - tl.log(tl.sum(tl.exp(logits - top[:, None]), axis=1))[:, None]
     temp = tl.load(s_temp + r, mask=mine, other=1.0)
     greedy = temp <= 0
-    scaled = logits / tl.where(greedy, 1.0, temp)[:, None]
+    scaled = tl.div_rn(logits, tl.where(greedy, 1.0, temp)[:, None])  # rounded as torch divides (not approximate)
     ngen = tl.load(s_ngen + r, mask=mine, other=0)
     h = _fmix32((tl.load(s_key + r, mask=mine, other=0) ^ (ngen & 0xFFFFFFFF)).to(tl.uint32))
     h = _fmix32(h[:, None] ^ (v.to(tl.uint32) * 0x27D4EB2F)[None, :])
@@ -194,6 +196,13 @@ def _slice(n: int, most: int) -> int:
     return min(n & -n, most)
 
 
+class Unfit(ValueError):
+    """A model the kernels cannot hold (`why_unfit`)."""
+
+
+FAILURES = (Unfit, TritonError)  # what `decode` raises where the kernels cannot run: compiling, resources, shapes
+
+
 def why_unfit(config, chunk: int) -> str | None:
     """Why a model of this config cannot run on these kernels (Triton's blocks are powers of two), or None."""
     if not _power_of_two(config.hidden_size) or config.hidden_size < 16:
@@ -202,6 +211,8 @@ def why_unfit(config, chunk: int) -> str | None:
         return f"head size {config.head_dim} is not a power of two of at least 32"
     if _slice(config.intermediate_size, 64) < 16:
         return f"intermediate size {config.intermediate_size} is not a multiple of 16"
+    if config.vocab_size > MAX_VOCAB:
+        return f"vocabulary {config.vocab_size} is over {MAX_VOCAB} (the last kernel holds it in registers)"
     if not _power_of_two(chunk):
         return f"the cache's chunk {chunk} is not a power of two"
     return None
@@ -228,10 +239,10 @@ def decode(engine, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
     chunk = cache.shape[-1] // c.head_dim
     reason = why_unfit(c, chunk)
     if reason:
-        raise ValueError(f"static decode's Triton step cannot run this model: {reason}")
+        raise Unfit(f"static decode's Triton step cannot run this model: {reason}")
     rows, h, heads, size, dtype = tokens.shape[0], c.hidden_size, c.num_attention_heads, c.head_dim, engine.dtype
     if cache[0, 0].numel() >= 2**31:  # the attention kernel's offsets are 32-bit
-        raise ValueError("a layer's cache of 2**31 elements or more is past the Triton kernels' 32-bit offsets")
+        raise Unfit("a layer's cache of 2**31 elements or more is past the Triton kernels' 32-bit offsets")
     x = torch.empty(rows, h, device=tokens.device, dtype=torch.float32)
     q = torch.empty(rows, heads, 1, size, device=tokens.device, dtype=dtype)
     logits = torch.empty(rows, c.vocab_size, device=tokens.device, dtype=torch.float32)
