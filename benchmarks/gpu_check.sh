@@ -52,7 +52,8 @@ python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$bes
     | grep -v '^Loading' | tee "$out/bf16_step.log"
 python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" 2>&1 | grep -v 'USDT\|_warn_once\|acc_events' \
     | tee "$out/profile.log"
-python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" --triton-step 2>&1 \
+python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" --triton-step \
+    --triton-block "$block" --triton-warps "$warps" 2>&1 \
     | grep -v 'USDT\|_warn_once\|acc_events' | tee "$out/profile_step.log"
 python3 benchmarks/sampling.py --device cuda --sync-every "$best" --transformers-static-cache 2>&1 \
     | grep -v '^Loading' | tee "$out/fp32.log"

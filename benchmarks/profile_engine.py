@@ -1,9 +1,9 @@
 """Where one sampling call of the tiny engine spends its time: its steps by shape, and its kernels by device time.
 
     python benchmarks/profile_engine.py [--device cuda] [--dtype bfloat16] [--prompts 64] [--samples 64]
-        [--max-new-tokens 160] [--sync-every N] [--one-pass-attention auto|on|off] [--triton-step] [--eager] [--top 15]
+        [--max-new-tokens 160] [--sync-every N] [--one-pass-attention auto|on|off] [--eager] [--top 15]
         [--problem-seed 0] [--cpu-kernel | --no-cpu-kernel] [--static-decode auto|on|off] [--max-rows N]
-        [--split test|train]
+        [--split test|train] [--triton-step [--triton-block N] [--triton-warps N]]
 
 The work is benchmarks/sampling.py's (the same problems and engine settings:
 on a GPU one row per sample, on a CPU 1,024 rows and the exact loop unless
@@ -17,7 +17,8 @@ count and summed time and that sum's share of the wall time (low: the device
 waited for the host); the kernels that took the most device time; and the
 host's ops by their own CPU time (on a CPU, the only table).
 `--eager` runs the static steps kernel by kernel instead of as CUDA graphs.
-`--triton-step` runs them as Triton kernels, two a layer (tiny/step_kernel.py).
+`--triton-step` runs them as Triton kernels, two a layer (tiny/step_kernel.py), each program between two
+layers of `--triton-block` rows and `--triton-warps` warps (as benchmarks/sampling.py).
 A probe to find what to make faster, not a benchmark: the profiler itself
 slows the host, so time a change with benchmarks/sampling.py.
 """
@@ -34,6 +35,8 @@ from thinkscale.tiny import DtypeName  # torch-free: threads are set before torc
 
 
 def main(argv: list[str] | None = None) -> None:
+    from sampling import add_triton_step_flags, triton_step_from_flags  # benchmarks/sampling.py (torch-free too)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="arithmetic")
     parser.add_argument("--prompts", type=int, default=64)
@@ -47,8 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="static decode's steps between looks for finished rows (default: the engine's)")
     parser.add_argument("--one-pass-attention", choices=("auto", "on", "off"), default="auto",
                         help="static decode's attention in one softmax (default auto: the engine's, on a GPU)")
-    parser.add_argument("--triton-step", action="store_true",
-                        help="static decode's step as Triton kernels, two a layer (tiny/step_kernel.py; a GPU)")
+    add_triton_step_flags(parser)
     parser.add_argument("--eager", action="store_true", help="static steps kernel by kernel, no CUDA graphs")
     parser.add_argument("--top", type=int, default=15, help="kernels (ops on a CPU) listed (default 15)")
     parser.add_argument("--cpu-kernel", action=argparse.BooleanOptionalAction, default=None,
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.cuda_graphs = not args.eager
-    engine.triton_step = args.triton_step
+    step_kernel = triton_step_from_flags(parser, args, engine)
     steps: collections.Counter = collections.Counter()
     stepped = engine._static_step
 
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else "") + f", {args.dtype}, max_rows {max_rows}, "
           + ("C kernel, " if kernel else "")
           + (f"static decode, sync every {engine.sync_every}, "
-             + ("" if kernel else "Triton step, " if engine.triton_step
+             + ("" if kernel else f"Triton step ({step_kernel.BLOCK} rows, {step_kernel.NUM_WARPS} warps a program), "
+                if engine.triton_step
                 else "one-pass attention " + ("on, " if engine.one_pass_attention else "off, "))
              + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel")
              if engine.static_decode else "exact loop"))

@@ -108,6 +108,34 @@ def run_transformers(model, prompts, samples, per_call, max_new_tokens, pad_id, 
     return tokens, time.perf_counter() - started
 
 
+def add_triton_step_flags(parser: argparse.ArgumentParser) -> None:
+    """--triton-step and its program's rows and warps (this script's and profile_engine.py's)."""
+    parser.add_argument("--triton-step", action="store_true",
+                        help="static decode's whole step as Triton kernels, two a layer (tiny/step_kernel.py; needs "
+                             "Triton, so a GPU)")
+    parser.add_argument("--triton-block", type=int, default=None,
+                        help="with --triton-step: rows a program (a power of two, at least 16; default step_kernel's)")
+    parser.add_argument("--triton-warps", type=int, default=None,
+                        help="with --triton-step: warps a program (1, 2, 4, 8 or 16; default step_kernel's)")
+
+
+def triton_step_from_flags(parser: argparse.ArgumentParser, args, engine):
+    """Set `engine.triton_step` and the step's rows and warps from the flags; returns tiny/step_kernel.py (which
+    needs Triton) where the step was asked for, else None."""
+    engine.triton_step = args.triton_step
+    if (args.triton_block or args.triton_warps) and not args.triton_step:
+        parser.error("--triton-block and --triton-warps go with --triton-step")
+    if not args.triton_step:
+        return None
+    from thinkscale.tiny import step_kernel
+
+    try:
+        step_kernel.configure(args.triton_block, args.triton_warps)
+    except ValueError as error:
+        parser.error(f"--triton-block/--triton-warps: {error}")
+    return step_kernel
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="arithmetic")
@@ -127,13 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--triton-attention", action="store_true",
                         help="static decode's attention as one Triton kernel a layer (tiny/attention_kernel.py; "
                              "needs Triton, so a GPU)")
-    parser.add_argument("--triton-step", action="store_true",
-                        help="static decode's whole step as Triton kernels, two a layer (tiny/step_kernel.py; needs "
-                             "Triton, so a GPU)")
-    parser.add_argument("--triton-block", type=int, default=None,
-                        help="with --triton-step: rows a program (a power of two, at least 16; default step_kernel's)")
-    parser.add_argument("--triton-warps", type=int, default=None,
-                        help="with --triton-step: warps a program (1, 2, 4, 8 or 16; default step_kernel's)")
+    add_triton_step_flags(parser)
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed engine calls, the median reported (default 1 on a CPU, 3 on a GPU)")
     parser.add_argument("--sync-every", type=int, default=None,
@@ -195,17 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
     engine.triton_attention = args.triton_attention
-    engine.triton_step = args.triton_step
-    if args.triton_block is not None and (not args.triton_step or args.triton_block < 16
-                                          or args.triton_block & (args.triton_block - 1)):
-        parser.error("--triton-block: a power of two of at least 16, with --triton-step")
-    if args.triton_warps is not None and (not args.triton_step or args.triton_warps not in (1, 2, 4, 8, 16)):
-        parser.error("--triton-warps: 1, 2, 4, 8 or 16, with --triton-step")
-    if args.triton_step:
-        from thinkscale.tiny import step_kernel  # needs Triton
-
-        step_kernel.BLOCK = args.triton_block or step_kernel.BLOCK
-        step_kernel.NUM_WARPS = args.triton_warps or step_kernel.NUM_WARPS
+    step_kernel = triton_step_from_flags(parser, args, engine)
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
                                                                        seed=i)) for i, p in enumerate(prompts)]
     kernel = engine._fused()  # asked for, or the engine's default on a CPU where it builds and the model fits

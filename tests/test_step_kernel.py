@@ -148,6 +148,10 @@ def test_a_model_the_kernels_cannot_hold_is_refused_with_the_reason():
     assert step_kernel.why_unfit(TinyConfig(), CHUNK) is None
     assert "intermediate size 100" in step_kernel.why_unfit(TinyConfig(intermediate_size=100), CHUNK)
     assert "vocabulary 300" in step_kernel.why_unfit(TinyConfig(vocab_size=300), CHUNK)
+    for setting in ({"block": 8}, {"block": 48}, {"warps": 3}):
+        with pytest.raises(ValueError, match="a program must be"):
+            step_kernel.configure(**setting)
+    assert (step_kernel.BLOCK, step_kernel.NUM_WARPS) == (16, 4)  # a refused setting changes nothing
 
 
 def test_the_sampling_benchmark_runs_static_decode_on_the_step():
@@ -162,6 +166,11 @@ def test_the_sampling_benchmark_runs_static_decode_on_the_step():
     assert any(line.startswith("thinkscale engine (max_rows 4, float32, static decode, sync every 8, Triton step "
                                f"({block} rows, {warps} warps a program) and attention): ") for line in lines)
     assert f"exact loop on {DEVICE}: 4 of 4 samples the same tokens as static decode's" in lines
+    lines = bench("profile_engine.py", "--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--device",
+                  DEVICE, "--static-decode", "on", "--triton-step", "--triton-block", block, "--triton-warps", warps,
+                  "--dtype", "float32", *(["--no-cpu-kernel"] if DEVICE == "cpu" else []))
+    assert f"Triton step ({block} rows, {warps} warps a program), " in lines[0]
+    assert re.fullmatch(r"one call, profiled: 32 tokens in .*", lines[1]), lines[1]
 
 
 def test_the_kernels_compile_for_an_h100_and_at_the_defaults_spill_nothing():

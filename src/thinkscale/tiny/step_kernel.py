@@ -52,6 +52,17 @@ BLOCK = 16  # rows a program: tl.dot's smallest (gpu_check.sh chooses 16 to 64, 
 NUM_WARPS = 4
 
 
+def configure(block: int | None = None, warps: int | None = None) -> None:
+    """Set the rows (`BLOCK`) and warps (`NUM_WARPS`) of a program between two layers, for every engine from its
+    next step (they are part of a step's CUDA graph's key); None keeps a setting."""
+    if block is not None and (block < 16 or block & (block - 1)):
+        raise ValueError(f"rows a program must be a power of two of at least 16 (tl.dot's smallest), got {block}")
+    if warps is not None and warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"warps a program must be 1, 2, 4, 8 or 16, got {warps}")
+    global BLOCK, NUM_WARPS
+    BLOCK, NUM_WARPS = block or BLOCK, warps or NUM_WARPS
+
+
 @triton.jit
 def _dot(a, b, INTERP: tl.constexpr, IEEE: tl.constexpr):
     """a @ b added in float32: in float32 (IEEE, not TF32) where the inputs are, bfloat16 products on a GPU,
