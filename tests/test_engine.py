@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import os
 
 import pytest
@@ -455,6 +456,30 @@ def _mixed_requests(checkpoint, task, n=5):
     return [SampleRequest(tuple(checkpoint.tokenizer.encode(e.problem.prompt)), n=n, params=SamplingParams(
         seed=i, temperature=(1.0, 0.0, 0.7)[i % 3], top_p=(1.0, 0.9)[i % 2], max_tokens=(100, 20, 60)[i % 3],
         stop_ids=(newline,) if i % 4 == 0 else ())) for i, e in enumerate(task.examples("test", 10))]
+
+
+def test_the_triton_step_where_triton_does_not_import_warns_and_runs_the_torch_path(arithmetic_checkpoint, attention,
+                                                                                   monkeypatch):
+    """`triton_step` asked for where Triton is not installed: one warning, then the torch path's samples (with the
+    C kernel in use, the kernel comes first and the step is never tried)."""
+    import sys
+    import warnings
+
+    import thinkscale.tiny
+
+    monkeypatch.setitem(sys.modules, "thinkscale.tiny.step_kernel", None)  # as where Triton is not installed
+    monkeypatch.delattr(thinkscale.tiny, "step_kernel", raising=False)
+    model = arithmetic_checkpoint.model
+    engine = Engine(model, max_rows=4, static_decode=True)
+    engine.triton_step = True
+    reqs = [SampleRequest((1, 5, 6), n=2, params=SamplingParams(temperature=1.0, max_tokens=6, seed=3))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = engine.generate(reqs)
+    told = [w for w in caught
+            if re.search(r"Triton step cannot run here \((ModuleNotFound|Import)Error", str(w.message))]
+    assert len(told) == (attention == "torch") and engine.triton_step == (attention == "kernel")
+    assert got == Engine(model, max_rows=4, static_decode=False).generate(reqs)
 
 
 @pytest.mark.parametrize("max_rows, sync_every", [(8, 3), (64, 8)])

@@ -139,6 +139,19 @@ def test_a_model_the_kernels_cannot_hold_falls_back_to_the_torch_path_with_a_war
     assert [c.token_ids for c in got[0]] == [c.token_ids for c in exact.generate(reqs)[0]]
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a CPU only: where Triton has no device to compile for")
+def test_on_a_cpu_without_the_interpreter_the_step_falls_back_to_the_torch_path(arithmetic_checkpoint, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # as a CPU machine with Triton installed runs it
+    model = arithmetic_checkpoint.model
+    engine = Engine(copy.deepcopy(model), max_rows=4, device=DEVICE, static_decode=True, cpu_kernel=False)
+    engine.triton_step = True
+    reqs = [SampleRequest((1, 5, 6), n=2, params=SamplingParams(temperature=1.0, max_tokens=6, seed=3))]
+    with pytest.warns(RuntimeWarning, match="run on a CUDA device .* not on cpu"):
+        got = engine.generate(reqs)
+    exact = Engine(copy.deepcopy(model), max_rows=4, device=DEVICE, static_decode=False, cpu_kernel=False)
+    assert not engine.triton_step and got == exact.generate(reqs)
+
+
 def test_a_model_the_kernels_cannot_hold_is_refused_with_the_reason():
     model = TinyLlama(TinyConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4))  # head size 16
     engine = _engine(model)

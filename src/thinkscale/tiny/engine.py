@@ -782,11 +782,8 @@ class Engine:
         """
         if self.device.type != "cuda" or not self.cuda_graphs:
             return self._static_body(width, chunks, nucleus)
-        step = None
-        if self.triton_step:  # its programs' rows and warps: module settings a benchmark may change between calls
-            from thinkscale.tiny import step_kernel
-
-            step = (step_kernel.BLOCK, step_kernel.NUM_WARPS)
+        kernels = self._step_kernels()  # their programs' rows and warps: settings a benchmark may change
+        step = (kernels.BLOCK, kernels.NUM_WARPS) if kernels else None
         key = (width, chunks, nucleus, self.one_pass_attention, self.triton_attention, step)
         with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
             graph = self._graphs.get(key)
@@ -836,8 +833,9 @@ class Engine:
         path runs. A shape's first step runs before its capture in a CUDA graph, so a failure is met there, and a
         kernel that failed stored nothing that the torch path's run of the same step does not write again (the
         state moves only in the last kernel)."""
-        from thinkscale.tiny import step_kernel  # Triton: imported only where asked for
-
+        step_kernel = self._step_kernels()
+        if step_kernel is None:
+            return False, None
         s = self._state
         try:
             if not nucleus:
@@ -845,10 +843,24 @@ class Engine:
                 return True, None
             return True, step_kernel.decode(self, self._cache, s["tok"][:width], pos, chunks)
         except step_kernel.FAILURES as error:
-            warnings.warn(f"static decode's Triton step cannot run here ({type(error).__name__}: {error}); the torch "
-                          "path runs from now on (triton_step = False)", RuntimeWarning, stacklevel=2)
-            self.triton_step = False
+            self._triton_step_fails(error)
             return False, None
+
+    def _step_kernels(self):
+        """step_kernel.py where `triton_step` is on and Triton imports (imported only then), else None."""
+        if not self.triton_step:
+            return None
+        try:
+            from thinkscale.tiny import step_kernel
+        except ImportError as error:
+            self._triton_step_fails(error)
+            return None
+        return step_kernel
+
+    def _triton_step_fails(self, error: Exception) -> None:
+        warnings.warn(f"static decode's Triton step cannot run here ({type(error).__name__}: {error}); the torch "
+                      "path runs from now on (triton_step = False)", RuntimeWarning, stacklevel=3)
+        self.triton_step = False
 
     def _static_take(self, width: int, logits: torch.Tensor, nucleus: bool) -> None:
         """Static decode's rows 0..width-1 draw their next tokens from `logits` (width, vocab), and their state

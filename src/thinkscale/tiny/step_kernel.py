@@ -95,7 +95,7 @@ def _fmix32(h):
 @triton.jit
 def _sample(logits, r, v, mine, tok, s_pos, s_live, s_ngen, s_max, s_temp, s_key, s_lp, s_stop, s_out, out_stride,
             V: tl.constexpr):
-    """`choose_tokens` without top-p, then the state's update of `Engine._static_body`, for rows r: logits
+    """`choose_tokens` without top-p, then the state's update of `Engine._static_take`, for rows r: logits
     (BLOCK, VP) float32, columns v (VP,), past V padding. The same Gumbel noise to the bit (a hash of the row's
     key, its step and the token, made a float in float64 as `gumbel_noise` does), so the same token wherever
     the logits are the same."""
@@ -132,9 +132,12 @@ def _between(tok, x_buf, y_buf, q_buf, logits, pos, rows,
              chunk_stride, row_stride, eps, scale,
              s_pos, s_live, s_ngen, s_max, s_temp, s_key, s_lp, s_stop, s_out, out_stride,
              FIRST: tl.constexpr, LAST: tl.constexpr, SAMPLE: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
-             HIDDEN: tl.constexpr,
-             INTER: tl.constexpr, IC: tl.constexpr, KC: tl.constexpr, V: tl.constexpr, VP: tl.constexpr,
-             CHUNK: tl.constexpr, BLOCK: tl.constexpr, INTERP: tl.constexpr, IEEE: tl.constexpr):
+             HIDDEN: tl.constexpr, INTER: tl.constexpr, IC: tl.constexpr, KC: tl.constexpr, V: tl.constexpr,
+             VP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, INTERP: tl.constexpr, IEEE: tl.constexpr):
+    """Rows BLOCK x program_id .. of one layer boundary (the module's docstring): FIRST embeds the tokens, else
+    the previous layer's attention output `y_buf` goes through its output projection and MLP onto the residual
+    `x_buf`; LAST then writes the logits (and with SAMPLE draws the tokens), else the next layer's q goes to
+    `q_buf` and its k and v into `keys` and `values` at each row's position `pos`."""
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mine = r < rows
     c = tl.arange(0, HIDDEN)
@@ -246,6 +249,10 @@ def decode(engine, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
     With `state` (static decode's, `Engine._state_for`; `tokens` its "tok"), the last kernel also draws each
     row's next token as `choose_tokens` does without top-p, and updates the state's first A rows as
     `Engine._static_body` does: no kernel more for sampling."""
+    interpreted = attention_kernel.interpreted()
+    if tokens.device.type != "cuda" and not interpreted:
+        raise Unfit(f"Triton's kernels run on a CUDA device (or in its interpreter, TRITON_INTERPRET=1), not on "
+                    f"{tokens.device.type}")
     c = engine.config
     chunk = cache.shape[-1] // c.head_dim
     reason = why_unfit(c, chunk)
@@ -263,7 +270,7 @@ def decode(engine, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
         return tokens if state is None else state[name][:rows]
 
     out = rows_of("out")
-    interpreted, sizes = attention_kernel.interpreted(), shapes(c, chunk)
+    sizes = shapes(c, chunk)
     tokens, pos = tokens.contiguous(), pos.contiguous()
     last = c.num_hidden_layers
     for i in range(last + 1):
