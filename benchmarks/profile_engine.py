@@ -35,7 +35,7 @@ from thinkscale.tiny import DtypeName  # torch-free: threads are set before torc
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sampling import add_triton_step_flags, triton_step_from_flags  # benchmarks/sampling.py (torch-free too)
+    from sampling import add_triton_step_flags, triton_step_from_flags, triton_step_held  # (torch-free too)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="arithmetic")
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 
     engine._static_step = counted
     engine.generate(requests)  # warm up: on a GPU the graphs are captured here
+    triton_step_held(args, engine)
     steps.clear()
 
     def synced() -> None:

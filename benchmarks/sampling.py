@@ -136,6 +136,13 @@ def triton_step_from_flags(parser: argparse.ArgumentParser, args, engine):
     return step_kernel
 
 
+def triton_step_held(args, engine) -> None:
+    """After a warm-up call: stop where --triton-step was asked for and the engine fell back to the torch path (it
+    warned why), so no figure is printed under the step's name."""
+    if args.triton_step and not engine.triton_step:
+        raise SystemExit("--triton-step: the Triton step could not run here (the warning above says why)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="arithmetic")
@@ -229,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f"static decode, sync every {engine.sync_every}{attention})" if engine.static_decode else "exact loop)"))
     started = time.perf_counter()
     results = engine.generate(requests if gpu else requests[:2])  # warm up; on a GPU, the graphs' capture
+    triton_step_held(args, engine)
     if gpu:
         print(f"{name}, first call (graphs captured): {time.perf_counter() - started:.2f} s")
     times = []

@@ -150,6 +150,13 @@ def test_on_a_cpu_without_the_interpreter_the_step_falls_back_to_the_torch_path(
         got = engine.generate(reqs)
     exact = Engine(copy.deepcopy(model), max_rows=4, device=DEVICE, static_decode=False, cpu_kernel=False)
     assert not engine.triton_step and got == exact.generate(reqs)
+    root = Path(__file__).resolve().parents[1]  # and the benchmark prints no figure under the step's name
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "sampling.py"), "--device", "cpu",
+                             "--static-decode", "on", "--no-cpu-kernel", "--triton-step", "--prompts", "2", "--samples",
+                             "2", "--max-new-tokens", "4", "--engine-only"], capture_output=True, text=True,
+                            timeout=300, cwd=root, env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert result.returncode != 0 and "Triton step could not run here" in result.stderr
+    assert "tokens/s" not in result.stdout
 
 
 def test_a_model_the_kernels_cannot_hold_is_refused_with_the_reason():
