@@ -8,7 +8,8 @@
 the last with and without sampling) for the checkpoint's shapes and the GPU architecture `--arch` (90: an
 H100 or H200), with the ptxas that Triton's wheel ships. No GPU is needed and none is used. For each kernel
 it prints the registers a thread uses, the bytes it spills to local memory when registers run out (a
-spill slows a kernel), the shared memory a program takes, and how long the compilation took. A probe for
+spill slows a kernel), the shared memory a program takes (over the device's limit, a launch fails), and how
+long the compilation took, with the options the engine launches them with (`step_kernel.launch_options`). A probe for
 choosing blocks and warps before a GPU lease, not a benchmark: only a GPU can say which runs faster.
 """
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("this compiles for a GPU: unset TRITON_INTERPRET")
 
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -59,14 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     config = checkpoint.load(args.checkpoint).model.config
     target = GPUTarget("cuda", args.arch, 32)
     dt = {"bfloat16": "bf16", "float32": "fp32"}[args.dtype]
+    dtype = getattr(torch, args.dtype)
     print(f"{args.checkpoint}: hidden {config.hidden_size}, {config.num_attention_heads} heads of "
           f"{config.head_dim}, MLP {config.intermediate_size}, vocabulary {config.vocab_size}; {args.dtype}; "
           f"sm_{args.arch}; Triton {triton.__version__}")
 
-    def compiled(name: str, fn, signature: dict[str, str], constants: dict, warps: int) -> None:
+    def compiled(name: str, fn, signature: dict[str, str], constants: dict, warps: int, **options) -> None:
         started = time.perf_counter()
         kernel = triton.compile(ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constants, "constexpr")},
-                                          constexprs=constants), target=target, options={"num_warps": warps})
+                                          constexprs=constants), target=target,
+                                options={"num_warps": warps, **options})
         seconds = time.perf_counter() - started
         report = ptxas_report(kernel.asm["ptx"], args.arch)
         print(f"{name}, {warps} warps: {report['registers']} registers, {report['spilled']:,} bytes spilled, "
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                                               ("last, logits only", False, True, False)):
                 compiled(f"step kernel ({name}), {block} rows", step_kernel._between, signature,
                          {**shapes, "FIRST": first, "LAST": last, "SAMPLE": sample, "BLOCK": block,
-                          "INTERP": False, "IEEE": dt == "fp32"}, warps)
+                          "INTERP": False, "IEEE": dt == "fp32"}, warps, **step_kernel.launch_options(dtype))
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def test_the_sampling_benchmark_runs_static_decode_on_the_step():
 
 def test_the_kernels_compile_for_an_h100_and_at_the_defaults_spill_nothing():
     """benchmarks/triton_kernels.py compiles every kernel for sm_90 with the ptxas Triton ships (no GPU needed):
-    a GPU lease finds no kernel that does not compile, and the default step keeps every value in registers."""
+    a GPU lease finds no kernel that does not compile or does not fit, and the default step keeps every value in
+    registers."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "benchmarks" / "triton_kernels.py"), "--blocks",
@@ -209,3 +210,11 @@ def test_the_kernels_compile_for_an_h100_and_at_the_defaults_spill_nothing():
         assert 0 < int(registers) <= 255
         if "step kernel" in name:
             assert int(warps) == step_kernel.NUM_WARPS and spilled == "0", (name, spilled)
+    # float32 on the wider model (the GPU runs the tests above in float32): within an H100's shared memory a program
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "triton_kernels.py"), "--checkpoint",
+                             "arithmetic-4x", "--dtype", "float32", "--blocks", str(step_kernel.BLOCK), "--warps",
+                             str(step_kernel.NUM_WARPS)], capture_output=True, text=True, timeout=600, cwd=root,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shared = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+) bytes shared memory", result.stdout)]
+    assert len(shared) == 7 and max(shared) <= 227 * 1024, result.stdout

@@ -232,6 +232,14 @@ def why_unfit(config, chunk: int) -> str | None:
     return None
 
 
+def launch_options(dtype: torch.dtype) -> dict[str, int]:
+    """Triton's options for `_between` beyond its warps. In float32 its loops are not pipelined (num_stages 1):
+    float32 products in IEEE precision keep their operands in shared memory, and pipelined, `arithmetic-4x`'s
+    step would need 412 KB a program, over any GPU's limit (86 KB unpipelined; benchmarks/triton_kernels.py).
+    bfloat16's compiled the same either way."""
+    return {"num_stages": 1} if dtype == torch.float32 else {}
+
+
 def shapes(config, chunk: int) -> dict[str, int]:
     """The model's sizes as `_between` takes them (compile-time constants)."""
     return {"H": config.num_attention_heads, "D": config.head_dim, "HIDDEN": config.hidden_size,
@@ -285,7 +293,7 @@ def decode(engine, cache: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
             rows_of("pos"), rows_of("live"), rows_of("ngen"), rows_of("max"), rows_of("temp"), rows_of("key"),
             rows_of("lp"), rows_of("stop"), out, out.stride(0),
             FIRST=i == 0, LAST=i == last, SAMPLE=state is not None, BLOCK=BLOCK, INTERP=interpreted,
-            IEEE=dtype == torch.float32, num_warps=NUM_WARPS, **sizes)
+            IEEE=dtype == torch.float32, num_warps=NUM_WARPS, **sizes, **launch_options(dtype))
         if i < last:
             y = attention_kernel.attend(q, keys, values, pos, chunks)  # (A, H, 1, D): the next kernel's input
     return logits
