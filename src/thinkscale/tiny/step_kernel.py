@@ -28,8 +28,8 @@ column is moved in registers.
 Needs Triton (a CUDA build of torch brings it); with `TRITON_INTERPRET=1`
 it runs on a CPU, slowly, which is how the tests check it without a GPU
 (`make test-triton`). Triton 3.6's interpreter multiplies bfloat16 wrongly
-(a probe: errors of 1e10 in a 16 x 32 product), so there (INTERP) the
-products take their bfloat16 inputs as float32, which is exact (a bfloat16
+(in a probe, a 16 x 32 product came out orders of magnitude off), so there
+(INTERP) the products take their bfloat16 inputs as float32, which is exact (a bfloat16
 is a float32 with a shorter fraction, and the sums are float32 either way),
 and values are rounded to bfloat16 on their bits (`attention_kernel.narrow`:
 the interpreter truncates). `benchmarks/triton_kernels.py` compiles the
