@@ -2,7 +2,8 @@
 # Issue 16's GPU checks in one call, for a session lent a GPU (see /work/.library/device):
 #   bash benchmarks/gpu_check.sh        (logs under $OUT, else /tmp/gpu_check: 10 files)
 # 1. the CUDA tests (static decode, graphs captured and replayed);
-# 2. static decode's sync_every (4, 8 or 16) chosen on training problems (engine alone, bfloat16);
+# 2. static decode's sync_every (4, 8 or 16), then whether a round is queued before the last one is read
+#    (--overlap on or off), chosen on training problems (engine alone, bfloat16);
 # 3. benchmarks/sampling.py on the test problems with that setting: bfloat16 (the issue's goal) with the
 #    exact loop compared and transformers' static cache tried too; the same with static decode's whole step as
 #    Triton kernels (tiny/step_kernel.py; its rows and warps a program chosen on training problems first),
@@ -33,34 +34,41 @@ for k in 4 8 16; do
     if [ -n "$rate" ] && [ "$rate" -gt "$best_rate" ]; then best=$k best_rate=$rate; fi
 done
 echo "chosen on train problems: sync_every $best" | tee -a "$out/sync.txt"
-python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --compare-exact \
+ov=on
+line=$(python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --split train --engine-only --sync-every "$best" \
+       --overlap off 2>&1 | grep 'tokens/s$' | tail -1)
+rate=$(echo "$line" | sed 's/.*= \([0-9,]*\) tokens\/s$/\1/' | tr -d ,)
+echo "sync_every $best, overlap off (train problems): ${rate:-failed} tokens/s (on: $best_rate)" | tee -a "$out/sync.txt"
+if [ -n "$rate" ] && [ "$rate" -gt "$best_rate" ]; then ov=off; fi
+echo "chosen on train problems: overlap $ov" | tee -a "$out/sync.txt"
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --overlap "$ov" --compare-exact \
     --transformers-static-cache 2>&1 \
     | grep -v '^Loading' | tee "$out/bf16.log"
 block=16 warps=4 block_rate=0
 for bw in 16,4 32,4 32,8 64,8; do
     b=${bw%,*} w=${bw#*,}
     line=$(python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --split train --engine-only \
-           --sync-every "$best" --triton-step --triton-block "$b" --triton-warps "$w" 2>&1 | grep 'tokens/s$' | tail -1)
+           --sync-every "$best" --overlap "$ov" --triton-step --triton-block "$b" --triton-warps "$w" 2>&1 | grep 'tokens/s$' | tail -1)
     rate=$(echo "$line" | sed 's/.*= \([0-9,]*\) tokens\/s$/\1/' | tr -d ,)
     echo "Triton step, $b rows and $w warps a program (train problems): ${rate:-failed} tokens/s" \
         | tee -a "$out/sync.txt"
     if [ -n "$rate" ] && [ "$rate" -gt "$block_rate" ]; then block=$b warps=$w block_rate=$rate; fi
 done
 echo "chosen on train problems: $block rows and $warps warps a program" | tee -a "$out/sync.txt"
-python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --triton-step \
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --overlap "$ov" --triton-step \
     --triton-block "$block" --triton-warps "$warps" --compare-exact --transformers-static-cache 2>&1 \
     | grep -v '^Loading' | tee "$out/bf16_step.log"
-python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" 2>&1 | grep -v 'USDT\|_warn_once\|acc_events' \
+python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" --overlap "$ov" 2>&1 | grep -v 'USDT\|_warn_once\|acc_events' \
     | tee "$out/profile.log"
-python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" --triton-step \
+python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 --sync-every "$best" --overlap "$ov" --triton-step \
     --triton-block "$block" --triton-warps "$warps" 2>&1 \
     | grep -v 'USDT\|_warn_once\|acc_events' | tee "$out/profile_step.log"
-python3 benchmarks/sampling.py --device cuda --sync-every "$best" --transformers-static-cache 2>&1 \
+python3 benchmarks/sampling.py --device cuda --sync-every "$best" --overlap "$ov" --transformers-static-cache 2>&1 \
     | grep -v '^Loading' | tee "$out/fp32.log"
-python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --problem-seed 1 \
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --overlap "$ov" --problem-seed 1 \
     --transformers-static-cache 2>&1 | grep -v '^Loading' | tee "$out/bf16_seed1.log"
-python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --engine-only \
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --overlap "$ov" --engine-only \
     --one-pass-attention off 2>&1 | grep -v '^Loading' | tee "$out/bf16_chunked.log"
-python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --engine-only \
+python3 benchmarks/sampling.py --device cuda --dtype bfloat16 --sync-every "$best" --overlap "$ov" --engine-only \
     --triton-attention --compare-exact 2>&1 | grep -v '^Loading' | tee -a "$out/bf16_chunked.log"
 python3 benchmarks/attention_products.py --device cuda 2>&1 | tee "$out/attention.txt"

@@ -1,7 +1,8 @@
 """Where one sampling call of the tiny engine spends its time: its steps by shape, and its kernels by device time.
 
     python benchmarks/profile_engine.py [--device cuda] [--dtype bfloat16] [--prompts 64] [--samples 64]
-        [--max-new-tokens 160] [--sync-every N] [--one-pass-attention auto|on|off] [--eager] [--top 15]
+        [--max-new-tokens 160] [--sync-every N] [--overlap auto|on|off] [--one-pass-attention auto|on|off]
+        [--eager] [--top 15]
         [--problem-seed 0] [--cpu-kernel | --no-cpu-kernel] [--static-decode auto|on|off] [--max-rows N]
         [--split test|train] [--triton-step [--triton-block N] [--triton-warps N]]
 
@@ -9,7 +10,10 @@ The work is benchmarks/sampling.py's (the same problems and engine settings:
 on a GPU one row per sample, on a CPU 1,024 rows and the exact loop unless
 told; on a CPU the C kernel where it builds, as the engine's default,
 `--no-cpu-kernel` the torch path). One call warms up (on a GPU it captures
-the graphs), then one call runs under torch.profiler. With the kernel its C calls
+the graphs), then one call is timed as it is, then one runs under torch.profiler. The timed call says how
+long static decode's steps' calls took and how long the host spent outside them, a round of `sync_every`
+steps at a time: on a CPU the host's own work between steps (collecting, swapping out and admitting rows),
+on a GPU that and its waits for the device. With the kernel its C calls
 (`cpu_kernel.run`, `add_rms`, `silu_mul`, `prepare`) are listed as host ops
 under their own names, each wrapped in a profiler range. Prints the call's wall time; the static
 steps it ran, by rows and chunks read; the kernels the device ran, their
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=get_args(DtypeName), default="bfloat16")
     parser.add_argument("--sync-every", type=int, default=None,
                         help="static decode's steps between looks for finished rows (default: the engine's)")
+    parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                        help="static decode queues a round before it reads the last (default auto: on a GPU)")
     parser.add_argument("--one-pass-attention", choices=("auto", "on", "off"), default="auto",
                         help="static decode's attention in one softmax (default auto: the engine's, on a GPU)")
     add_triton_step_flags(parser)
@@ -98,31 +104,27 @@ def main(argv: list[str] | None = None) -> None:
     kernel = engine._fused()  # asked for, or the engine's default on a CPU where it builds and the model fits
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
+    if args.overlap != "auto":
+        engine.overlap = args.overlap == "on"
     engine.cuda_graphs = not args.eager
     step_kernel = triton_step_from_flags(parser, args, engine)
     steps: collections.Counter = collections.Counter()
-    stepped = engine._static_step
+    stepped, in_steps = engine._static_step, [0.0]
 
-    def counted(width: int, chunks: int, nucleus: bool) -> None:  # static decode's steps (none in the exact loop)
-        steps[width, chunks] += 1
-        stepped(width, chunks, nucleus)
+    def counted(width: int, chunks: int, nucleus: bool, count: int = 1) -> None:  # static decode's (none exact)
+        steps[width, chunks] += count
+        started = time.perf_counter()
+        stepped(width, chunks, nucleus, count)
+        in_steps[0] += time.perf_counter() - started
 
     engine._static_step = counted
     engine.generate(requests)  # warm up: on a GPU the graphs are captured here
     triton_step_held(args, engine)
-    steps.clear()
 
     def synced() -> None:
         if gpu:
             torch.cuda.synchronize(device)
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with profile(activities=activities) as prof:
-        started = time.perf_counter()
-        results = engine.generate(requests)
-        synced()
-        wall = time.perf_counter() - started
-    tokens = sum(len(c.token_ids) for r in results for c in r)
     print(f"{ck.path.name}, {args.prompts} prompts x {args.samples} samples, {args.threads} thread(s), device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if gpu else "") + f", {args.dtype}, max_rows {max_rows}, "
           + ("C kernel, " if kernel else "")
@@ -132,6 +134,27 @@ def main(argv: list[str] | None = None) -> None:
                 else "one-pass attention " + ("on, " if engine.one_pass_attention else "off, "))
              + ("CUDA graphs" if gpu and engine.cuda_graphs else "kernel by kernel")
              if engine.static_decode else "exact loop"))
+    if engine.static_decode:
+        steps.clear()
+        in_steps[0] = 0.0
+        started = time.perf_counter()
+        engine.generate(requests)
+        synced()
+        wall = time.perf_counter() - started
+        rounds = max(1, sum(steps.values()) // engine.sync_every)
+        outside = wall - in_steps[0]
+        print(f"one call, not profiled: {wall:.3f} s; the static steps' calls {in_steps[0]:.3f} s, outside them "
+              f"{outside:.3f} s = {outside / rounds * 1e3:.2f} ms a round ({rounds} round{'s' * (rounds > 1)} of "
+              f"{engine.sync_every} steps{', overlapped' if engine.overlap else ''})")
+    steps.clear()
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        results = engine.generate(requests)
+        synced()
+        wall = time.perf_counter() - started
+    tokens = sum(len(c.token_ids) for r in results for c in r)
     print(f"one call, profiled: {tokens} tokens in {wall:.3f} s ({tokens / wall:,.0f} tokens/s under the profiler)")
     widths: collections.Counter = collections.Counter()
     for (width, _), n in steps.items():

@@ -2,7 +2,7 @@
 
     python benchmarks/sampling.py [--prompts 64] [--samples 64] [--threads 1] [--problem-seed 0]
         [--dtype float32|bfloat16] [--device cpu|cuda] [--static-decode auto|on|off] [--repeats N]
-        [--sync-every N] [--one-pass-attention auto|on|off] [--triton-attention]
+        [--sync-every N] [--overlap auto|on|off] [--one-pass-attention auto|on|off] [--triton-attention]
         [--triton-step [--triton-block N] [--triton-warps N]] [--split test|train]
         [--engine-only] [--compare-exact] [--cpu-kernel | --no-cpu-kernel]
 
@@ -32,7 +32,9 @@ which captures the graphs, is timed and printed apart from the timed calls
 per call there (one or eight per call cannot win on a GPU, and would take
 minutes), after a warm-up call, as on the CPU. `--compare-exact` also runs the
 engine's exact loop (static decode off) on the same device and prints how many
-samples it draws the same. `--one-pass-attention on|off` sets static
+samples it draws the same. `--overlap on|off` sets whether static decode
+queues each round of steps before it reads the last round's finished rows
+(a GPU's default; tiny/engine.py, `_static_loop`). `--one-pass-attention on|off` sets static
 decode's attention (one softmax over all chunks, a GPU's default, or chunk by
 chunk; tiny/engine.py); `--triton-attention` runs it as one Triton kernel a
 layer instead (tiny/attention_kernel.py), and `--triton-step` the whole step as Triton
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="timed engine calls, the median reported (default 1 on a CPU, 3 on a GPU)")
     parser.add_argument("--sync-every", type=int, default=None,
                         help="static decode's steps between looks for finished rows (default: the engine's)")
+    parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                        help="static decode queues a round of steps before it reads the last one's finished rows "
+                             "(default auto: on a GPU only)")
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="the problems' split (default test; train to choose settings)")
     parser.add_argument("--engine-only", action="store_true", help="time the engine alone, no transformers")
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
                     **({"sync_every": args.sync_every} if args.sync_every else {}))
     if args.one_pass_attention != "auto":
         engine.one_pass_attention = args.one_pass_attention == "on"
+    if args.overlap != "auto":
+        engine.overlap = args.overlap == "on"
     engine.triton_attention = args.triton_attention
     step_kernel = triton_step_from_flags(parser, args, engine)
     requests = [SampleRequest(p, n=args.samples, params=SamplingParams(temperature=1.0, max_tokens=args.max_new_tokens,
@@ -233,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         else "Triton" if engine.triton_attention else "one-pass" if engine.one_pass_attention else "chunked"
     ) + " attention"
     name = (f"thinkscale engine (max_rows {max_rows}, {args.dtype}, " + ("C kernel, " if kernel else "")
-            + (f"static decode, sync every {engine.sync_every}{attention})" if engine.static_decode else "exact loop)"))
+            + (f"static decode, sync every {engine.sync_every}{', overlapped' if engine.overlap else ''}{attention})"
+               if engine.static_decode else "exact loop)"))
     started = time.perf_counter()
     results = engine.generate(requests if gpu else requests[:2])  # warm up; on a GPU, the graphs' capture
     triton_step_held(args, engine)

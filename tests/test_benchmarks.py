@@ -117,11 +117,14 @@ def test_step_kernels_counts_what_a_static_step_launches():
 def test_profile_engine_places_a_calls_time():
     lines = bench("profile_engine.py", "--prompts", "2", "--samples", "8", "--max-new-tokens", "20", "--top", "4",
                   "--sync-every", "4", "--one-pass-attention", "on", "--dtype", "float32", "--static-decode", "on",
-                  "--max-rows", "16", "--no-cpu-kernel")  # the torch path's static steps, as a GPU runs them
+                  "--max-rows", "16", "--no-cpu-kernel", "--overlap", "on")  # the torch path's static steps, as a GPU's
     lines = [line for line in lines if not line.startswith("USDT")]  # the profiler's own chatter on some builds
     assert "float32, max_rows 16, static decode, sync every 4, one-pass attention on, kernel by kernel" in lines[0]
+    timed = re.fullmatch(rf"one call, not profiled: {NUMBER} s; the static steps' calls {NUMBER} s, outside them "
+                         rf"{NUMBER} s = {NUMBER} ms a round \((\d+) rounds of 4 steps, overlapped\)", lines[1])
     steps = re.search(r"static steps: (\d+); by rows: 16 x (\d+); row-steps ([\d,]+), .*\(tokens drawn: ([\d,]+)\)",
-                      lines[2])
+                      lines[3])
+    assert timed and int(timed[1]) * 4 == int(steps[1])  # the two calls run the same rounds
     assert steps and steps[1] == steps[2] and int(steps[1]) % 4 == 0  # every 4 steps a look: rows stay at 16
     assert int(steps[3].replace(",", "")) >= int(steps[4].replace(",", "")) > 0
     table = lines[lines.index("host ops by their own CPU time (on a GPU, waits for it show as synchronisations and "

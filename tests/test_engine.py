@@ -482,13 +482,16 @@ def test_the_triton_step_where_triton_does_not_import_warns_and_runs_the_torch_p
     assert got == Engine(model, max_rows=4, static_decode=False).generate(reqs)
 
 
-@pytest.mark.parametrize("max_rows, sync_every", [(8, 3), (64, 8)])
-def test_static_decode_draws_the_exact_loops_samples(arithmetic_checkpoint, arithmetic, max_rows, sync_every):
+@pytest.mark.parametrize("max_rows, sync_every, overlap", [(8, 3, False), (8, 3, True), (64, 8, True)])
+def test_static_decode_draws_the_exact_loops_samples(arithmetic_checkpoint, arithmetic, max_rows, sync_every,
+                                                     overlap):
     """Fixed-shape steps (every row, every chunk in reach; finished rows found every few steps) compute each
-    row as the exact loop does, to the bit, with rows finishing, waiting and being admitted mid-run."""
+    row as the exact loop does, to the bit, with rows finishing, waiting and being admitted mid-run; with the
+    next round queued before the last one is read (`overlap`) too."""
     model, reqs = arithmetic_checkpoint.model, _mixed_requests(arithmetic_checkpoint, arithmetic)
     exact = Engine(model, max_rows=max_rows).generate(reqs)
     engine = Engine(model, max_rows=max_rows, static_decode=True, sync_every=sync_every)
+    engine.overlap = overlap
     assert engine.generate(reqs) == exact
     assert {c.finish_reason for r in exact for c in r} == {"stop", "length"}
     assert engine.generate(reqs[3:5]) == exact[3:5]  # its state is kept between calls; a smaller call after
@@ -528,16 +531,20 @@ def test_one_pass_attention_is_the_chunked_attention_rounded_otherwise(arithmeti
     assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in same)
 
 
-def test_static_decode_keeps_steps_in_the_prefix_cache_and_drops_cancelled_rows(arithmetic_checkpoint, arithmetic):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_static_decode_keeps_steps_in_the_prefix_cache_and_drops_cancelled_rows(arithmetic_checkpoint, arithmetic,
+                                                                               overlap):
     tok, model = arithmetic_checkpoint.tokenizer, arithmetic_checkpoint.model
     prompts = [tuple(tok.encode(e.problem.prompt)) for e in arithmetic.examples("test", 6)]
     plain, _ = _step_rounds(Engine(model), prompts, tok.ids["\n"])
     engine = Engine(model, prefix_cache_bytes=64 << 20, static_decode=True, sync_every=4)
+    engine.overlap = overlap
     cached, last = _step_rounds(engine, prompts, tok.ids["\n"])
     assert cached == plain and all(r[0].prompt_cached >= 1 for r in last)
 
     reqs = requests_for(arithmetic_checkpoint, arithmetic, 4, 6, temperature=1.0, max_tokens=100)
     engine = Engine(model, max_rows=8, static_decode=True, sync_every=2)
+    engine.overlap = overlap
     whole, asked, dropped = engine.generate(reqs), [0], {}
 
     def cancelled():  # asked every two steps: request 1 goes at the third asking
@@ -547,6 +554,21 @@ def test_static_decode_keeps_steps_in_the_prefix_cache_and_drops_cancelled_rows(
     cut = engine.generate(reqs, cancelled=cancelled, on_dropped=dropped.__setitem__)
     assert any(c is None for c in cut[1]) and list(dropped) == [1] and dropped[1] > 0
     assert [cut[i] for i in (0, 2, 3)] == [whole[i] for i in (0, 2, 3)]
+
+    # cancelled at the very look that finds its sample finished (its third token, in the first round of two
+    # steps): the sample is kept and reported done, as the exact loop does, and nothing is reported dropped
+    reqs = [SampleRequest(r.prompt_ids, 1, SamplingParams(temperature=1.0, max_tokens=(100, 3)[i], seed=i))
+            for i, r in enumerate(reqs[:2])]
+    heard, dropped, looks = [], {}, []
+
+    def from_the_second_look():
+        looks.append(True)
+        return [1] if len(looks) >= 2 else []
+
+    cut = engine.generate(reqs, cancelled=from_the_second_look, on_dropped=dropped.__setitem__,
+                          on_request_done=lambda r, got: heard.append(r))
+    assert cut[1] == Engine(model).generate(reqs[1:])[0] and len(cut[1][0].token_ids) == 3
+    assert heard == [1, 0] and not dropped
 
 
 def test_static_decode_leaves_streams_and_confidence_to_the_exact_loop(arithmetic_checkpoint, arithmetic):
@@ -621,6 +643,64 @@ def test_a_static_step_never_waits_for_the_device(arithmetic_checkpoint, arithme
     with waits as seen:
         decode(exact._cache_for(2, 16), torch.zeros(16, dtype=torch.long), torch.arange(16) * 3)
     assert "aten.nonzero.default" in seen and "tolist" in seen
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_static_decode_waits_for_the_device_only_for_its_snapshots(arithmetic_checkpoint, arithmetic, monkeypatch,
+                                                                  overlap):
+    """Between its steps, static decode's loop (`_static_loop`) waits for the device only to read a copy it
+    queued (a round's snapshot, and the tokens of the rows that snapshot found finished), at most twice a round,
+    and sends the device data only through `_upload` (queued, on a GPU). With `overlap` the host reads a
+    snapshot after it has queued the next round (on a GPU: while the device computes it); without, never."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from thinkscale.tiny import engine as engine_module
+
+    engine, waits = Engine(arithmetic_checkpoint.model, max_rows=16, static_decode=True), _Waits(monkeypatch)
+    engine.overlap = overlap
+    timeline, download, upload, step, loop = [], engine_module._Download, engine_module._upload, \
+        engine._static_step, engine._static_loop
+
+    class Watched(download):
+        def __init__(self, t, what):
+            super().__init__(t, what)
+            timeline.append(("queued", self))
+
+        def result(self):
+            timeline.append(("read", self))
+            with _disable_current_modes():
+                return super().result()
+
+    def uploaded(values, device):
+        with _disable_current_modes():
+            return upload(values, device)
+
+    def stepped(*args):
+        timeline.append(("step", args[3]))
+        with _disable_current_modes():  # a step never waits: test_a_static_step_never_waits_for_the_device
+            step(*args)
+
+    def watched(call):
+        with waits as seen:
+            loop(call)
+        timeline.append(("waits", list(seen)))
+
+    monkeypatch.setattr(engine_module, "_Download", Watched)
+    monkeypatch.setattr(engine_module, "_upload", uploaded)
+    monkeypatch.setattr(engine, "_static_step", stepped)
+    monkeypatch.setattr(engine, "_static_loop", watched)
+    reqs = _mixed_requests(arithmetic_checkpoint, arithmetic, n=3)
+    assert engine.generate(reqs) == Engine(arithmetic_checkpoint.model, max_rows=16).generate(reqs)
+    assert timeline[-1] == ("waits", [])
+    assert {count for kind, count in timeline if kind == "step"} == {engine.sync_every}  # a round: one call
+    rounds = sum(kind == "step" for kind, _ in timeline)
+    reads = [(i, copy) for i, (kind, copy) in enumerate(timeline) if kind == "read"]
+    assert rounds > 5 and len(reads) <= 2 * rounds + 2
+    assert {copy.what for _, copy in reads} == {"snapshot", "tokens"}
+    behind = [any(kind == "step" for kind, _ in timeline[timeline.index(("queued", copy)):i])
+              for i, copy in reads if copy.what == "snapshot"]
+    # with overlap only a call's last snapshot may find no round behind it (where no row had tokens left)
+    assert (sum(behind) >= len(behind) - 1) if overlap else not any(behind)
 
 
 def test_the_engine_and_the_model_keep_everything_on_their_device(arithmetic_checkpoint):

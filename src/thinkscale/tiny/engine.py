@@ -56,9 +56,21 @@ chunk any row can reach in the next `sync_every` steps, a row's sampling
 settings and stop tokens sit in per-row tensors, and a finished row just
 stops changing (its tokens, position and log-probability stay; its step
 writes past them) until the engine looks, every `sync_every` steps, and
-swaps it out. On a GPU each shape's step is captured once in a CUDA graph
-and replayed (`cuda_graphs`); the graphs are kept between calls and dropped
-when the weights or the cache change. A fully masked chunk is an exact no-op
+swaps it out. On a GPU each shape's round of `sync_every` steps is captured
+once in a CUDA graph and replayed, one launch a round (`cuda_graphs`); the
+graphs are kept between calls and dropped when the weights or the cache
+change. Between rounds (`_static_loop`) the host waits for the device twice,
+for copies it queued: the round's snapshot (each row's liveness, position,
+count, last token, log-probability) and, a round later, the tokens of the
+rows that snapshot found finished; what it sends (rows to move, new rows'
+requests) is queued from pinned memory. With `overlap` (a GPU's default) it
+queues the next round before it reads the last one's snapshot, so the device
+computes while the host records finished rows, swaps them out and admits
+waiting samples: a finished row then computes one round more (changing
+nothing), a call ends with a round that only finds every row finished
+(unless the length limits already said so), and a result reaches the
+caller up to two rounds after its row finished (without overlap, at the end
+of the round it finished in). A fully masked chunk is an exact no-op
 (`_attend`), so on a CPU in float32 static decode draws the exact loop's
 samples to the bit (a test holds them equal), only slower there (it reads
 chunks and rows the exact loop skips). On a GPU nothing is batch-invariant
@@ -111,6 +123,7 @@ product each to bfloat16).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import mmap
@@ -118,6 +131,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -270,6 +284,9 @@ class Engine:
         self.eos_id = c.eos_token_id
         self.static_decode = self.device.type == "cuda" if static_decode is None else static_decode
         self.sync_every = sync_every
+        # static decode queues a round before reading the last one's finished rows (`_static_loop`): on a GPU
+        # the host's work between rounds then overlaps the device's
+        self.overlap = self.device.type == "cuda"
         self.cuda_graphs = True  # static decode's steps as CUDA graphs on a GPU (off: run as they are; tests)
         # static decode's attention in one softmax over all its chunks (`_attend_all`): fewer kernels, other
         # rounding; default on a GPU only, where static decode is not the exact loop's to the bit anyway
@@ -765,7 +782,7 @@ class Engine:
             self._graphs = {}
             long = lambda: torch.zeros(rows, dtype=torch.long, device=dev)  # noqa: E731
             self._state = have = {
-                "req": long(), "sample": long(), "pos": long(), "tok": long(), "ngen": long(), "key": long(),
+                "pos": long(), "tok": long(), "ngen": long(), "key": long(),
                 "max": long(), "lp": torch.zeros(rows, dtype=torch.float64, device=dev),
                 "temp": torch.zeros(rows, device=dev), "top_p": torch.ones(rows, device=dev),
                 "live": torch.zeros(rows, dtype=torch.bool, device=dev),
@@ -774,17 +791,20 @@ class Engine:
                 "out": torch.zeros(rows, c.max_position_embeddings + 1, dtype=torch.long, device=dev)}
         return have
 
-    def _static_step(self, width: int, chunks: int, nucleus: bool) -> None:
-        """One decode step of rows 0..width-1 over cache chunks 0..chunks-1, as a CUDA graph on a GPU.
+    def _static_step(self, width: int, chunks: int, nucleus: bool, count: int = 1) -> None:
+        """`count` decode steps of rows 0..width-1 over cache chunks 0..chunks-1, as one CUDA graph on a GPU.
 
-        A shape's first step runs as it is and is then captured (capture
-        records, it does not run); its later steps replay the capture.
+        A shape's first steps run as they are and are then captured (capture
+        records, it does not run); its later steps replay the capture, one
+        launch for all `count`.
         """
         if self.device.type != "cuda" or not self.cuda_graphs:
-            return self._static_body(width, chunks, nucleus)
+            for _ in range(count):
+                self._static_body(width, chunks, nucleus)
+            return
         kernels = self._step_kernels()  # their programs' rows and warps: settings a benchmark may change
         step = (kernels.BLOCK, kernels.NUM_WARPS) if kernels else None
-        key = (width, chunks, nucleus, self.one_pass_attention, self.triton_attention, step)
+        key = (width, chunks, nucleus, count, self.one_pass_attention, self.triton_attention, step)
         with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
             graph = self._graphs.get(key)
             if graph is not None:
@@ -794,15 +814,17 @@ class Engine:
             side = torch.cuda.Stream()  # warm-up off the current stream, as torch.cuda.graphs asks
             side.wait_stream(here)
             with torch.cuda.stream(side):
-                self._static_body(width, chunks, nucleus)
+                for _ in range(count):
+                    self._static_body(width, chunks, nucleus)
             here.wait_stream(side)
             if not self._graphs:
                 self._pool = torch.cuda.graph_pool_handle()  # one pool: a replay leaves nothing alive in it
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, pool=self._pool, stream=side):
-                    self._static_body(width, chunks, nucleus)
-            except RuntimeError as error:  # the step above ran; the later ones run as they are
+                    for _ in range(count):
+                        self._static_body(width, chunks, nucleus)
+            except RuntimeError as error:  # the steps above ran; the later ones run as they are
                 warnings.warn(f"the engine's decode step could not be captured in a CUDA graph ({error}); "
                               "it runs kernel by kernel from now on (cuda_graphs = False)", RuntimeWarning,
                               stacklevel=2)
@@ -823,7 +845,7 @@ class Engine:
         if not ran:
             logits = self._decode(cache, s["tok"][:width], pos, self._static_attention(width, chunks, pos))
         if logits is not None:  # (None: the Triton step's last kernel drew the tokens and moved the state on)
-            self._static_take(width, logits, nucleus)
+            self._static_take(slice(0, width), logits, nucleus)
 
     def _triton_step(self, width: int, chunks: int, pos: torch.Tensor, nucleus: bool
                      ) -> tuple[bool, torch.Tensor | None]:
@@ -862,18 +884,20 @@ class Engine:
                       "path runs from now on (triton_step = False)", RuntimeWarning, stacklevel=3)
         self.triton_step = False
 
-    def _static_take(self, width: int, logits: torch.Tensor, nucleus: bool) -> None:
-        """Static decode's rows 0..width-1 draw their next tokens from `logits` (width, vocab), and their state
-        moves on: position, tokens, log-probability, count, and whether they are still live."""
+    def _static_take(self, rows: slice, logits: torch.Tensor, nucleus: bool, fed: bool = True) -> None:
+        """Static decode's `rows` draw their next tokens from `logits` (rows, vocab), and their state moves on:
+        position (where `fed`: a step fed their last token; not for a new row's first token, drawn from its
+        prompt's logits), tokens, log-probability, count, and whether they are still live."""
         s = self._state
-        live, ngen = s["live"][:width], s["ngen"][:width]
-        s["pos"][:width] += live
-        tok, lp = choose_tokens(logits, s["temp"][:width], s["top_p"][:width], s["key"][:width], ngen, nucleus)
-        s["out"][:width].scatter_(1, ngen[:, None], tok[:, None])
-        s["tok"][:width] = tok
-        s["lp"][:width] += torch.where(live, lp.double(), 0.0)
+        live, ngen = s["live"][rows], s["ngen"][rows]
+        if fed:
+            s["pos"][rows] += live
+        tok, lp = choose_tokens(logits, s["temp"][rows], s["top_p"][rows], s["key"][rows], ngen, nucleus)
+        s["out"][rows].scatter_(1, ngen[:, None], tok[:, None])
+        s["tok"][rows] = tok
+        s["lp"][rows] += torch.where(live, lp.double(), 0.0)
         ngen += live
-        live &= ~(s["stop"][:width].gather(1, tok[:, None])[:, 0] | (ngen >= s["max"][:width]))
+        live &= ~(s["stop"][rows].gather(1, tok[:, None])[:, 0] | (ngen >= s["max"][rows]))
 
     def _static_attention(self, width: int, chunks: int, pos: torch.Tensor
                           ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
@@ -1000,8 +1024,8 @@ class Engine:
         prompt_len = torch.tensor([len(p) for p in prompts], device=dev)
         req_prompt = torch.tensor([distinct[(r.cache_scope, tuple(r.prompt_ids))] for r in requests], device=dev)
         req_len = prompt_len[req_prompt]
-        req_max = torch.tensor([min(r.params.max_tokens, c.max_position_embeddings - len(r.prompt_ids))
-                                for r in requests], device=dev)
+        limits = [min(r.params.max_tokens, c.max_position_embeddings - len(r.prompt_ids)) for r in requests]
+        req_max = torch.tensor(limits, device=dev)
         req_temp = torch.tensor([float(r.params.temperature) for r in requests], device=dev)
         req_top_p = torch.tensor([float(r.params.top_p) for r in requests], device=dev)
         req_seed = torch.tensor([r.params.seed for r in requests], dtype=torch.int64, device=dev)
@@ -1031,22 +1055,19 @@ class Engine:
         # Static decode, unless a row's tokens are wanted as they come or its confidence is tracked.
         static = self.static_decode and not confident and not streamed
         # Per-row state; rows 0..A-1 are active.
-        if static:  # kept between calls: the captured steps read and write these tensors
-            state = self._state_for(self._cache.shape[3])
-            state["live"].zero_()
-            row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens = (
-                state[k] for k in ("req", "sample", "pos", "tok", "ngen", "lp", "out"))
-            moved = [state[k] for k in ("live", "temp", "top_p", "key", "max", "stop")]
-            nucleus = bool((req_top_p < 1).any())
-        else:
-            row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
-            row_sample = torch.zeros(R_alloc, dtype=torch.long, device=dev)
-            row_pos = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # where the row's last token will be fed
-            row_tok = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # last token drawn, not yet fed
-            row_ngen = torch.zeros(R_alloc, dtype=torch.long, device=dev)
-            row_lp = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
-            out_tokens = torch.zeros(R_alloc, int(req_max.max()), dtype=torch.long, device=dev)
-            moved = []
+        if static:
+            self._static_loop(_StaticCall(
+                requests, pending, results, unfinished, R, T_cap // CHUNK, bool((req_top_p < 1).any()), limits,
+                req_len, req_max, req_temp, req_top_p, req_seed, stop_table, ends, prompt_of, prompt_cached, kvs,
+                prompt_chunks, prompt_logits, req_prompt, on_finish, on_request_done, cancelled, on_dropped))
+            return results  # type: ignore[return-value]
+        row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+        row_sample = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+        row_pos = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # where the row's last token will be fed
+        row_tok = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # last token drawn, not yet fed
+        row_ngen = torch.zeros(R_alloc, dtype=torch.long, device=dev)
+        row_lp = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
+        out_tokens = torch.zeros(R_alloc, int(req_max.max()), dtype=torch.long, device=dev)
         # With confidence: each token's, the sum over the row's current window, and whether the floor cut it.
         out_conf = torch.zeros(R_alloc if confident else 1, int(req_max.max()), dtype=torch.float64, device=dev)
         row_wsum = torch.zeros(R_alloc, dtype=torch.float64, device=dev)
@@ -1070,23 +1091,17 @@ class Engine:
                 dst, src = torch.tensor(holes, device=dev), torch.tensor(movers, device=dev)
                 if slot is not None:  # the finished rows' slots go past the active rows, free for the next
                     slot[dst], slot[src] = slot[src], slot[dst]
-                elif static:  # one gather: a copy per row costs more than the copy itself on a GPU
-                    used = (int(row_pos[src].max()) - 1) // CHUNK + 1
-                    cache[:, :, :used, dst] = cache[:, :, :used, src]
                 else:
                     for hole, mover, length in zip(holes, movers, row_pos[src].tolist()):
                         used = (length - 1) // CHUNK + 1  # the chunks the mover has written (the rest: stale, finite)
                         cache[:, :, :used, hole] = cache[:, :, :used, mover]  # a strided copy: faster than a gather
-                for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut,
-                          *moved):
+                for t in (row_req, row_sample, row_pos, row_tok, row_ngen, row_lp, out_tokens, row_wsum, row_cut):
                     t[dst] = t[src]
                 if confident:
                     out_conf[dst] = out_conf[src]
                 for hole, mover in zip(holes, movers):
                     if mover in live_rows:
                         live_rows[hole] = live_rows.pop(mover)
-            if static:  # the rows past the active ones are idle now (a mover's old slot too)
-                moved[0][A:A + len(gone)] = False
 
         dropped: set[int] = set()
 
@@ -1199,11 +1214,6 @@ class Engine:
                 row_req[rows], row_sample[rows] = req, torch.tensor([a[1] for a in admitted], device=dev)
                 row_pos[rows], row_ngen[rows], row_lp[rows] = req_len[req], 0, 0.0
                 row_wsum[rows], row_cut[rows] = 0.0, False
-                if static:  # what the captured step reads of a row's request
-                    live, temp, top_p, key, most, stops = moved
-                    live[rows], temp[rows], top_p[rows] = True, req_temp[req], req_top_p[req]
-                    key[rows] = sample_key(req_seed[req], row_sample[rows])
-                    most[rows], stops[rows] = req_max[req], stop_table[req]
                 if slot is None:  # each run of rows with one prompt: its keys and values, broadcast (no gathered copy)
                     first = A
                     for p, run in itertools.groupby(admitted, key=lambda a: prompt_of[a[0]]):
@@ -1214,16 +1224,6 @@ class Engine:
                 A += m
                 take_token(rows, prompt_logits[req_prompt[req]])
                 continue  # finished-at-once rows may have freed slots
-            if static:  # `sync_every` steps of fixed shapes, then collect the rows that finished
-                top = int(row_pos[:A].max())  # the last position a row feeds in these steps: top + sync_every - 1
-                chunks = min(T_cap // CHUNK, (top + self.sync_every - 1) // CHUNK + 1)
-                width = min(max(MIN_ROWS, 1 << (A - 1).bit_length()), len(row_pos))
-                for _ in range(self.sync_every):
-                    self._static_step(width, chunks, nucleus)
-                done = [r for r, live in enumerate(moved[0][:A].tolist()) if not live]
-                if done:
-                    finish_rows(torch.tensor(done))
-                continue
             active = torch.arange(A, device=dev)
             width = _width(A, len(row_pos))  # rows past A are idle slots, computed and ignored
             pos = row_pos[:width].clone()
@@ -1239,6 +1239,246 @@ class Engine:
             row_pos[:A] += 1
             take_token(active, logits)
         return results  # type: ignore[return-value]
+
+    def _static_loop(self, call: _StaticCall) -> None:
+        """Static decode's rows (the module's docstring): rounds of `sync_every` steps of fixed shapes.
+
+        After each round one snapshot of the rows' state goes to the host
+        (whether live, position, count, last token, log-probability), then
+        the tokens of the rows it found finished: so the host waits for the
+        device twice a round and nowhere else, and what it sends (rows to
+        move, new rows' requests) goes without waiting. With `overlap`, the
+        next round is queued before the last one's snapshot is read: the
+        device computes while the host records the finished rows, swaps them
+        out and admits waiting samples. A finished row then computes one round
+        more, changing nothing its results read; its tokens are read behind
+        that round, so its result reaches the caller a round later; a
+        cancelled row's tokens counted for `on_dropped` include that round's;
+        and a call ends with a round that finds every row finished. A round is
+        queued only while some row may still be live (`left`, from the length
+        limits). A row the snapshot finds finished is recorded even if its
+        request is cancelled at that look, as in the exact loop.
+        """
+        s, dev, every, cache = self._state_for(self._cache.shape[3]), self.device, self.sync_every, self._cache
+        live, size = s["live"], len(s["live"])
+        live.zero_()
+        moving = [s[k] for k in ("pos", "tok", "ngen", "key", "max", "lp", "temp", "top_p", "live", "stop", "out")]
+        # the host's view of active rows 0..A-1: request, sample, length limit, and bounds at the next round's
+        # first step: the highest position it feeds, and the most tokens it has left (none: finished)
+        req, sample, most, pos, left = (np.zeros(size, dtype=np.int64) for _ in range(5))
+        A, queued = 0, 0  # queued: rounds queued since the unread snapshot
+        unread: _Download | None = None
+        recorded: _Departed | None = None  # rows swapped out, their tokens and counts still on their way
+        dropped: set[int] = set()
+
+        def launch() -> None:
+            nonlocal queued
+            chunks = min(call.chunks, (int(pos[:A].max()) + every - 1) // CHUNK + 1)
+            width = min(max(MIN_ROWS, 1 << (A - 1).bit_length()), size)
+            self._static_step(width, chunks, call.nucleus, every)
+            pos[:A] += every
+            left[:A] -= every
+            queued += 1
+
+        def snapshot() -> _Download:
+            ngen = s["ngen"][:A]
+            last = s["out"][:A].gather(1, (ngen - 1).clamp(min=0)[:, None])[:, 0]
+            return _Download(torch.stack([live[:A].long(), s["pos"][:A], ngen, last, s["lp"][:A].view(torch.int64)]),
+                             "snapshot")
+
+        def settle(snap: np.ndarray | None) -> None:
+            """From a snapshot, record the rows it found finished (their tokens to follow); drop cancelled requests'
+            waiting samples and live rows; swap the finished and dropped rows out: the last active rows that stay
+            move into their places."""
+            nonlocal A, recorded
+            done = np.zeros(0, dtype=np.int64)
+            at = ngen = last = logprob = done
+            if snap is not None:
+                at, ngen, last, logprob = snap[1], snap[2], snap[3], snap[4].view(np.float64)
+                done = np.flatnonzero(snap[0] == 0)
+                pos[:A], left[:A] = at + queued * every, most[:A] - ngen - queued * every
+            gone = set(call.cancelled()) - dropped if call.cancelled is not None else set()
+            dropped.update(gone)
+            if gone:
+                call.pending[:] = [(ri, j) for ri, j in call.pending if ri not in gone]
+            leaving = np.zeros(0, dtype=np.int64)
+            if gone:  # a cancelled request's rows that the snapshot found finished are recorded, as they finished
+                leaving = np.setdiff1d(np.flatnonzero(np.isin(req[:A], list(gone))), done)
+            finished = []
+            for r in done.tolist():
+                ri, n, tail = int(req[r]), int(ngen[r]), int(last[r])
+                reason = FINISH_STOP if tail in call.ends[ri] else FINISH_LENGTH
+                kv = None  # a step, to be continued: its keys and values (all but the stop token, not fed yet)
+                if self.prefix_cache is not None and reason == FINISH_STOP and tail != self.eos_id and n > 1:
+                    kv = cache[:, :, :-(-int(at[r]) // CHUNK), r].clone()
+                finished.append((ri, int(sample[r]), n, reason, float(logprob[r]), kv))
+            counted = collections.Counter(ri for ri, *_ in finished)  # being recorded now: not unfinished
+            spent = {ri: sum(len(c.token_ids) for c in call.results[ri] if c is not None)
+                     + sum(n for rj, _, n, *_ in finished if rj == ri)
+                     for ri in gone if call.unfinished[ri] > counted[ri]}
+            departing = np.concatenate([done, leaving])
+            tokens = None
+            if len(departing):
+                rows = _upload(departing, dev)
+                width = max([n for _, _, n, *_ in finished], default=1)
+                tokens = _Download(torch.cat([s["out"][rows, :width], s["ngen"][rows, None]], 1), "tokens")
+            if finished or spent:
+                recorded = _Departed(tokens, finished, req[leaving].tolist(), spent)
+            kept = A - len(departing)
+            out = set(departing.tolist())
+            holes = [r for r in sorted(out) if r < kept]
+            movers = [r for r in range(kept, A) if r not in out]
+            if holes:
+                dst, src = _upload(np.array([holes, movers]), dev)
+                used = min(call.chunks, (int(pos[movers].max()) - 1) // CHUNK + 1)  # the chunks movers have written
+                cache[:, :, :used, dst] = cache[:, :, :used, src]
+                for t in moving:
+                    t[dst] = t[src]
+                for a in (req, sample, most, pos, left):
+                    a[holes] = a[movers]
+            live[kept:A].zero_()  # idle now (a mover's old row too)
+            A = kept
+
+        def record() -> None:
+            """The departed rows' results, now that their tokens are here; then the callers hear of them."""
+            nonlocal recorded
+            if recorded is None:
+                return
+            batch, recorded = recorded, None
+            table = batch.tokens.result() if batch.tokens is not None else None  # each row's tokens, then its count
+            for k, (ri, j, n, reason, logprob, kv) in enumerate(batch.finished):
+                drawn = tuple(table[k, :n].tolist())
+                request = call.requests[ri]
+                if kv is not None:
+                    self.prefix_cache.put(tuple(request.prompt_ids) + drawn[:-1], Entry(kv, None), request.cache_scope)
+                call.results[ri][j] = Completion(drawn, reason, logprob, call.prompt_cached[call.prompt_of[ri]])
+            for k, ri in enumerate(batch.leaving, start=len(batch.finished)):
+                if ri in batch.spent:
+                    batch.spent[ri] += int(table[k, -1])
+            for ri, *_ in batch.finished:
+                if call.on_finish:
+                    call.on_finish(1)
+                call.unfinished[ri] -= 1
+                if call.unfinished[ri] == 0 and call.on_request_done:
+                    call.on_request_done(ri, call.results[ri])
+            if call.on_dropped is not None:
+                for ri, n in batch.spent.items():
+                    call.on_dropped(ri, n)
+
+        def admit() -> None:
+            """Waiting samples into the free rows: their settings, their prompt's keys and values (each run of
+            rows with one prompt: broadcast, no gathered copy) and their first token, from the prompt's logits."""
+            nonlocal A
+            m = min(call.rows - A, len(call.pending))
+            if m <= 0:
+                return
+            admitted = np.array([call.pending.pop() for _ in range(m)]).reshape(m, 2)
+            new = slice(A, A + m)
+            ri, j = _upload(admitted.T, dev)
+            s["ngen"][new].zero_()  # zero_ and fill_: no scalar sent to the device
+            s["lp"][new].zero_()
+            live[new].fill_(True)
+            s["pos"][new], s["max"][new], s["stop"][new] = call.req_len[ri], call.req_max[ri], call.stop_table[ri]
+            s["temp"][new], s["top_p"][new] = call.req_temp[ri], call.req_top_p[ri]
+            s["key"][new] = sample_key(call.req_seed[ri], j)
+            first = A
+            for p, run in itertools.groupby(admitted[:, 0].tolist(), key=lambda r: call.prompt_of[r]):
+                stop = first + len(list(run))
+                cache[:, :, :call.prompt_chunks[p], first:stop] = call.kvs[p][:, :, :call.prompt_chunks[p], None]
+                first = stop
+            self._static_take(new, call.prompt_logits[call.req_prompt[ri]], call.nucleus, fed=False)
+            req[new], sample[new] = admitted[:, 0], admitted[:, 1]
+            most[new] = [call.limits[r] for r in admitted[:, 0].tolist()]
+            pos[new] = [len(call.requests[r].prompt_ids) for r in admitted[:, 0].tolist()]
+            left[new] = most[new] - 1
+            A += m
+
+        while True:
+            ahead = self.overlap and unread is not None and bool((left[:A] > 0).any())
+            if ahead:
+                launch()  # the device runs this round while the host reads the last one's snapshot
+            record()  # the last settle's rows: with overlap their copy came before the round just queued
+            snap, unread = (unread.result() if unread is not None else None), None
+            settle(snap)
+            if not ahead:  # nothing queued after their copy: its wait is short, and results reach the caller now
+                record()
+            admit()
+            if not A:  # nothing waits either: admit() fills free rows
+                record()
+                return
+            if not ahead and (left[:A] > 0).any():
+                launch()
+            unread, queued = snapshot(), 0
+
+
+@dataclass
+class _StaticCall:
+    """One `generate` call as static decode runs it (`Engine._static_loop`): the requests, what is done of
+    them (filled in as samples finish), and what `generate` built for them."""
+    requests: list[SampleRequest]
+    pending: list[tuple[int, int]]  # (request, sample) waiting for a row; pop() takes the next
+    results: list[list[Completion | None]]
+    unfinished: list[int]  # per request: samples not recorded yet
+    rows: int  # at most this many active at once
+    chunks: int  # the cache chunks a row of this call can reach
+    nucleus: bool  # whether any request asks for top-p
+    limits: list[int]  # per request: most tokens a sample draws
+    req_len: torch.Tensor  # per request on the device: prompt length, and its settings
+    req_max: torch.Tensor
+    req_temp: torch.Tensor
+    req_top_p: torch.Tensor
+    req_seed: torch.Tensor
+    stop_table: torch.Tensor  # (requests, vocab): the tokens a sample stops at
+    ends: list[set[int]]  # the same, for Python
+    prompt_of: list[int]  # per request: its distinct prompt
+    prompt_cached: list[int]  # per distinct prompt: positions taken from the prefix cache
+    kvs: list[torch.Tensor]  # per distinct prompt: its keys and values
+    prompt_chunks: list[int]
+    prompt_logits: torch.Tensor  # (distinct prompts, vocab): each one's last position's
+    req_prompt: torch.Tensor
+    on_finish: Callable[[int], None] | None
+    on_request_done: Callable[[int, list[Completion]], None] | None
+    cancelled: Callable[[], list[int]] | None
+    on_dropped: Callable[[int, int], None] | None
+
+
+@dataclass
+class _Departed:
+    """Rows static decode swapped out, whose tokens (and, for a cancelled request's rows, counts) come behind
+    the device's next round: `finished` (request, sample, tokens, reason, log-probability, keys and values to
+    keep or None), then the cancelled rows' requests (`leaving`), and the tokens the cancelled requests had
+    spent before (`spent`)."""
+    tokens: _Download | None
+    finished: list[tuple]
+    leaving: list[int]
+    spent: dict[int, int]
+
+
+class _Download:
+    """A device tensor's copy to the host, queued behind the device's work so far: `result()` waits for that
+    work (not for what was queued after it) and returns the copy as a numpy array."""
+
+    def __init__(self, t: torch.Tensor, what: str) -> None:
+        self.what, self._ready = what, None  # what: the kind of copy, for a reader
+        if t.device.type == "cuda":
+            stream = torch.cuda.current_stream(t.device)
+            self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self._host.copy_(t, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record(stream)
+        else:
+            self._host = t.to("cpu", copy=True)
+
+    def result(self) -> np.ndarray:
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.numpy()
+
+
+def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Integers to the device without waiting for it (from pinned memory on a GPU: the copy is queued)."""
+    host = torch.tensor(np.asarray(values, dtype=np.int64))
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
 
 
 def _width(rows: int, most: int | None = None) -> int:
