@@ -497,6 +497,26 @@ def test_static_decode_draws_the_exact_loops_samples(arithmetic_checkpoint, arit
     assert engine.generate(reqs[3:5]) == exact[3:5]  # its state is kept between calls; a smaller call after
 
 
+def test_static_decode_computes_at_most_an_eighth_idle_rows_above_256(arithmetic_checkpoint, arithmetic):
+    """A static step's rows: a power of two up to 256; above, the next multiple of an eighth of the power of two
+    (whole Triton programs, at most an eighth idle where a power of two left up to half); at these widths static
+    decode still draws the exact loop's samples."""
+    from thinkscale.tiny.engine import _static_width
+
+    for rows in range(1, 5000):
+        width = _static_width(rows, 8192)
+        power = 1 << (rows - 1).bit_length()
+        assert rows <= width and (width == max(16, power) if power <= 256 else
+                                  width % 64 == 0 and width - rows < power // 8), (rows, width)
+    assert _static_width(3000, 3000) == 3000 and _static_width(300, 4096) == 320
+    model, reqs = arithmetic_checkpoint.model, _mixed_requests(arithmetic_checkpoint, arithmetic, n=40)
+    engine, widths = Engine(model, max_rows=512, static_decode=True), []
+    step = engine._static_step
+    engine._static_step = lambda width, *args: widths.append(width) or step(width, *args)
+    assert engine.generate(reqs) == Engine(model, max_rows=512).generate(reqs)
+    assert widths[0] == 448 and {384, 320} & set(widths)  # 400 rows, then fewer
+
+
 def test_one_pass_attention_is_the_chunked_attention_rounded_otherwise(arithmetic_checkpoint, arithmetic):
     """Static decode's attention in one softmax over all chunks (a GPU's default) equals the online softmax's to
     rounding, rows that see part of a chunk and rows that see none of a later one alike; end to end it draws

@@ -51,7 +51,8 @@ The exact loop above asks the device, at every step, which rows finished
 and which rows reach which chunk: cheap on a CPU, but on a GPU each question
 stops the queue of kernels, and a step of a model this small is a few
 hundred launches of tiny kernels. Static decode runs steps of fixed shapes
-instead: every row (a power of two at least the active ones) reads every
+instead: every row (at least the active ones: a power of two up to 256, above
+that a multiple of an eighth of one, `_static_width`) reads every
 chunk any row can reach in the next `sync_every` steps, a row's sampling
 settings and stop tokens sit in per-row tensors, and a finished row just
 stops changing (its tokens, position and log-probability stay; its step
@@ -155,6 +156,9 @@ FLOOR_TOLERANCE = 1e-9  # a window this close to the confidence floor is not bel
 EXTEND_ROWS = 2048  # positions computed together by one pass of `extend` (bounds its memory)
 EXTEND_BYTES = 1 << 30  # at most this much cache for the sequences of one batched `extend` (more: several calls)
 GAP_ROWS = 16  # rows that do not reach a chunk, between two runs that do, read with them (`_plan`)
+# static decode's widths between two powers of two above 256 rows (`_static_width`): eight, so at most an eighth of
+# a step's rows idle, where a power of two left up to half; more widths are more CUDA graphs to capture
+WIDTH_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -1274,8 +1278,7 @@ class Engine:
         def launch() -> None:
             nonlocal queued
             chunks = min(call.chunks, (int(pos[:A].max()) + every - 1) // CHUNK + 1)
-            width = min(max(MIN_ROWS, 1 << (A - 1).bit_length()), size)
-            self._static_step(width, chunks, call.nucleus, every)
+            self._static_step(_static_width(A, size), chunks, call.nucleus, every)
             pos[:A] += every
             left[:A] -= every
             queued += 1
@@ -1479,6 +1482,17 @@ def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """Integers to the device without waiting for it (from pinned memory on a GPU: the copy is queued)."""
     host = torch.tensor(np.asarray(values, dtype=np.int64))
     return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+
+
+def _static_width(rows: int, most: int) -> int:
+    """The rows a static step computes for `rows` active ones, at most `most`: a power of two (at least MIN_ROWS)
+    up to 256; above that the next multiple of a `WIDTH_STEPS`th of the power of two above `rows` (at least 64,
+    so a whole number of the Triton step's programs)."""
+    whole = max(MIN_ROWS, 1 << (rows - 1).bit_length())
+    if whole > 256:
+        part = whole // WIDTH_STEPS
+        whole = -(-rows // part) * part
+    return min(whole, most)
 
 
 def _width(rows: int, most: int | None = None) -> int:
