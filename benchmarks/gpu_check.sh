@@ -33,8 +33,8 @@ if [ "${1:-1}" = 2 ]; then
     step=(--triton-step --triton-block "$4" --triton-warps "$5")
     timeout 240 python3 -m pytest -q -p no:cacheprovider -m triton tests/test_attention_kernel.py \
         tests/test_step_kernel.py 2>&1 | tail -8 | tee "$out/profile.log"
-    timeout 120 python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 "${set_[@]}" ${step[@]+"${step[@]}"} 2>&1 \
-        | quiet | tee -a "$out/profile.log"
+    timeout 120 python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 "${set_[@]}" \
+        ${step[@]+"${step[@]}"} 2>&1 | quiet | tee -a "$out/profile.log"
     timeout 120 python3 benchmarks/profile_engine.py --device cuda --dtype bfloat16 "${set_[@]}" 2>&1 \
         | quiet | tee -a "$out/profile.log"
     timeout 150 python3 benchmarks/sampling.py --device cuda --dtype bfloat16 "${set_[@]}" ${step[@]+"${step[@]}"} \
@@ -59,8 +59,8 @@ block=16 warps=4 best_rate=0
 for bw in 16,4 32,4 32,8 64,8; do
     b=${bw%,*} w=${bw#*,}
     rate=$(rate_of --triton-step --triton-block "$b" --triton-warps "$w")
-    echo "Triton step, $b rows and $w warps a program, sync_every 8, overlap on (train problems): ${rate:-failed} tokens/s" \
-        | tee -a "$out/sync.txt"
+    echo "Triton step, $b rows and $w warps a program, sync_every 8, overlap on (train problems):" \
+        "${rate:-failed} tokens/s" | tee -a "$out/sync.txt"
     if [ -n "$rate" ] && [ "$rate" -gt "$best_rate" ]; then block=$b warps=$w best_rate=$rate; fi
 done
 step=(--triton-step --triton-block "$block" --triton-warps "$warps")
