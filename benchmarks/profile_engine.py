@@ -2,7 +2,7 @@
 
     python benchmarks/profile_engine.py [--device cuda] [--dtype bfloat16] [--prompts 64] [--samples 64]
         [--max-new-tokens 160] [--sync-every N] [--overlap auto|on|off] [--one-pass-attention auto|on|off]
-        [--eager] [--top 15]
+        [--width-steps N] [--eager] [--top 15]
         [--problem-seed 0] [--cpu-kernel | --no-cpu-kernel] [--static-decode auto|on|off] [--max-rows N]
         [--split test|train] [--triton-step [--triton-block N] [--triton-warps N]]
 
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="static decode queues a round before it reads the last (default auto: on a GPU)")
     parser.add_argument("--one-pass-attention", choices=("auto", "on", "off"), default="auto",
                         help="static decode's attention in one softmax (default auto: the engine's, on a GPU)")
+    parser.add_argument("--width-steps", type=int, default=None,
+                        help="static decode's widths between two powers of two above 256 rows (default: the "
+                             "engine's WIDTH_STEPS; 1: powers of two, as before stop 43)")
     add_triton_step_flags(parser)
     parser.add_argument("--eager", action="store_true", help="static steps kernel by kernel, no CUDA graphs")
     parser.add_argument("--top", type=int, default=15, help="kernels (ops on a CPU) listed (default 15)")
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from thinkscale.tasks import get_task
     from thinkscale.tiny import checkpoint
+    from thinkscale.tiny import engine as engine_module
     from thinkscale.tiny.engine import DTYPES, Engine, SampleRequest, SamplingParams
 
     torch.set_num_threads(args.threads)
@@ -106,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         engine.one_pass_attention = args.one_pass_attention == "on"
     if args.overlap != "auto":
         engine.overlap = args.overlap == "on"
+    if args.width_steps is not None:
+        if args.width_steps < 1 or args.width_steps & (args.width_steps - 1) or args.width_steps > 8:
+            parser.error(f"--width-steps: 1, 2, 4 or 8, got {args.width_steps}")
+        engine_module.WIDTH_STEPS = args.width_steps
     engine.cuda_graphs = not args.eager
     step_kernel = triton_step_from_flags(parser, args, engine)
     steps: collections.Counter = collections.Counter()

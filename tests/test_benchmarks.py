@@ -117,7 +117,8 @@ def test_step_kernels_counts_what_a_static_step_launches():
 def test_profile_engine_places_a_calls_time():
     lines = bench("profile_engine.py", "--prompts", "2", "--samples", "8", "--max-new-tokens", "20", "--top", "4",
                   "--sync-every", "4", "--one-pass-attention", "on", "--dtype", "float32", "--static-decode", "on",
-                  "--max-rows", "16", "--no-cpu-kernel", "--overlap", "on")  # the torch path's static steps, as a GPU's
+                  "--max-rows", "16", "--no-cpu-kernel", "--overlap", "on",  # the torch path's static steps, as a GPU's
+                  "--width-steps", "4")
     lines = [line for line in lines if not line.startswith("USDT")]  # the profiler's own chatter on some builds
     assert "float32, max_rows 16, static decode, sync every 4, one-pass attention on, kernel by kernel" in lines[0]
     timed = re.fullmatch(rf"one call, not profiled: {NUMBER} s; the static steps' calls {NUMBER} s, outside them "

@@ -1079,7 +1079,7 @@ class Engine:
         # With the CPU kernel the exact loop reads each row's prompt from the prompt's one cache (`lead`), so no
         # prompt is copied into a row's cache, and active row r keeps its keys and values in the cache's row
         # slot[r]: a row that moves into a finished row's place takes its slot number, not a copy of its cache.
-        slot = torch.arange(R_alloc, device=dev) if prompt_where is not None and not static else None
+        slot = torch.arange(R_alloc, device=dev) if prompt_where is not None else None
         A = 0
 
         def free(rows: list[int]) -> None:
