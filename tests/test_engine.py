@@ -110,6 +110,30 @@ def test_stop_tokens_and_length_limits(arithmetic_checkpoint, arithmetic):
             assert len(c.token_ids) == 3 and c.finish_reason == "length"
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_a_request_for_no_tokens_or_samples_is_done_at_once_and_the_others_as_alone(arithmetic_checkpoint,
+                                                                                  arithmetic, static):
+    """max_tokens=0 (the engine's own callers refuse it, but the engine is public): empty samples, as the
+    reference gives, reported done before any step, in either loop, as is a request for no samples; a negative
+    count is refused."""
+    model = arithmetic_checkpoint.model
+    reqs = requests_for(arithmetic_checkpoint, arithmetic, 3, 2, temperature=1.0, max_tokens=30)
+    none = SampleRequest(reqs[0].prompt_ids, n=3, params=SamplingParams(max_tokens=0))
+    nobody = SampleRequest(reqs[1].prompt_ids, n=0, params=reqs[1].params)
+    engine = Engine(model, max_rows=4, static_decode=static, sync_every=3)
+    done, finished = [], []
+    got = engine.generate([reqs[0], none, reqs[1], nobody, reqs[2]], on_finish=finished.append,
+                          on_request_done=lambda r, samples: done.append(r))
+    assert got[1] == reference_generate(model, [none])[0] == [got[1][0]] * 3
+    assert got[1][0].token_ids == () and got[1][0].finish_reason == "length" and got[3] == []
+    assert [got[0], got[2], got[4]] == Engine(model, max_rows=4).generate(reqs)
+    assert done[:2] == [1, 3] and sorted(done) == [0, 1, 2, 3, 4] and sum(finished) == 9
+    assert engine.generate([none]) == [got[1]]
+    for bad in (SampleRequest((1, 5), params=SamplingParams(max_tokens=-1)), SampleRequest((1, 5), n=-1)):
+        with pytest.raises(ValueError, match="max_tokens and n must be at least 0"):
+            engine.generate([bad])
+
+
 def test_top_p_near_zero_is_greedy(arithmetic_checkpoint, arithmetic):
     engine = Engine(arithmetic_checkpoint.model)
     greedy = engine.generate(requests_for(arithmetic_checkpoint, arithmetic, 5, 1, temperature=0.0))

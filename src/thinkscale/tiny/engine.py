@@ -992,7 +992,9 @@ class Engine:
         `cancelled()` dropped, the tokens its samples had generated.
         `on_tokens([(r, token id), ...])` is called after each step with the
         token just drawn for the first sample of each request r that asks
-        for `stream` (the end or stop token included).
+        for `stream` (the end or stop token included). A request for no
+        samples or no tokens (`max_tokens` 0) is done before any step, its
+        samples empty.
         """
         c, dev = self.config, self.device
         if not requests:
@@ -1001,6 +1003,8 @@ class Engine:
             if len(r.prompt_ids) >= c.max_position_embeddings:
                 raise ValueError(f"prompt of {len(r.prompt_ids)} tokens does not fit the model's "
                                  f"{c.max_position_embeddings} positions")
+            if r.params.max_tokens < 0 or r.n < 0:
+                raise ValueError(f"max_tokens and n must be at least 0, got {r.params.max_tokens} and {r.n}")
         # Each distinct prompt (of each cache scope) once, from its longest cached prefix.
         distinct: dict[tuple, int] = {}
         for r in requests:
@@ -1047,10 +1051,18 @@ class Engine:
         ends = [set(r.params.stop_ids) | {self.eos_id} for r in requests]  # the same, for Python
         windows, prompt_of = req_window.tolist(), req_prompt.tolist()
 
-        pending = [(ri, j) for ri, r in enumerate(requests) for j in range(r.n)]
-        pending.reverse()  # pop() from the end takes them in order
         results: list[list[Completion | None]] = [[None] * r.n for r in requests]
         unfinished = [r.n for r in requests]
+        for ri, r in enumerate(requests):  # no sample, or no token to draw: done before any row is taken
+            if limits[ri] == 0 or r.n == 0:
+                results[ri] = [Completion((), FINISH_LENGTH, 0.0, prompt_cached[prompt_of[ri]])] * r.n
+                _report_finished([ri] * r.n, unfinished, results, on_finish, on_request_done)
+                if r.n == 0 and on_request_done:
+                    on_request_done(ri, [])
+        pending = [(ri, j) for ri, r in enumerate(requests) if limits[ri] for j in range(r.n)]
+        if not pending:
+            return results  # type: ignore[return-value]
+        pending.reverse()  # pop() from the end takes them in order
 
         R = min(self.max_rows, len(pending))
         T_cap = -(-int(min(c.max_position_embeddings, int((req_len + req_max).max()))) // CHUNK) * CHUNK
@@ -1164,12 +1176,7 @@ class Engine:
                 results[ri][j] = Completion(tokens, reason, logprob, prompt_cached[prompt_of[ri]],
                                             _lowest_group(out_conf[row, :n], window) if window else None)
             free(rows)
-            for ri in finished:
-                if on_finish:
-                    on_finish(1)
-                unfinished[ri] -= 1
-                if unfinished[ri] == 0 and on_request_done:
-                    on_request_done(ri, results[ri])
+            _report_finished(finished, unfinished, results, on_finish, on_request_done)
 
         def track_confidence(rows: torch.Tensor, req: torch.Tensor, logits: torch.Tensor) -> None:
             """This step's token confidences, each row's window sum, and the floor's cut (before ngen moves on)."""
@@ -1358,12 +1365,8 @@ class Engine:
             for k, ri in enumerate(batch.leaving, start=len(batch.finished)):
                 if ri in batch.spent:
                     batch.spent[ri] += int(table[k, -1])
-            for ri, *_ in batch.finished:
-                if call.on_finish:
-                    call.on_finish(1)
-                call.unfinished[ri] -= 1
-                if call.unfinished[ri] == 0 and call.on_request_done:
-                    call.on_request_done(ri, call.results[ri])
+            _report_finished([ri for ri, *_ in batch.finished], call.unfinished, call.results, call.on_finish,
+                             call.on_request_done)
             if call.on_dropped is not None:
                 for ri, n in batch.spent.items():
                     call.on_dropped(ri, n)
@@ -1476,6 +1479,19 @@ class _Download:
         if self._ready is not None:
             self._ready.synchronize()
         return self._host.numpy()
+
+
+def _report_finished(finished: list[int], unfinished: list[int], results: list[list[Completion | None]],
+                     on_finish: Callable[[int], None] | None,
+                     on_request_done: Callable[[int, list[Completion]], None] | None) -> None:
+    """Tell `generate`'s callers of samples just recorded, one request number each: `on_finish(1)` a sample,
+    and `on_request_done` for each request whose last sample this was."""
+    for ri in finished:
+        if on_finish:
+            on_finish(1)
+        unfinished[ri] -= 1
+        if unfinished[ri] == 0 and on_request_done:
+            on_request_done(ri, results[ri])
 
 
 def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
