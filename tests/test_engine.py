@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -615,15 +616,49 @@ def test_static_decode_keeps_steps_in_the_prefix_cache_and_drops_cancelled_rows(
     assert heard == [1, 0] and not dropped
 
 
-def test_static_decode_leaves_streams_and_confidence_to_the_exact_loop(arithmetic_checkpoint, arithmetic):
-    plain = requests_for(arithmetic_checkpoint, arithmetic, 4, 3, temperature=1.0, max_tokens=60)
-    asked = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=60, seed=r.params.seed,
-                                                             stream=True, confidence_window=4 * (i % 2)))
-             for i, r in enumerate(plain)]
-    engine, heard = Engine(arithmetic_checkpoint.model, static_decode=True), {}
-    streamed = engine.generate(asked, on_tokens=lambda drawn: [heard.setdefault(r, []).append(t) for r, t in drawn])
-    assert streamed == Engine(arithmetic_checkpoint.model).generate(asked)
-    assert all(tuple(heard[i]) == streamed[i][0].token_ids for i in range(4))
+@pytest.mark.parametrize("overlap", [False, True])
+def test_static_decode_streams_first_samples_and_leaves_confidence_to_the_exact_loop(arithmetic_checkpoint,
+                                                                                     arithmetic, monkeypatch, overlap):
+    """Streamed first samples run in static decode (a server's batches often have one): `on_tokens` hears each
+    one's tokens in order, the stop token too, at most one a request a call, and a cancelled request's stream is
+    a beginning of its sample; the samples are the exact loop's. Confidence still takes the exact loop."""
+    model = arithmetic_checkpoint.model
+    plain = requests_for(arithmetic_checkpoint, arithmetic, 6, 5, temperature=1.0, max_tokens=80)
+    asked = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=80, seed=r.params.seed,
+                                                             stream=i % 2 == 0)) for i, r in enumerate(plain)]
+    exact = Engine(model, max_rows=5).generate(asked)
+    engine = Engine(model, max_rows=12, static_decode=True, sync_every=3)  # requests 0 and 2 side by side, others wait
+    engine.overlap, loop, loops = overlap, engine._static_loop, []
+    monkeypatch.setattr(engine, "_static_loop", lambda call: loops.append(call) or loop(call))
+
+    def listen(heard, calls):
+        def on_tokens(drawn):
+            calls.append([r for r, _ in drawn])
+            for r, t in drawn:
+                heard.setdefault(r, []).append(t)
+        return on_tokens
+
+    heard, calls = {}, []
+    assert engine.generate(asked, on_tokens=listen(heard, calls)) == exact and len(loops) == 1
+    assert sorted(heard) == [0, 2, 4] and all(tuple(heard[i]) == exact[i][0].token_ids for i in heard)
+    assert all(len(set(c)) == len(c) for c in calls) and max(map(len, calls)) > 1  # rows heard side by side
+    looks = []
+
+    def cancelled():  # request 2's caller gives up at the fourth look
+        looks.append(1)
+        return [2] if len(looks) >= 4 else []
+
+    heard = {}
+    got = engine.generate(asked, cancelled=cancelled, on_tokens=listen(heard, []))
+    assert got[2] == [None] * 5 and [got[i] for i in (0, 1, 3, 4, 5)] == [exact[i] for i in (0, 1, 3, 4, 5)]
+    assert 0 < len(heard[2]) < len(exact[2][0].token_ids)
+    assert tuple(heard[2]) == exact[2][0].token_ids[:len(heard[2])]
+    confident = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=60, seed=r.params.seed,
+                                                                 stream=True, confidence_window=4)) for r in plain[:3]]
+    heard = {}
+    streamed = engine.generate(confident, on_tokens=listen(heard, []))
+    assert len(loops) == 2 and streamed == Engine(model).generate(confident)
+    assert all(tuple(heard[i]) == streamed[i][0].token_ids for i in range(3))
     assert streamed[1][0].confidence is not None
 
 
@@ -733,8 +768,12 @@ def test_static_decode_waits_for_the_device_only_for_its_snapshots(arithmetic_ch
     monkeypatch.setattr(engine_module, "_upload", uploaded)
     monkeypatch.setattr(engine, "_static_step", stepped)
     monkeypatch.setattr(engine, "_static_loop", watched)
-    reqs = _mixed_requests(arithmetic_checkpoint, arithmetic, n=3)
-    assert engine.generate(reqs) == Engine(arithmetic_checkpoint.model, max_rows=16).generate(reqs)
+    reqs = [dataclasses.replace(r, params=dataclasses.replace(r.params, stream=i % 3 == 0))  # streams ride along
+            for i, r in enumerate(_mixed_requests(arithmetic_checkpoint, arithmetic, n=3))]
+    heard = {}
+    got = engine.generate(reqs, on_tokens=lambda drawn: [heard.setdefault(r, []).append(t) for r, t in drawn])
+    assert got == Engine(arithmetic_checkpoint.model, max_rows=16).generate(reqs)
+    assert sorted(heard) == [0, 3, 6, 9] and all(tuple(heard[i]) == got[i][0].token_ids for i in heard)
     assert timeline[-1] == ("waits", [])
     assert {count for kind, count in timeline if kind == "step"} == {engine.sync_every}  # a round: one call
     rounds = sum(kind == "step" for kind, _ in timeline)

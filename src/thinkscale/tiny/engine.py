@@ -76,8 +76,10 @@ of the round it finished in). A fully masked chunk is an exact no-op
 samples to the bit (a test holds them equal), only slower there (it reads
 chunks and rows the exact loop skips). On a GPU nothing is batch-invariant
 to begin with (the kernels a library picks depend on the shape), so there a
-sample may change with its batch in either loop. Requests that stream tokens
-or track confidence are decoded by the exact loop.
+sample may change with its batch in either loop. A streamed first sample's
+tokens ride in the round's snapshot, so `on_tokens` hears them a round at a
+time (since stop 44; before, a call with one went to the exact loop).
+Requests that track confidence are decoded by the exact loop.
 
 Two more GPU defaults (off on a CPU, attributes a test can turn on anywhere).
 `one_pass_attention`: static decode's attention is one softmax over all the
@@ -992,7 +994,8 @@ class Engine:
         `cancelled()` dropped, the tokens its samples had generated.
         `on_tokens([(r, token id), ...])` is called after each step with the
         token just drawn for the first sample of each request r that asks
-        for `stream` (the end or stop token included). A request for no
+        for `stream` (the end or stop token included); static decode reads
+        a round's tokens at once, then makes a call for each, in order. A request for no
         samples or no tokens (`max_tokens` 0) is done before any step, its
         samples empty.
         """
@@ -1068,14 +1071,15 @@ class Engine:
         T_cap = -(-int(min(c.max_position_embeddings, int((req_len + req_max).max()))) // CHUNK) * CHUNK
         R_alloc = max(R, MIN_ROWS)
         cache = self._cache_for(T_cap // CHUNK, R_alloc)
-        # Static decode, unless a row's tokens are wanted as they come or its confidence is tracked.
-        static = self.static_decode and not confident and not streamed
+        # Static decode, unless a row's confidence is tracked.
+        static = self.static_decode and not confident
         # Per-row state; rows 0..A-1 are active.
         if static:
             self._static_loop(_StaticCall(
                 requests, pending, results, unfinished, R, T_cap // CHUNK, bool((req_top_p < 1).any()), limits,
                 req_len, req_max, req_temp, req_top_p, req_seed, stop_table, ends, prompt_of, prompt_cached, kvs,
-                prompt_chunks, prompt_logits, req_prompt, on_finish, on_request_done, cancelled, on_dropped))
+                prompt_chunks, prompt_logits, req_prompt, on_finish, on_request_done, cancelled, on_dropped, streamed,
+                on_tokens))
             return results  # type: ignore[return-value]
         row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
         row_sample = torch.zeros(R_alloc, dtype=torch.long, device=dev)
@@ -1268,7 +1272,9 @@ class Engine:
         and a call ends with a round that finds every row finished. A round is
         queued only while some row may still be live (`left`, from the length
         limits). A row the snapshot finds finished is recorded even if its
-        request is cancelled at that look, as in the exact loop.
+        request is cancelled at that look, as in the exact loop. A streamed
+        first sample's new tokens come in the same snapshot: `on_tokens` hears
+        them as the host reads it, a call for each token a row drew since.
         """
         s, dev, every, cache = self._state_for(self._cache.shape[3]), self.device, self.sync_every, self._cache
         live, size = s["live"], len(s["live"])
@@ -1277,8 +1283,11 @@ class Engine:
         # the host's view of active rows 0..A-1: request, sample, length limit, and bounds at the next round's
         # first step: the highest position it feeds, and the most tokens it has left (none: finished)
         req, sample, most, pos, left = (np.zeros(size, dtype=np.int64) for _ in range(5))
+        heard = np.zeros(size, dtype=bool)  # whether the row is a streamed first sample
+        told = np.zeros(size, dtype=np.int64)  # a streamed row's tokens `on_tokens` has heard
         A, queued = 0, 0  # queued: rounds queued since the unread snapshot
         unread: _Download | None = None
+        streams: tuple[np.ndarray, int, int] | None = None  # the unread snapshot's streamed rows and token columns
         recorded: _Departed | None = None  # rows swapped out, their tokens and counts still on their way
         dropped: set[int] = set()
 
@@ -1291,10 +1300,27 @@ class Engine:
             queued += 1
 
         def snapshot() -> _Download:
+            """The rows' state, and behind it in the same copy the streamed rows' tokens that may be new (columns
+            lo..hi-1: from the fewest heard to the most a row may have drawn)."""
+            nonlocal streams
             ngen = s["ngen"][:A]
             last = s["out"][:A].gather(1, (ngen - 1).clamp(min=0)[:, None])[:, 0]
-            return _Download(torch.stack([live[:A].long(), s["pos"][:A], ngen, last, s["lp"][:A].view(torch.int64)]),
-                             "snapshot")
+            state = torch.stack([live[:A].long(), s["pos"][:A], ngen, last, s["lp"][:A].view(torch.int64)]).flatten()
+            rows, streams = np.flatnonzero(heard[:A]), None
+            if len(rows):
+                lo, hi = int(told[rows].min()), int((most[rows] - np.maximum(left[rows], 0)).max())
+                streams = rows, lo, hi
+                state = torch.cat([state, s["out"][_upload(rows, dev), lo:hi].flatten()])
+            return _Download(state, "snapshot")
+
+        def tell(rows: np.ndarray, lo: int, drawn: np.ndarray, ngen: np.ndarray) -> None:
+            """`on_tokens` hears the streamed rows' tokens that are new in a snapshot (`drawn`, their columns lo
+            on), a call for each: the first new token of each row, then the second, ..."""
+            new = ngen[rows] - told[rows]
+            for k in range(int(new.max())):
+                call.on_tokens([(int(req[r]), int(drawn[i, told[r] - lo + k])) for i, r in enumerate(rows)
+                                if k < new[i]])
+            told[rows] = ngen[rows]
 
         def settle(snap: np.ndarray | None) -> None:
             """From a snapshot, record the rows it found finished (their tokens to follow); drop cancelled requests'
@@ -1344,7 +1370,7 @@ class Engine:
                 cache[:, :, :used, dst] = cache[:, :, :used, src]
                 for t in moving:
                     t[dst] = t[src]
-                for a in (req, sample, most, pos, left):
+                for a in (req, sample, most, pos, left, heard, told):
                     a[holes] = a[movers]
             live[kept:A].zero_()  # idle now (a mover's old row too)
             A = kept
@@ -1394,6 +1420,8 @@ class Engine:
                 first = stop
             self._static_take(new, call.prompt_logits[call.req_prompt[ri]], call.nucleus, fed=False)
             req[new], sample[new] = admitted[:, 0], admitted[:, 1]
+            heard[new] = [j == 0 and r in call.streamed for r, j in admitted.tolist()]
+            told[new] = 0
             most[new] = [call.limits[r] for r in admitted[:, 0].tolist()]
             pos[new] = [len(call.requests[r].prompt_ids) for r in admitted[:, 0].tolist()]
             left[new] = most[new] - 1
@@ -1405,6 +1433,11 @@ class Engine:
                 launch()  # the device runs this round while the host reads the last one's snapshot
             record()  # the last settle's rows: with overlap their copy came before the round just queued
             snap, unread = (unread.result() if unread is not None else None), None
+            if snap is not None:
+                snap, drawn = snap[:5 * A].reshape(5, A), snap[5 * A:]
+                if streams is not None:
+                    rows, lo, hi = streams
+                    tell(rows, lo, drawn.reshape(len(rows), hi - lo), snap[2])
             settle(snap)
             if not ahead:  # nothing queued after their copy: its wait is short, and results reach the caller now
                 record()
@@ -1446,6 +1479,8 @@ class _StaticCall:
     on_request_done: Callable[[int, list[Completion]], None] | None
     cancelled: Callable[[], list[int]] | None
     on_dropped: Callable[[int, int], None] | None
+    streamed: set[int]  # the requests whose first sample's tokens go to `on_tokens` as they are drawn
+    on_tokens: Callable[[list[tuple[int, int]]], None] | None
 
 
 @dataclass
