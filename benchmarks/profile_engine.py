@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     steps: collections.Counter = collections.Counter()
     stepped, in_steps = engine._static_step, [0.0]
 
-    def counted(width: int, chunks: int, nucleus: bool, count: int = 1) -> None:  # static decode's (none exact)
-        steps[width, chunks] += count
+    def counted(width: int, chunks: int, nucleus: bool, count: int = 1, confident: bool = False) -> None:
+        steps[width, chunks] += count  # static decode's (none exact)
         started = time.perf_counter()
-        stepped(width, chunks, nucleus, count)
+        stepped(width, chunks, nucleus, count, confident)
         in_steps[0] += time.perf_counter() - started
 
     engine._static_step = counted

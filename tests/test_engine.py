@@ -617,11 +617,10 @@ def test_static_decode_keeps_steps_in_the_prefix_cache_and_drops_cancelled_rows(
 
 
 @pytest.mark.parametrize("overlap", [False, True])
-def test_static_decode_streams_first_samples_and_leaves_confidence_to_the_exact_loop(arithmetic_checkpoint,
-                                                                                     arithmetic, monkeypatch, overlap):
+def test_static_decode_streams_first_samples(arithmetic_checkpoint, arithmetic, monkeypatch, overlap):
     """Streamed first samples run in static decode (a server's batches often have one): `on_tokens` hears each
     one's tokens in order, the stop token too, at most one a request a call, and a cancelled request's stream is
-    a beginning of its sample; the samples are the exact loop's. Confidence still takes the exact loop."""
+    a beginning of its sample; the samples are the exact loop's."""
     model = arithmetic_checkpoint.model
     plain = requests_for(arithmetic_checkpoint, arithmetic, 6, 5, temperature=1.0, max_tokens=80)
     asked = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=80, seed=r.params.seed,
@@ -653,13 +652,38 @@ def test_static_decode_streams_first_samples_and_leaves_confidence_to_the_exact_
     assert got[2] == [None] * 5 and [got[i] for i in (0, 1, 3, 4, 5)] == [exact[i] for i in (0, 1, 3, 4, 5)]
     assert 0 < len(heard[2]) < len(exact[2][0].token_ids)
     assert tuple(heard[2]) == exact[2][0].token_ids[:len(heard[2])]
-    confident = [SampleRequest(r.prompt_ids, r.n, SamplingParams(temperature=1.0, max_tokens=60, seed=r.params.seed,
-                                                                 stream=True, confidence_window=4)) for r in plain[:3]]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_static_decode_tracks_confidence_and_cuts_as_the_exact_loop(arithmetic_checkpoint, arithmetic, monkeypatch,
+                                                                    overlap):
+    """Confidence in static decode (a captured step computes it where a call asks): each completion's confidence
+    and each floor's cut are the exact loop's to the bit, beside requests that ask for none and rows that wait;
+    the rows a previous call cut leave nothing behind for the next."""
+    model = arithmetic_checkpoint.model
+    plain = requests_for(arithmetic_checkpoint, arithmetic, 6, 5, temperature=1.0, max_tokens=100)
+    measured = [SampleRequest(r.prompt_ids, r.n, SamplingParams(
+        temperature=1.0, max_tokens=100, seed=r.params.seed, confidence_window=(6, 0, 4)[i % 3], confidence_top_k=3,
+        stream=i == 0)) for i, r in enumerate(plain)]
+    exact = Engine(model, max_rows=7).generate(measured)
+    everything = sorted({c.confidence for r in exact for c in r if c.confidence is not None})
+    middle = len(everything) // 2
+    floor = (everything[middle - 1] + everything[middle]) / 2  # about half of the samples go below it
+    floored = [SampleRequest(r.prompt_ids, r.n, dataclasses.replace(r.params, confidence_floor=floor))
+               if r.params.confidence_window else r for r in measured]
+    exact_cut = Engine(model, max_rows=7).generate(floored)
+    engine = Engine(model, max_rows=7, static_decode=True, sync_every=3)
+    engine.overlap, loop, loops = overlap, engine._static_loop, []
+    monkeypatch.setattr(engine, "_static_loop", lambda call: loops.append(call) or loop(call))
     heard = {}
-    streamed = engine.generate(confident, on_tokens=listen(heard, []))
-    assert len(loops) == 2 and streamed == Engine(model).generate(confident)
-    assert all(tuple(heard[i]) == streamed[i][0].token_ids for i in range(3))
-    assert streamed[1][0].confidence is not None
+    assert engine.generate(floored, on_tokens=lambda drawn: [heard.setdefault(r, []).append(t) for r, t in drawn]) \
+        == exact_cut
+    assert tuple(heard[0]) == exact_cut[0][0].token_ids
+    assert engine.generate(measured) == exact and engine.generate(plain[:2]) == Engine(model).generate(plain[:2])
+    assert len(loops) == 3
+    reasons = [c.finish_reason for r in exact_cut for c in r]
+    assert reasons.count("cut") >= 3 and {"stop", "length"} & set(reasons)
+    assert all(c.confidence is None for i in (1, 4) for c in exact[i])
 
 
 class _Waits:
@@ -713,9 +737,9 @@ def test_a_static_step_never_waits_for_the_device(arithmetic_checkpoint, arithme
 
     monkeypatch.setattr(engine, "_static_body", watched)
     engine.generate(_mixed_requests(arithmetic_checkpoint, arithmetic, n=3))
-    assert {nucleus for (_, _, nucleus), _ in steps} == {True}  # the mixed requests ask for top-p
+    assert {nucleus for (_, _, nucleus, _), _ in steps} == {True}  # the mixed requests ask for top-p
     engine.generate(requests_for(arithmetic_checkpoint, arithmetic, 3, 4, max_tokens=50))
-    assert {nucleus for (_, _, nucleus), _ in steps} == {True, False}
+    assert {nucleus for (_, _, nucleus, _), _ in steps} == {True, False}
     assert len({args for args, _ in steps}) > 3 and all(seen == [] for _, seen in steps)
     exact = Engine(arithmetic_checkpoint.model, max_rows=16)
     decode = exact._decode
@@ -824,6 +848,31 @@ def test_cuda_graphs_replay_the_static_steps(arithmetic_checkpoint, arithmetic, 
             engine.model.lm_head.weight.mul_(1.5)
         engine.reload_weights()
     assert graphed.generate(reqs) == eager.generate(reqs) != first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_static_decode_streams_and_cuts_as_its_steps_one_kernel_at_a_time(arithmetic_checkpoint, arithmetic):
+    """On a GPU a call with streamed and confident requests takes static decode too: its captured graphs give
+    what its steps one kernel at a time give, confidences and the floor's cuts included, and each stream is
+    its sample's tokens."""
+    import copy
+
+    reqs = [dataclasses.replace(r, params=dataclasses.replace(
+        r.params, stream=i % 3 == 0, confidence_window=(0, 5)[i % 2], confidence_top_k=3))
+        for i, r in enumerate(_mixed_requests(arithmetic_checkpoint, arithmetic, n=40))]
+    graphed = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda")
+    eager = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda")
+    eager.cuda_graphs = False
+    everything = sorted({c.confidence for r in eager.generate(reqs) for c in r if c.confidence is not None})
+    floor = (everything[len(everything) // 2 - 1] + everything[len(everything) // 2]) / 2
+    floored = [dataclasses.replace(r, params=dataclasses.replace(r.params, confidence_floor=floor))
+               if r.params.confidence_window else r for r in reqs]
+    heard = {}
+    got = graphed.generate(floored, on_tokens=lambda drawn: [heard.setdefault(r, []).append(t) for r, t in drawn])
+    assert graphed._graphs and got == eager.generate(floored)
+    assert any(c.finish_reason == "cut" for r in got for c in r)
+    assert sorted(heard) == [i for i in range(len(reqs)) if i % 3 == 0]
+    assert all(tuple(heard[i]) == got[i][0].token_ids for i in heard)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -76,10 +76,12 @@ of the round it finished in). A fully masked chunk is an exact no-op
 samples to the bit (a test holds them equal), only slower there (it reads
 chunks and rows the exact loop skips). On a GPU nothing is batch-invariant
 to begin with (the kernels a library picks depend on the shape), so there a
-sample may change with its batch in either loop. A streamed first sample's
-tokens ride in the round's snapshot, so `on_tokens` hears them a round at a
-time (since stop 44; before, a call with one went to the exact loop).
-Requests that track confidence are decoded by the exact loop.
+sample may change with its batch in either loop. Since stop 44 static
+decode takes every request (before, a call with a streamed or a confident
+one went to the exact loop): a streamed first sample's tokens ride in the
+round's snapshot, so `on_tokens` hears them a round at a time; where a call
+tracks confidence, its steps compute it as the exact loop does (its graphs
+are captured apart), and the cut rows are found by the snapshot.
 
 Two more GPU defaults (off on a CPU, attributes a test can turn on anywhere).
 `one_pass_attention`: static decode's attention is one softmax over all the
@@ -794,11 +796,18 @@ class Engine:
                 "live": torch.zeros(rows, dtype=torch.bool, device=dev),
                 "stop": torch.zeros(rows, c.vocab_size, dtype=torch.bool, device=dev),
                 # a spare column: a finished row's step writes one past its tokens until it is collected
-                "out": torch.zeros(rows, c.max_position_embeddings + 1, dtype=torch.long, device=dev)}
+                "out": torch.zeros(rows, c.max_position_embeddings + 1, dtype=torch.long, device=dev),
+                # confidence, where a call asks for it: each token's, the sum over the row's current window,
+                # whether the floor cut it, and its request's window, top k and floor (`track_confidence`)
+                "conf": torch.zeros(rows, c.max_position_embeddings + 1, dtype=torch.float64, device=dev),
+                "wsum": torch.zeros(rows, dtype=torch.float64, device=dev),
+                "cut": torch.zeros(rows, dtype=torch.bool, device=dev), "window": long(), "top_k": long(),
+                "floor": torch.zeros(rows, dtype=torch.float64, device=dev)}
         return have
 
-    def _static_step(self, width: int, chunks: int, nucleus: bool, count: int = 1) -> None:
-        """`count` decode steps of rows 0..width-1 over cache chunks 0..chunks-1, as one CUDA graph on a GPU.
+    def _static_step(self, width: int, chunks: int, nucleus: bool, count: int = 1, confident: bool = False) -> None:
+        """`count` decode steps of rows 0..width-1 over cache chunks 0..chunks-1, as one CUDA graph on a GPU
+        (`confident`: some row tracks its confidence).
 
         A shape's first steps run as they are and are then captured (capture
         records, it does not run); its later steps replay the capture, one
@@ -806,11 +815,11 @@ class Engine:
         """
         if self.device.type != "cuda" or not self.cuda_graphs:
             for _ in range(count):
-                self._static_body(width, chunks, nucleus)
+                self._static_body(width, chunks, nucleus, confident)
             return
         kernels = self._step_kernels()  # their programs' rows and warps: settings a benchmark may change
         step = (kernels.BLOCK, kernels.NUM_WARPS) if kernels else None
-        key = (width, chunks, nucleus, count, self.one_pass_attention, self.triton_attention, step)
+        key = (width, chunks, nucleus, count, confident, self.one_pass_attention, self.triton_attention, step)
         with torch.cuda.device(self.device):  # cuda:N: capture and replay on N's streams, whatever is current
             graph = self._graphs.get(key)
             if graph is not None:
@@ -821,7 +830,7 @@ class Engine:
             side.wait_stream(here)
             with torch.cuda.stream(side):
                 for _ in range(count):
-                    self._static_body(width, chunks, nucleus)
+                    self._static_body(width, chunks, nucleus, confident)
             here.wait_stream(side)
             if not self._graphs:
                 self._pool = torch.cuda.graph_pool_handle()  # one pool: a replay leaves nothing alive in it
@@ -829,7 +838,7 @@ class Engine:
             try:
                 with torch.cuda.graph(graph, pool=self._pool, stream=side):
                     for _ in range(count):
-                        self._static_body(width, chunks, nucleus)
+                        self._static_body(width, chunks, nucleus, confident)
             except RuntimeError as error:  # the steps above ran; the later ones run as they are
                 warnings.warn(f"the engine's decode step could not be captured in a CUDA graph ({error}); "
                               "it runs kernel by kernel from now on (cuda_graphs = False)", RuntimeWarning,
@@ -839,24 +848,24 @@ class Engine:
             self._graphs[key] = graph
         return None
 
-    def _static_body(self, width: int, chunks: int, nucleus: bool) -> None:
+    def _static_body(self, width: int, chunks: int, nucleus: bool, confident: bool = False) -> None:
         """The step: feed each row's last token, draw its next one and update its state, with nothing that
         waits for the device. A row that is not live (finished or idle) is computed and changes nothing the
         caller reads: its state stays, its token goes to its spare column, its keys and values to a position
         past its own (`_state_for`, `generate`)."""
         s, cache = self._state, self._cache
         pos = s["pos"][:width].clamp(max=chunks * CHUNK - 1)  # an idle row's stale position stays in range
-        ran, logits = (self._triton_step(width, chunks, pos, nucleus) if self.triton_step and not self._fused()
-                       else (False, None))
+        ran, logits = (self._triton_step(width, chunks, pos, nucleus or confident)
+                       if self.triton_step and not self._fused() else (False, None))
         if not ran:
             logits = self._decode(cache, s["tok"][:width], pos, self._static_attention(width, chunks, pos))
         if logits is not None:  # (None: the Triton step's last kernel drew the tokens and moved the state on)
-            self._static_take(slice(0, width), logits, nucleus)
+            self._static_take(slice(0, width), logits, nucleus, confident=confident)
 
-    def _triton_step(self, width: int, chunks: int, pos: torch.Tensor, nucleus: bool
+    def _triton_step(self, width: int, chunks: int, pos: torch.Tensor, logits_wanted: bool
                      ) -> tuple[bool, torch.Tensor | None]:
-        """The step on `step_kernel`'s kernels: (True, None) where they also drew the tokens (no row with top-p),
-        else (True, the logits). (False, None) where they cannot run (a model they cannot hold; Triton failing to
+        """The step on `step_kernel`'s kernels: (True, None) where they also drew the tokens (no row with top-p,
+        none tracking confidence: `logits_wanted` false), else (True, the logits). (False, None) where they cannot run (a model they cannot hold; Triton failing to
         compile or to launch them on this device): then, with one warning, `triton_step` is off and the torch
         path runs. A shape's first step runs before its capture in a CUDA graph, so a failure is met there, and a
         kernel that failed stored nothing that the torch path's run of the same step does not write again (the
@@ -866,7 +875,7 @@ class Engine:
             return False, None
         s = self._state
         try:
-            if not nucleus:
+            if not logits_wanted:
                 step_kernel.decode(self, self._cache, s["tok"][:width], pos, chunks, state=s)
                 return True, None
             return True, step_kernel.decode(self, self._cache, s["tok"][:width], pos, chunks)
@@ -890,10 +899,12 @@ class Engine:
                       "path runs from now on (triton_step = False)", RuntimeWarning, stacklevel=3)
         self.triton_step = False
 
-    def _static_take(self, rows: slice, logits: torch.Tensor, nucleus: bool, fed: bool = True) -> None:
+    def _static_take(self, rows: slice, logits: torch.Tensor, nucleus: bool, fed: bool = True,
+                     confident: bool = False) -> None:
         """Static decode's `rows` draw their next tokens from `logits` (rows, vocab), and their state moves on:
         position (where `fed`: a step fed their last token; not for a new row's first token, drawn from its
-        prompt's logits), tokens, log-probability, count, and whether they are still live."""
+        prompt's logits), tokens, log-probability, count, whether they are still live, and with `confident`
+        their confidence, as the exact loop's `track_confidence` computes it, and the floor's cut."""
         s = self._state
         live, ngen = s["live"][rows], s["ngen"][rows]
         if fed:
@@ -902,8 +913,22 @@ class Engine:
         s["out"][rows].scatter_(1, ngen[:, None], tok[:, None])
         s["tok"][rows] = tok
         s["lp"][rows] += torch.where(live, lp.double(), 0.0)
+        stop = s["stop"][rows].gather(1, tok[:, None])[:, 0]
+        if confident:  # a finished row's go to its spare column and its window sum, which nothing reads
+            # (an idle row's top k is 0: clamped, it reads a column; a real row's is at least 1)
+            k, window, conf, wsum = s["top_k"][rows].clamp(min=1), s["window"][rows], s["conf"][rows], s["wsum"][rows]
+            ranked = F.log_softmax(logits.double(), dim=-1).sort(dim=-1, descending=True).values
+            now = -ranked.cumsum(-1).gather(-1, (k - 1)[:, None])[:, 0] / k
+            conf.scatter_(1, ngen[:, None], now[:, None])
+            leaving = torch.where(ngen >= window, conf.gather(1, (ngen - window).clamp(min=0)[:, None])[:, 0],
+                                  torch.zeros_like(now))
+            wsum += now - leaving
+            full = (window > 0) & (ngen + 1 >= window)
+            cut = live & full & (wsum / window.clamp(min=1) < s["floor"][rows] - FLOOR_TOLERANCE)
+            s["cut"][rows] |= cut
+            stop |= cut
         ngen += live
-        live &= ~(s["stop"][rows].gather(1, tok[:, None])[:, 0] | (ngen >= s["max"][rows]))
+        live &= ~(stop | (ngen >= s["max"][rows]))
 
     def _static_attention(self, width: int, chunks: int, pos: torch.Tensor
                           ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
@@ -1043,7 +1068,8 @@ class Engine:
         req_window = torch.tensor([r.params.confidence_window for r in requests], device=dev)
         req_top_k = torch.tensor([max(1, min(r.params.confidence_top_k, c.vocab_size)) for r in requests],
                                  device=dev)
-        req_floor = torch.tensor([float(r.params.confidence_floor) for r in requests], device=dev)
+        # in float64, as the window sums it is compared with (in float32 it moved by more than FLOOR_TOLERANCE)
+        req_floor = torch.tensor([float(r.params.confidence_floor) for r in requests], dtype=torch.float64, device=dev)
         confident = bool((req_window > 0).any())
         streamed = {i for i, r in enumerate(requests) if r.params.stream} if on_tokens is not None else set()
         live_rows: dict[int, int] = {}  # row -> request, for the rows of streamed first samples
@@ -1071,16 +1097,14 @@ class Engine:
         T_cap = -(-int(min(c.max_position_embeddings, int((req_len + req_max).max()))) // CHUNK) * CHUNK
         R_alloc = max(R, MIN_ROWS)
         cache = self._cache_for(T_cap // CHUNK, R_alloc)
-        # Static decode, unless a row's confidence is tracked.
-        static = self.static_decode and not confident
-        # Per-row state; rows 0..A-1 are active.
-        if static:
+        if self.static_decode:
             self._static_loop(_StaticCall(
                 requests, pending, results, unfinished, R, T_cap // CHUNK, bool((req_top_p < 1).any()), limits,
                 req_len, req_max, req_temp, req_top_p, req_seed, stop_table, ends, prompt_of, prompt_cached, kvs,
                 prompt_chunks, prompt_logits, req_prompt, on_finish, on_request_done, cancelled, on_dropped, streamed,
-                on_tokens))
+                on_tokens, confident, windows, req_window, req_top_k, req_floor))
             return results  # type: ignore[return-value]
+        # Per-row state; rows 0..A-1 are active.
         row_req = torch.zeros(R_alloc, dtype=torch.long, device=dev)
         row_sample = torch.zeros(R_alloc, dtype=torch.long, device=dev)
         row_pos = torch.zeros(R_alloc, dtype=torch.long, device=dev)  # where the row's last token will be fed
@@ -1279,7 +1303,8 @@ class Engine:
         s, dev, every, cache = self._state_for(self._cache.shape[3]), self.device, self.sync_every, self._cache
         live, size = s["live"], len(s["live"])
         live.zero_()
-        moving = [s[k] for k in ("pos", "tok", "ngen", "key", "max", "lp", "temp", "top_p", "live", "stop", "out")]
+        moving = [s[k] for k in ("pos", "tok", "ngen", "key", "max", "lp", "temp", "top_p", "live", "stop", "out", "cut")
+                  + (("conf", "wsum", "window", "top_k", "floor") if call.confident else ())]
         # the host's view of active rows 0..A-1: request, sample, length limit, and bounds at the next round's
         # first step: the highest position it feeds, and the most tokens it has left (none: finished)
         req, sample, most, pos, left = (np.zeros(size, dtype=np.int64) for _ in range(5))
@@ -1294,7 +1319,7 @@ class Engine:
         def launch() -> None:
             nonlocal queued
             chunks = min(call.chunks, (int(pos[:A].max()) + every - 1) // CHUNK + 1)
-            self._static_step(_static_width(A, size), chunks, call.nucleus, every)
+            self._static_step(_static_width(A, size), chunks, call.nucleus, every, call.confident)
             pos[:A] += every
             left[:A] -= every
             queued += 1
@@ -1305,7 +1330,8 @@ class Engine:
             nonlocal streams
             ngen = s["ngen"][:A]
             last = s["out"][:A].gather(1, (ngen - 1).clamp(min=0)[:, None])[:, 0]
-            state = torch.stack([live[:A].long(), s["pos"][:A], ngen, last, s["lp"][:A].view(torch.int64)]).flatten()
+            state = torch.stack([live[:A].long(), s["pos"][:A], ngen, last, s["lp"][:A].view(torch.int64),
+                                 s["cut"][:A].long()]).flatten()
             rows, streams = np.flatnonzero(heard[:A]), None
             if len(rows):
                 lo, hi = int(told[rows].min()), int((most[rows] - np.maximum(left[rows], 0)).max())
@@ -1330,7 +1356,7 @@ class Engine:
             done = np.zeros(0, dtype=np.int64)
             at = ngen = last = logprob = done
             if snap is not None:
-                at, ngen, last, logprob = snap[1], snap[2], snap[3], snap[4].view(np.float64)
+                at, ngen, last, logprob, cut = snap[1], snap[2], snap[3], snap[4].view(np.float64), snap[5]
                 done = np.flatnonzero(snap[0] == 0)
                 pos[:A], left[:A] = at + queued * every, most[:A] - ngen - queued * every
             gone = set(call.cancelled()) - dropped if call.cancelled is not None else set()
@@ -1343,7 +1369,7 @@ class Engine:
             finished = []
             for r in done.tolist():
                 ri, n, tail = int(req[r]), int(ngen[r]), int(last[r])
-                reason = FINISH_STOP if tail in call.ends[ri] else FINISH_LENGTH
+                reason = FINISH_CUT if cut[r] else FINISH_STOP if tail in call.ends[ri] else FINISH_LENGTH
                 kv = None  # a step, to be continued: its keys and values (all but the stop token, not fed yet)
                 if self.prefix_cache is not None and reason == FINISH_STOP and tail != self.eos_id and n > 1:
                     kv = cache[:, :, :-(-int(at[r]) // CHUNK), r].clone()
@@ -1357,7 +1383,10 @@ class Engine:
             if len(departing):
                 rows = _upload(departing, dev)
                 width = max([n for _, _, n, *_ in finished], default=1)
-                tokens = _Download(torch.cat([s["out"][rows, :width], s["ngen"][rows, None]], 1), "tokens")
+                columns = [s["out"][rows, :width], s["ngen"][rows, None]]  # tokens, count; confidences between
+                if call.confident:
+                    columns.insert(1, s["conf"][rows, :width].view(torch.int64))
+                tokens = _Download(torch.cat(columns, 1), "tokens")
             if finished or spent:
                 recorded = _Departed(tokens, finished, req[leaving].tolist(), spent)
             kept = A - len(departing)
@@ -1382,12 +1411,17 @@ class Engine:
                 return
             batch, recorded = recorded, None
             table = batch.tokens.result() if batch.tokens is not None else None  # each row's tokens, then its count
+            width = (table.shape[1] - 1) // (2 if call.confident else 1) if table is not None else 0
             for k, (ri, j, n, reason, logprob, kv) in enumerate(batch.finished):
                 drawn = tuple(table[k, :n].tolist())
-                request = call.requests[ri]
+                request, window = call.requests[ri], call.windows[ri]
                 if kv is not None:
                     self.prefix_cache.put(tuple(request.prompt_ids) + drawn[:-1], Entry(kv, None), request.cache_scope)
-                call.results[ri][j] = Completion(drawn, reason, logprob, call.prompt_cached[call.prompt_of[ri]])
+                confidence = None  # its tokens' confidences are the columns after the tokens
+                if window:
+                    confidence = _lowest_group(torch.from_numpy(table[k, width:width + n].view(np.float64)), window)
+                call.results[ri][j] = Completion(drawn, reason, logprob, call.prompt_cached[call.prompt_of[ri]],
+                                                 confidence)
             for k, ri in enumerate(batch.leaving, start=len(batch.finished)):
                 if ri in batch.spent:
                     batch.spent[ri] += int(table[k, -1])
@@ -1413,12 +1447,18 @@ class Engine:
             s["pos"][new], s["max"][new], s["stop"][new] = call.req_len[ri], call.req_max[ri], call.stop_table[ri]
             s["temp"][new], s["top_p"][new] = call.req_temp[ri], call.req_top_p[ri]
             s["key"][new] = sample_key(call.req_seed[ri], j)
+            s["cut"][new].zero_()
+            if call.confident:
+                s["wsum"][new].zero_()
+                s["window"][new], s["top_k"][new], s["floor"][new] = (call.req_window[ri], call.req_top_k[ri],
+                                                                      call.req_floor[ri])
             first = A
             for p, run in itertools.groupby(admitted[:, 0].tolist(), key=lambda r: call.prompt_of[r]):
                 stop = first + len(list(run))
                 cache[:, :, :call.prompt_chunks[p], first:stop] = call.kvs[p][:, :, :call.prompt_chunks[p], None]
                 first = stop
-            self._static_take(new, call.prompt_logits[call.req_prompt[ri]], call.nucleus, fed=False)
+            self._static_take(new, call.prompt_logits[call.req_prompt[ri]], call.nucleus, fed=False,
+                              confident=call.confident)
             req[new], sample[new] = admitted[:, 0], admitted[:, 1]
             heard[new] = [j == 0 and r in call.streamed for r, j in admitted.tolist()]
             told[new] = 0
@@ -1434,7 +1474,7 @@ class Engine:
             record()  # the last settle's rows: with overlap their copy came before the round just queued
             snap, unread = (unread.result() if unread is not None else None), None
             if snap is not None:
-                snap, drawn = snap[:5 * A].reshape(5, A), snap[5 * A:]
+                snap, drawn = snap[:6 * A].reshape(6, A), snap[6 * A:]
                 if streams is not None:
                     rows, lo, hi = streams
                     tell(rows, lo, drawn.reshape(len(rows), hi - lo), snap[2])
@@ -1481,6 +1521,11 @@ class _StaticCall:
     on_dropped: Callable[[int, int], None] | None
     streamed: set[int]  # the requests whose first sample's tokens go to `on_tokens` as they are drawn
     on_tokens: Callable[[list[tuple[int, int]]], None] | None
+    confident: bool  # whether any request tracks confidence; per request, its window (0: none), top k and floor
+    windows: list[int]
+    req_window: torch.Tensor
+    req_top_k: torch.Tensor
+    req_floor: torch.Tensor
 
 
 @dataclass

@@ -11,8 +11,9 @@ residual), each a few microseconds. This one is `layers` attention kernels
   projection and the residual, the norm, the MLP and the residual, then
   layer i+1's norm, q, k and v as above;
 - the last: layer L-1's output projection and MLP, the final norm and the
-  output head, writing the logits; and, given static decode's state and no
-  row with top-p, drawing each row's token as `choose_tokens` does and
+  output head, writing the logits; and, given static decode's state, no
+  row with top-p and none tracking confidence, drawing each row's token as
+  `choose_tokens` does and
   moving its state on (`_sample`), so sampling takes no kernel of its own.
 
 One program takes `BLOCK` rows through all of that: a row's step depends
