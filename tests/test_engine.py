@@ -740,6 +740,9 @@ def test_a_static_step_never_waits_for_the_device(arithmetic_checkpoint, arithme
     assert {nucleus for (_, _, nucleus, _), _ in steps} == {True}  # the mixed requests ask for top-p
     engine.generate(requests_for(arithmetic_checkpoint, arithmetic, 3, 4, max_tokens=50))
     assert {nucleus for (_, _, nucleus, _), _ in steps} == {True, False}
+    engine.generate(requests_for(arithmetic_checkpoint, arithmetic, 3, 4, max_tokens=50, confidence_window=4,
+                                 confidence_floor=1.0))
+    assert {confident for (*_, confident), _ in steps} == {True, False}
     assert len({args for args, _ in steps}) > 3 and all(seen == [] for _, seen in steps)
     exact = Engine(arithmetic_checkpoint.model, max_rows=16)
     decode = exact._decode
@@ -821,9 +824,9 @@ def test_the_engine_and_the_model_keep_everything_on_their_device(arithmetic_che
     assert {t.device.type for t in tables} == {"meta"}
     engine._cache_for(6, 32)
     state = engine._state_for(32)
-    for nucleus, one_pass in itertools.product((True, False), repeat=2):
+    for nucleus, one_pass, confident in itertools.product((True, False), repeat=3):
         engine.one_pass_attention = one_pass
-        engine._static_body(32, 3, nucleus)
+        engine._static_body(32, 3, nucleus, confident)
     assert {t.device.type for t in state.values()} == {"meta"}
     assert model(torch.zeros(2, 5, dtype=torch.long, device="meta")).shape == (2, 5, model.config.vocab_size)
 
