@@ -107,13 +107,14 @@ def test_the_last_kernel_samples_as_choose_tokens_does():
     assert len(set(got["tok"][:rows].tolist())) > 2  # rows drew different tokens
 
 
-@pytest.mark.parametrize("top_p", [1.0, 0.9])  # the last kernel samples; the torch path samples top-p
-def test_static_decode_on_the_step_draws_the_exact_loops_samples(arithmetic_checkpoint, arithmetic, top_p,
+# the last kernel samples; the torch path samples top-p, and tracks confidence
+@pytest.mark.parametrize("top_p, window", [(1.0, 0), (0.9, 0), (1.0, 3)])
+def test_static_decode_on_the_step_draws_the_exact_loops_samples(arithmetic_checkpoint, arithmetic, top_p, window,
                                                                  monkeypatch):
     """End to end, static decode on the kernels (float32) draws the exact loop's samples but where two tokens
-    were nearly tied: without top-p, sampled by the last kernel (on a GPU, in a captured graph); with it, by
-    torch from the kernels' logits."""
-    reqs = [replace(r, params=replace(r.params, max_tokens=10, top_p=top_p))
+    were nearly tied: without top-p or confidence, sampled by the last kernel (on a GPU, in a captured graph);
+    with either, by torch from the kernels' logits."""
+    reqs = [replace(r, params=replace(r.params, max_tokens=10, top_p=top_p, confidence_window=window))
             for r in _mixed_requests(arithmetic_checkpoint, arithmetic, n=2)[:4]]
     sampled = []
     decode = step_kernel.decode
@@ -124,7 +125,7 @@ def test_static_decode_on_the_step_draws_the_exact_loops_samples(arithmetic_chec
 
     monkeypatch.setattr(step_kernel, "decode", watched)
     assert_static_decode_draws_the_exact_loops_samples(arithmetic_checkpoint.model, reqs, "triton_step")
-    assert sampled and set(sampled) == {top_p == 1.0}
+    assert sampled and set(sampled) == {top_p == 1.0 and not window}
 
 
 def test_a_model_the_kernels_cannot_hold_falls_back_to_the_torch_path_with_a_warning():
