@@ -7,6 +7,7 @@ import itertools
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -652,6 +653,22 @@ def test_static_decode_streams_first_samples(arithmetic_checkpoint, arithmetic, 
     assert got[2] == [None] * 5 and [got[i] for i in (0, 1, 3, 4, 5)] == [exact[i] for i in (0, 1, 3, 4, 5)]
     assert 0 < len(heard[2]) < len(exact[2][0].token_ids)
     assert tuple(heard[2]) == exact[2][0].token_ids[:len(heard[2])]
+    # Rows 0-4 end after two tokens, so the streamed row 10 moves into one of their places mid-stream; it ends at
+    # its length limit (every column it may have drawn copied); each request's tokens come before it is done.
+    from thinkscale.tiny import engine as engine_module
+
+    upload, moved = engine_module._upload, []
+    monkeypatch.setattr(engine_module, "_upload", lambda values, device: (
+        moved.append(np.asarray(values)) if np.ndim(values) == 2 else None) or upload(values, device))
+    short = [SampleRequest(plain[0].prompt_ids, 5, SamplingParams(temperature=1.0, max_tokens=2)), plain[1],
+             SampleRequest(plain[2].prompt_ids, 2, SamplingParams(temperature=1.0, max_tokens=5, seed=4, stream=True))]
+    timeline = []
+    got = engine.generate(short, on_request_done=lambda r, samples: timeline.append(("done", r)),
+                          on_tokens=lambda drawn: timeline.extend(("token", r, t) for r, t in drawn))
+    assert got == Engine(model, max_rows=5).generate(short) and got[2][0].finish_reason == "length"
+    assert tuple(t for kind, *rest in timeline if kind == "token" for _, t in [rest]) == got[2][0].token_ids
+    assert timeline.index(("done", 2)) > max(i for i, event in enumerate(timeline) if event[0] == "token")
+    assert any(10 in m[1] for m in moved)  # (holes, movers): row 10 moved
 
 
 @pytest.mark.parametrize("overlap", [False, True])

@@ -865,11 +865,11 @@ class Engine:
     def _triton_step(self, width: int, chunks: int, pos: torch.Tensor, logits_wanted: bool
                      ) -> tuple[bool, torch.Tensor | None]:
         """The step on `step_kernel`'s kernels: (True, None) where they also drew the tokens (no row with top-p,
-        none tracking confidence: `logits_wanted` false), else (True, the logits). (False, None) where they cannot run (a model they cannot hold; Triton failing to
-        compile or to launch them on this device): then, with one warning, `triton_step` is off and the torch
-        path runs. A shape's first step runs before its capture in a CUDA graph, so a failure is met there, and a
-        kernel that failed stored nothing that the torch path's run of the same step does not write again (the
-        state moves only in the last kernel)."""
+        none tracking confidence: `logits_wanted` false), else (True, the logits). (False, None) where they
+        cannot run (a model they cannot hold; Triton failing to compile or to launch them on this device): then,
+        with one warning, `triton_step` is off and the torch path runs. A shape's first step runs before its
+        capture in a CUDA graph, so a failure is met there, and a kernel that failed stored nothing that the torch
+        path's run of the same step does not write again (the state moves only in the last kernel)."""
         step_kernel = self._step_kernels()
         if step_kernel is None:
             return False, None
@@ -915,7 +915,8 @@ class Engine:
         s["lp"][rows] += torch.where(live, lp.double(), 0.0)
         stop = s["stop"][rows].gather(1, tok[:, None])[:, 0]
         if confident:  # a finished row's go to its spare column and its window sum, which nothing reads
-            # (an idle row's top k is 0: clamped, it reads a column; a real row's is at least 1)
+            # (an idle row's top k is a former sample's, or 0 if none: clamped, it reads a column; a real row's is
+            # at least 1)
             k, window, conf, wsum = s["top_k"][rows].clamp(min=1), s["window"][rows], s["conf"][rows], s["wsum"][rows]
             ranked = F.log_softmax(logits.double(), dim=-1).sort(dim=-1, descending=True).values
             now = -ranked.cumsum(-1).gather(-1, (k - 1)[:, None])[:, 0] / k
@@ -1022,7 +1023,7 @@ class Engine:
         for `stream` (the end or stop token included); static decode reads
         a round's tokens at once, then makes a call for each, in order. A request for no
         samples or no tokens (`max_tokens` 0) is done before any step, its
-        samples empty.
+        samples empty (no confidence, nothing streamed).
         """
         c, dev = self.config, self.device
         if not requests:
@@ -1303,8 +1304,9 @@ class Engine:
         s, dev, every, cache = self._state_for(self._cache.shape[3]), self.device, self.sync_every, self._cache
         live, size = s["live"], len(s["live"])
         live.zero_()
-        moving = [s[k] for k in ("pos", "tok", "ngen", "key", "max", "lp", "temp", "top_p", "live", "stop", "out", "cut")
-                  + (("conf", "wsum", "window", "top_k", "floor") if call.confident else ())]
+        confidence = ("conf", "wsum", "window", "top_k", "floor") if call.confident else ()
+        moving = [s[k] for k in ("pos", "tok", "ngen", "key", "max", "lp", "temp", "top_p", "live", "stop", "out",
+                                 "cut", *confidence)]
         # the host's view of active rows 0..A-1: request, sample, length limit, and bounds at the next round's
         # first step: the highest position it feeds, and the most tokens it has left (none: finished)
         req, sample, most, pos, left = (np.zeros(size, dtype=np.int64) for _ in range(5))
@@ -1312,7 +1314,7 @@ class Engine:
         told = np.zeros(size, dtype=np.int64)  # a streamed row's tokens `on_tokens` has heard
         A, queued = 0, 0  # queued: rounds queued since the unread snapshot
         unread: _Download | None = None
-        streams: tuple[np.ndarray, int, int] | None = None  # the unread snapshot's streamed rows and token columns
+        streams: tuple[np.ndarray, int] | None = None  # the unread snapshot's streamed rows, and tokens copied a row
         recorded: _Departed | None = None  # rows swapped out, their tokens and counts still on their way
         dropped: set[int] = set()
 
@@ -1325,8 +1327,9 @@ class Engine:
             queued += 1
 
         def snapshot() -> _Download:
-            """The rows' state, and behind it in the same copy the streamed rows' tokens that may be new (columns
-            lo..hi-1: from the fewest heard to the most a row may have drawn)."""
+            """The rows' state, and behind it in the same copy the streamed rows' tokens that may be new: each
+            row's `span` columns from the first `on_tokens` has not heard (span: the most any of them may have
+            drawn since)."""
             nonlocal streams
             ngen = s["ngen"][:A]
             last = s["out"][:A].gather(1, (ngen - 1).clamp(min=0)[:, None])[:, 0]
@@ -1334,18 +1337,20 @@ class Engine:
                                  s["cut"][:A].long()]).flatten()
             rows, streams = np.flatnonzero(heard[:A]), None
             if len(rows):
-                lo, hi = int(told[rows].min()), int((most[rows] - np.maximum(left[rows], 0)).max())
-                streams = rows, lo, hi
-                state = torch.cat([state, s["out"][_upload(rows, dev), lo:hi].flatten()])
+                span = int((most[rows] - np.maximum(left[rows], 0) - told[rows]).max())
+                streams = rows, span
+                if span > 0:
+                    cols = _upload(told[rows], dev)[:, None] + torch.arange(span, device=dev)
+                    state = torch.cat([state, s["out"][_upload(rows, dev)[:, None],
+                                                       cols.clamp(max=s["out"].shape[1] - 1)].flatten()])
             return _Download(state, "snapshot")
 
-        def tell(rows: np.ndarray, lo: int, drawn: np.ndarray, ngen: np.ndarray) -> None:
-            """`on_tokens` hears the streamed rows' tokens that are new in a snapshot (`drawn`, their columns lo
-            on), a call for each: the first new token of each row, then the second, ..."""
+        def tell(rows: np.ndarray, drawn: np.ndarray, ngen: np.ndarray) -> None:
+            """`on_tokens` hears the streamed rows' tokens that are new in a snapshot (`drawn`: each row's, from
+            the first not heard), a call for each: the first new token of each row, then the second, ..."""
             new = ngen[rows] - told[rows]
             for k in range(int(new.max())):
-                call.on_tokens([(int(req[r]), int(drawn[i, told[r] - lo + k])) for i, r in enumerate(rows)
-                                if k < new[i]])
+                call.on_tokens([(int(req[r]), int(drawn[i, k])) for i, r in enumerate(rows) if k < new[i]])
             told[rows] = ngen[rows]
 
         def settle(snap: np.ndarray | None) -> None:
@@ -1476,8 +1481,8 @@ class Engine:
             if snap is not None:
                 snap, drawn = snap[:6 * A].reshape(6, A), snap[6 * A:]
                 if streams is not None:
-                    rows, lo, hi = streams
-                    tell(rows, lo, drawn.reshape(len(rows), hi - lo), snap[2])
+                    rows, span = streams
+                    tell(rows, drawn.reshape(len(rows), span), snap[2])
             settle(snap)
             if not ahead:  # nothing queued after their copy: its wait is short, and results reach the caller now
                 record()
