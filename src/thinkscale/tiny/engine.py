@@ -1021,9 +1021,9 @@ class Engine:
         `on_tokens([(r, token id), ...])` is called after each step with the
         token just drawn for the first sample of each request r that asks
         for `stream` (the end or stop token included); static decode reads
-        a round's tokens at once, then makes a call for each, in order. A request for no
-        samples or no tokens (`max_tokens` 0) is done before any step, its
-        samples empty (no confidence, nothing streamed).
+        a round's tokens at once, then makes a call for each, in order. A
+        request for no samples or no tokens (`max_tokens` 0) is done before
+        any step, its samples empty (no confidence, nothing streamed).
         """
         c, dev = self.config, self.device
         if not requests:
@@ -1359,7 +1359,7 @@ class Engine:
             move into their places."""
             nonlocal A, recorded
             done = np.zeros(0, dtype=np.int64)
-            at = ngen = last = logprob = done
+            at = ngen = last = logprob = cut = done
             if snap is not None:
                 at, ngen, last, logprob, cut = snap[1], snap[2], snap[3], snap[4].view(np.float64), snap[5]
                 done = np.flatnonzero(snap[0] == 0)
