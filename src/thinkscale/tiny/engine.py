@@ -917,15 +917,13 @@ class Engine:
         if confident:  # a finished row's go to its spare column and its window sum, which nothing reads
             # (an idle row's top k is a former sample's, or 0 if none: clamped, it reads a column; a real row's is
             # at least 1)
-            k, window, conf, wsum = s["top_k"][rows].clamp(min=1), s["window"][rows], s["conf"][rows], s["wsum"][rows]
-            ranked = F.log_softmax(logits.double(), dim=-1).sort(dim=-1, descending=True).values
-            now = -ranked.cumsum(-1).gather(-1, (k - 1)[:, None])[:, 0] / k
+            window, conf, wsum = s["window"][rows], s["conf"][rows], s["wsum"][rows]
+            now = _token_confidence(logits, s["top_k"][rows].clamp(min=1))
             conf.scatter_(1, ngen[:, None], now[:, None])
             leaving = torch.where(ngen >= window, conf.gather(1, (ngen - window).clamp(min=0)[:, None])[:, 0],
                                   torch.zeros_like(now))
             wsum += now - leaving
-            full = (window > 0) & (ngen + 1 >= window)
-            cut = live & full & (wsum / window.clamp(min=1) < s["floor"][rows] - FLOOR_TOLERANCE)
+            cut = live & _below_floor(wsum, window, ngen, s["floor"][rows])
             s["cut"][rows] |= cut
             stop |= cut
         ngen += live
@@ -1209,16 +1207,12 @@ class Engine:
 
         def track_confidence(rows: torch.Tensor, req: torch.Tensor, logits: torch.Tensor) -> None:
             """This step's token confidences, each row's window sum, and the floor's cut (before ngen moves on)."""
-            k, window, n = req_top_k[req], req_window[req], row_ngen[rows]
-            ranked = F.log_softmax(logits.double(), dim=-1).sort(dim=-1, descending=True).values
-            conf = -ranked.cumsum(-1).gather(-1, (k - 1)[:, None])[:, 0] / k
+            window, n = req_window[req], row_ngen[rows]
+            conf = _token_confidence(logits, req_top_k[req])
             out_conf[rows, n] = conf
             leaving = torch.where(n >= window, out_conf[rows, (n - window).clamp(min=0)], torch.zeros_like(conf))
             row_wsum[rows] += conf - leaving
-            full = (window > 0) & (n + 1 >= window)
-            # below the floor by more than rounding: the running sum and `_lowest_group` round differently, and a
-            # floor is often some sample's own confidence, which must not be cut
-            row_cut[rows] = full & (row_wsum[rows] / window.clamp(min=1) < req_floor[req] - FLOOR_TOLERANCE)
+            row_cut[rows] = _below_floor(row_wsum[rows], window, n, req_floor[req])
 
         def take_token(rows: torch.Tensor, logits: torch.Tensor) -> None:
             """Draw the next token for `rows` and finish those that stop or run out."""
@@ -1610,6 +1604,19 @@ def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype)
     memory = mmap.mmap(-1, math.prod(shape) * dtype.itemsize, flags=mmap.MAP_PRIVATE)  # not shared with a fork
     return torch.frombuffer(memory, dtype=dtype).view(shape)  # the tensor keeps the mapping alive
+
+
+def _token_confidence(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Each row's token confidence (DeepConf): minus the mean log-probability of its k most likely tokens."""
+    ranked = F.log_softmax(logits.double(), dim=-1).sort(dim=-1, descending=True).values
+    return -ranked.cumsum(-1).gather(-1, (k - 1)[:, None])[:, 0] / k
+
+
+def _below_floor(wsum: torch.Tensor, window: torch.Tensor, n: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """Whether each row's window, full after its token n, is below its floor by more than rounding: the running
+    sum `wsum` and `_lowest_group` round differently, and a floor is often some sample's own confidence, which must
+    not be cut."""
+    return (window > 0) & (n + 1 >= window) & (wsum / window.clamp(min=1) < floor - FLOOR_TOLERANCE)
 
 
 def _lowest_group(conf: torch.Tensor, window: int) -> float:
