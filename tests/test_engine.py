@@ -36,6 +36,14 @@ def requests_for(checkpoint, task, count, n, **params):
                           params=SamplingParams(seed=i, **params)) for i, e in enumerate(examples)]
 
 
+def _floor_between(results) -> float:
+    """A confidence floor halfway between the middle two of `results`' samples' confidences (so never on one):
+    about half of the samples go below it."""
+    everything = sorted({c.confidence for r in results for c in r if c.confidence is not None})
+    middle = len(everything) // 2
+    return (everything[middle - 1] + everything[middle]) / 2
+
+
 def test_engine_equals_reference_under_greedy_decoding(arithmetic_checkpoint, arithmetic):
     reqs = requests_for(arithmetic_checkpoint, arithmetic, 12, 1, temperature=0.0, max_tokens=120)
     # Few rows, so that finished rows are swapped out and waiting ones admitted mid-run.
@@ -303,9 +311,7 @@ def test_confidence_is_deepconfs_lowest_group_and_a_floor_cuts_only_its_own_rows
         for c in result:
             assert c.confidence == pytest.approx(float(groups(list(request.prompt_ids), list(c.token_ids)).min()),
                                                  abs=1e-4)
-    everything = sorted({c.confidence for r in measured for c in r})
-    middle = len(everything) // 2
-    floor = (everything[middle - 1] + everything[middle]) / 2  # between two samples' confidences, not on one
+    floor = _floor_between(measured)
     cut_requests = [SampleRequest(r.prompt_ids, r.n, SamplingParams(
         temperature=1.0, max_tokens=100, seed=r.params.seed, confidence_window=window, confidence_top_k=k,
         confidence_floor=floor)) for r in asked[:3]] + plain[3:]  # the last two ask for nothing
@@ -683,9 +689,7 @@ def test_static_decode_tracks_confidence_and_cuts_as_the_exact_loop(arithmetic_c
         temperature=1.0, max_tokens=100, seed=r.params.seed, confidence_window=(6, 0, 4)[i % 3], confidence_top_k=3,
         stream=i == 0)) for i, r in enumerate(plain)]
     exact = Engine(model, max_rows=7).generate(measured)
-    everything = sorted({c.confidence for r in exact for c in r if c.confidence is not None})
-    middle = len(everything) // 2
-    floor = (everything[middle - 1] + everything[middle]) / 2  # about half of the samples go below it
+    floor = _floor_between(exact)
     floored = [SampleRequest(r.prompt_ids, r.n, dataclasses.replace(r.params, confidence_floor=floor))
                if r.params.confidence_window else r for r in measured]
     exact_cut = Engine(model, max_rows=7).generate(floored)
@@ -883,8 +887,7 @@ def test_cuda_static_decode_streams_and_cuts_as_its_steps_one_kernel_at_a_time(a
     graphed = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda")
     eager = Engine(copy.deepcopy(arithmetic_checkpoint.model), max_rows=128, device="cuda")
     eager.cuda_graphs = False
-    everything = sorted({c.confidence for r in eager.generate(reqs) for c in r if c.confidence is not None})
-    floor = (everything[len(everything) // 2 - 1] + everything[len(everything) // 2]) / 2
+    floor = _floor_between(eager.generate(reqs))
     floored = [dataclasses.replace(r, params=dataclasses.replace(r.params, confidence_floor=floor))
                if r.params.confidence_window else r for r in reqs]
     heard = {}
